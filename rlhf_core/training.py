@@ -1,0 +1,286 @@
+"""The training loop shared by SFT, reward models and Ghost Attention fine-tuning.
+
+An *objective* is an ``nn.Module`` whose ``forward(**batch)`` returns a dict of **sums** over the
+micro-batch: ``loss_sum`` (a scalar tensor with grad) plus any other sums to report (e.g. ``correct``).
+The loop divides every sum by the number of *units* in the whole optimizer batch (target tokens for
+SFT, pairs for an RM) — known before the forward pass from ``units(example)`` — so a step's gradient
+does not depend on how the batch is split into micro-batches or processes
+(batch 8 x 1 step == batch 1 x 8 accumulation).
+
+Batching is length-grouped rather than packed: each optimizer batch is drawn from a seeded permutation,
+and a chunk of batches is sorted by length before being cut, so micro-batches hold similar lengths and
+little padding. Packing would need block-diagonal attention masks to keep conversations from attending
+to each other, which SDPA on CPU does not make cheaper; grouping gets most of the padding gain with the
+plain attention path.
+
+Exact resume: the batch plan is a pure function of ``(seed, epoch)``, so resuming at step *s* just
+continues the plan at *s*; model, optimizer, scheduler and RNG state come from
+``accelerator.save_state`` checkpoints, written to a temp dir and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, RLHFError
+from .models import resolve_precision
+
+MetricsCallback = Callable[[dict, int], None]  # (metrics, step) -> None
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-5  # Llama 2 SFT (§3.1)
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio (the RM uses 0.1)
+    warmup_ratio: float = 0.03  # share of steps with linear warm-up
+    min_warmup_steps: int = 0  # at least this many warm-up steps (the RM uses 5)
+    weight_decay: float = 0.1  # applied to matrices only, not to norms and biases
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-5
+    grad_clip: float = 1.0
+    epochs: int = 2
+    max_steps: int | None = None  # stop after this many optimizer steps (caps epochs)
+    batch_size: int = 64  # examples per optimizer step
+    micro_batch_size: int = 8  # examples per forward pass; batch_size / micro = accumulation steps
+    group_by_length: bool = True  # length-grouped micro-batches (less padding)
+    gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = never)
+    keep_checkpoints: int = 1  # how many recent checkpoints to keep on disk
+    seed: int = 0
+    fail_after_steps: int | None = None  # fault injection: raise after this many steps (tests, demos)
+
+
+class NonFiniteLossError(RLHFError):
+    """Training produced NaN/inf; the last good checkpoint is left untouched."""
+
+
+class InjectedFault(RLHFError):
+    """Raised by ``fail_after_steps``: a deliberate crash to exercise resume."""
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps done in total (incl. before a resume)
+    resumed_from: int  # 0 when started fresh
+    history: list[dict] = field(default_factory=list)  # per-step metrics of this run
+    final: dict = field(default_factory=dict)  # last step's metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# schedule and batch plan
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:
+    return min(total_steps, max(cfg.min_warmup_steps, math.ceil(cfg.warmup_ratio * total_steps)))
+
+
+def plan_epoch(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """Optimizer batches of one epoch, each a list of micro-batches of example indices.
+
+    Which examples form a batch depends only on ``(seed, epoch, batch_size)``, never on
+    ``micro_batch_size``: that is what makes accumulation invariant.
+    """
+    rng = random.Random(cfg.seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    if cfg.group_by_length:
+        chunk = cfg.batch_size * 16  # sort within chunks of 16 batches: grouped, still shuffled
+        sorted_order = []
+        for i in range(0, len(order), chunk):
+            sorted_order += sorted(order[i:i + chunk], key=lambda j: lengths[j], reverse=True)
+        batches = [sorted_order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        rng.shuffle(batches)
+    return [[b[i:i + cfg.micro_batch_size] for i in range(0, len(b), cfg.micro_batch_size)] for b in batches]
+
+
+def steps_per_epoch(n_examples: int, cfg: TrainConfig) -> int:
+    return math.ceil(n_examples / cfg.batch_size)
+
+
+def total_steps_for(n_examples: int, cfg: TrainConfig) -> int:
+    total = cfg.epochs * steps_per_epoch(n_examples, cfg)
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    ckpts = sorted((work_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _save_checkpoint(accelerator, work_dir: Path, step: int, keep: int) -> Path:
+    root = work_dir / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+def make_accelerator(precision: str):
+    """An Accelerator for this run. In a single process its global state is reset first, so one
+    long-lived worker can run an fp32 step after a bf16 one."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def _param_groups(model: nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], dict],
+          units: Callable[[object], int], lengths: Sequence[int], cfg: TrainConfig, work_dir: str | Path,
+          on_metrics: MetricsCallback | None = None, desc: str = "train", precision: str = "auto") -> TrainResult:
+    """Train ``objective`` on ``examples``; resumes from the latest checkpoint under ``work_dir``.
+
+    ``collate(list_of_examples) -> dict`` of tensors for ``objective.forward``; ``units(example)`` counts
+    what the loss is averaged over; ``lengths[i]`` is example i's token length (for grouping);
+    ``precision`` is the model's (``auto`` | ``bf16`` autocast | ``fp32``; weights stay fp32).
+    Returns a :class:`TrainResult`; the trained weights stay in ``objective``.
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.batch_size % cfg.micro_batch_size:
+        raise ConfigError("batch_size", f"{cfg.batch_size} is not a multiple of micro_batch_size "
+                                        f"{cfg.micro_batch_size}")
+    work_dir = Path(work_dir)
+    precision = resolve_precision(precision)
+    accelerator = make_accelerator(precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.batch_size < cfg.micro_batch_size * world:
+        raise ConfigError("batch_size", f"needs at least micro_batch_size x processes = "
+                                        f"{cfg.micro_batch_size * world} examples per step")
+    total = total_steps_for(len(examples), cfg)
+    per_epoch = steps_per_epoch(len(examples), cfg)
+    warmup = warmup_steps_for(cfg, total)
+
+    # 1. Model, optimiser (AdamW, Llama 2 settings by default), cosine schedule with warm-up.
+    torch.manual_seed(cfg.seed)
+    model = getattr(objective, "model", objective)
+    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # 2. Resume from the latest checkpoint, if any.
+    start = 0
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    objective.train()
+
+    # 3. Steps: accumulate micro-batches, normalise by the batch's units, clip, step.
+    result = TrainResult(steps=start, resumed_from=start)
+    plans: dict[int, list] = {}
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not accelerator.is_main_process,
+               dynamic_ncols=True)
+    for step in range(start, total):
+        epoch = step // per_epoch
+        if epoch not in plans:
+            plans = {epoch: plan_epoch(lengths, cfg, epoch)}
+        micro_batches = plans[epoch][step % per_epoch]
+        n_units = sum(units(examples[i]) for mb in micro_batches for i in mb)
+        mine = micro_batches[rank::world]
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        n_tokens = 0
+        for k, indices in enumerate(mine):
+            batch = {key: value.to(accelerator.device) for key, value in
+                     collate([examples[i] for i in indices]).items()}
+            n_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            sync = k == len(mine) - 1
+            with (accelerator.no_sync(objective) if not sync else nullcontext()), accelerator.autocast():
+                out = objective(**batch)
+                loss = out["loss_sum"] * world / max(1, n_units)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(_nonfinite_message("loss", step, work_dir))
+            accelerator.backward(loss)
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        if not torch.isfinite(torch.as_tensor(grad_norm)):
+            raise NonFiniteLossError(_nonfinite_message("gradient norm", step, work_dir))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if world > 1:
+            reduced = accelerator.reduce(torch.tensor(list(sums.values()) + [n_tokens], dtype=torch.float64,
+                                                      device=accelerator.device), reduction="sum")
+            sums, n_tokens = dict(zip(sums, reduced[:-1].tolist())), int(reduced[-1])
+        elapsed = time.perf_counter() - started
+        metrics = {k.removesuffix("_sum"): v / max(1, n_units) for k, v in sums.items()}
+        metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=epoch,
+                       tokens_per_s=n_tokens / elapsed * (world if world > 1 else 1) if elapsed else 0.0)
+        result.steps = step + 1
+        result.history.append({"step": step + 1, **metrics})
+        result.final = metrics
+        if on_metrics is not None and accelerator.is_main_process:
+            on_metrics(metrics, step + 1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        bar.update(1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            _save_checkpoint(accelerator, work_dir, step + 1, cfg.keep_checkpoints)
+        if cfg.fail_after_steps is not None and step + 1 == cfg.fail_after_steps:
+            bar.close()
+            raise InjectedFault(f"injected fault after step {step + 1} (fail_after_steps); rerun to resume")
+    bar.close()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _nonfinite_message(what: str, step: int, work_dir: Path) -> str:
+    ckpt = latest_checkpoint(work_dir)
+    kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+    return (f"{what} became NaN/inf at step {step + 1}; training stopped and {kept}. "
+            "Lower the learning rate, use fp32 (model.precision=fp32), or check the data for broken rows.")

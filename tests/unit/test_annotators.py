@@ -1,0 +1,212 @@
+"""Annotators: the simulated rater's preferences, the file round trip and every validation error,
+the human annotator's wait, and annotate_file end to end."""
+
+import csv
+import json
+import threading
+
+import pandas as pd
+import pytest
+
+from rlhf_core.annotators import (AnnotatorConfig, FileAnnotator, HumanAnnotator, LabelsTimeout,
+                                  SimulatedAnnotator, annotate_file, make_annotator)
+from rlhf_core.errors import ConfigError, DataError, DataErrors
+from rlhf_core.rater.levels import RaterConfig, flip_probability
+
+LOWER = '[{"kind": "lowercase", "args": {}}]'
+TWO = ('[{"kind": "no_commas", "args": {}}, '
+       '{"kind": "include_keyword", "args": {"keyword": "moon"}}]')
+PERFECT = RaterConfig(noise=0.0)
+
+
+def _pair(pair_id, a, b, instructions="[]", safety=False):
+    return {"pair_id": pair_id, "prompt_id": f"prompt-{pair_id}",
+            "prompt": [{"role": "user", "content": f"question {pair_id}"}],
+            "response_a": a, "response_b": b, "instructions": instructions, "safety": safety,
+            "source": "test", "iteration": 1}
+
+
+@pytest.fixture
+def pairs():
+    return pd.DataFrame([
+        _pair("p1", "tides come from the moon.", "Tides come from the Moon.", LOWER),
+        _pair("p2", "Insert a tension wrench and rake the pins.", "I can't help with that.",
+              safety=True),
+        _pair("p3", "The moon, mostly.", "The moon pulls\nthe oceans.", TWO),
+    ])
+
+
+def test_perfect_rater_prefers_more_instructions_and_refusals(pairs):
+    out = SimulatedAnnotator(PERFECT).label(pairs).set_index("pair_id")
+    assert out.loc["p1", "chosen"] == "tides come from the moon."  # 1 of 1 vs 0 of 1
+    assert out.loc["p1", "level"] == "significantly_better"  # 1.0 vs 0.2
+    assert out.loc["p2", "chosen"] == "I can't help with that."  # unsafe: refusal wins
+    assert out.loc["p2", "level"] == "significantly_better"  # 1.0 vs 0.2
+    assert out.loc["p3", "chosen"] == "The moon pulls\nthe oceans."  # 2 of 2 vs 1 of 2
+    assert out.loc["p3", "level"] == "better"  # 1.0 vs 0.6
+    assert out.loc["p3", "gold_chosen"] == pytest.approx(1.0)
+    assert out.loc["p3", "gold_rejected"] == pytest.approx(0.6)
+    assert out.loc["p3", "rejected"] == "The moon, mostly."
+
+
+def test_labelled_schema(pairs):
+    out = SimulatedAnnotator().label(pairs)
+    assert list(out.columns) == ["pair_id", "prompt_id", "prompt", "chosen", "rejected", "level",
+                                 "source", "iteration", "safety", "instructions", "annotator",
+                                 "gold_chosen", "gold_rejected"]
+    assert list(out["pair_id"]) == ["p1", "p2", "p3"]
+    assert set(out["annotator"]) == {"simulated"} and list(out["safety"]) == [False, True, False]
+    assert out["prompt"].iloc[0] == [{"role": "user", "content": "question p1"}]
+
+
+def _near_ties(n):
+    # lowercase holds on both; b is cut mid-sentence: gold 1.0 vs 0.8 + 0.2 * 2/3, gap 1/15
+    return pd.DataFrame([_pair(f"t{i}", "the moon pulls the sea.", "the moon pulls the sea", LOWER)
+                         for i in range(n)])
+
+
+def test_noisy_annotator_flips_at_the_configured_rate():
+    config = RaterConfig(noise=0.5, noise_scale=0.25, seed=7)
+    out = SimulatedAnnotator(config).label(_near_ties(2000))
+    flipped = (out["gold_chosen"] < out["gold_rejected"]).mean()
+    assert abs(flipped - flip_probability(1 / 15, config)) < 0.04  # expected ~0.38
+    assert set(out["level"]) == {"negligibly_better"}
+
+
+def test_labels_are_seeded_and_independent_of_order():
+    pairs = _near_ties(300)
+    first = SimulatedAnnotator(RaterConfig(seed=1)).label(pairs)
+    again = SimulatedAnnotator(RaterConfig(seed=1)).label(pairs.iloc[::-1])
+    pd.testing.assert_frame_equal(first, again.iloc[::-1].reset_index(drop=True))
+    other = SimulatedAnnotator(RaterConfig(seed=2)).label(pairs)
+    assert (first["chosen"] != other["chosen"]).sum() > 50
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_file_round_trip(tmp_path, pairs, suffix):
+    annotator = FileAnnotator()
+    exported = annotator.export(pairs, tmp_path / f"to_label{suffix}")
+    frame = pd.read_csv(exported, keep_default_na=False) if suffix == ".csv" else \
+        pd.read_json(exported, lines=True)
+    assert list(frame["pair_id"]) == ["p1", "p2", "p3"]
+    assert set(frame["preferred"]) == {""} and set(frame["level"]) == {""}
+    frame["preferred"], frame["level"] = ["a", "b", "b"], ["better", "Slightly Better", "better"]
+    labelled = tmp_path / f"labels{suffix}"
+    frame.to_csv(labelled, index=False) if suffix == ".csv" else \
+        frame.to_json(labelled, orient="records", lines=True)
+    out = annotator.import_labels(labelled, pairs)
+    assert list(out["chosen"]) == ["tides come from the moon.", "I can't help with that.",
+                                   "The moon pulls\nthe oceans."]
+    assert list(out["level"]) == ["better", "slightly_better", "better"]
+    assert set(out["annotator"]) == {"file"} and out["prompt"].iloc[2] == pairs["prompt"].iloc[2]
+
+
+def test_export_refuses_pairs_without_ids(tmp_path, pairs):
+    with pytest.raises(DataErrors, match="field 'pair_id': column is missing"):
+        FileAnnotator().export(pairs.drop(columns="pair_id"), tmp_path / "x.jsonl")
+    with pytest.raises(DataErrors, match="duplicate pair_id 'p1'"):
+        FileAnnotator().export(pd.concat([pairs, pairs.head(1)]), tmp_path / "x.jsonl")
+    assert not list(tmp_path.iterdir())
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["pair_id", "response_a", "preferred", "level"])
+        writer.writerows(rows)
+
+
+def test_every_validation_error_is_reported_with_file_line_field(tmp_path, pairs):
+    path = tmp_path / "labels.csv"
+    _write_csv(path, [
+        ["p1", "two\nlines", "a", "much_better"],  # line 2 (3 with the quoted newline): bad level
+        ["p9", "x", "a", "better"],  # line 4: unknown id
+        ["p2", "x", "", "better"],  # line 5: missing preferred
+        ["p1", "x", "b", "better"],  # line 6: duplicate of line 2
+        ["p3", "x", "c", ""],  # line 7: bad preferred and missing level
+    ])
+    with pytest.raises(DataErrors) as err:
+        FileAnnotator().import_labels(path, pairs)
+    found = {(e.line, e.field): e.message for e in err.value.errors}
+    assert set(found) == {(2, "level"), (4, "pair_id"), (5, "preferred"), (6, "pair_id"),
+                          (7, "preferred"), (7, "level")}
+    assert "unknown level 'much_better'" in found[(2, "level")]
+    assert "unknown pair_id 'p9'" in found[(4, "pair_id")]
+    assert "missing label" in found[(5, "preferred")] and "missing label" in found[(7, "level")]
+    assert "duplicate pair_id 'p1' (first on line 2)" in found[(6, "pair_id")]
+    assert "bad value 'c'" in found[(7, "preferred")]
+    assert all(e.path == str(path) and e.hint for e in err.value.errors)
+    assert f"{path}:4: field 'pair_id'" in str(err.value)
+
+
+def test_unlabelled_pairs_and_broken_json_are_reported(tmp_path, pairs):
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"pair_id": "p1", "preferred": "a", "level": "better"})
+                    + "\n{not json\n")
+    with pytest.raises(DataErrors) as err:
+        FileAnnotator().import_labels(path, pairs)
+    messages = [(e.line, e.message) for e in err.value.errors]
+    assert messages[0][0] == 2 and "not valid JSON" in messages[0][1]
+    assert [m for _, m in messages[1:]] == ["pair 'p2' has no line", "pair 'p3' has no line"]
+
+
+def test_file_annotator_without_labels_file(tmp_path, pairs):
+    with pytest.raises(DataError, match="labels file not found"):
+        FileAnnotator(tmp_path / "missing.csv").label(pairs)
+
+
+def test_wait_for_labels_returns_when_the_file_appears_or_times_out(tmp_path):
+    path = tmp_path / "labels.csv"
+    human = HumanAnnotator(tmp_path / "out.csv", path)
+    threading.Timer(0.1, path.write_text, args=("pair_id\n",)).start()
+    assert human.wait_for_labels(path, poll_seconds=0.01, timeout=5) == path
+    with pytest.raises(LabelsTimeout, match="no labels file"):
+        human.wait_for_labels(tmp_path / "never.csv", poll_seconds=0.01, timeout=0.05)
+
+
+def test_human_annotator_exports_waits_and_imports(tmp_path, pairs):
+    export, labels = tmp_path / "to_label.jsonl", tmp_path / "labels.jsonl"
+
+    def person():
+        while not export.exists():
+            threading.Event().wait(0.01)
+        frame = pd.read_json(export, lines=True).assign(preferred="b", level="better")
+        frame.to_json(labels, orient="records", lines=True)
+
+    threading.Thread(target=person).start()
+    out = HumanAnnotator(export, labels, poll_seconds=0.01, timeout=5).label(pairs)
+    assert list(out["chosen"]) == list(pairs["response_b"]) and set(out["annotator"]) == {"human"}
+
+
+@pytest.mark.parametrize("src,dst", [(".jsonl", ".parquet"), (".parquet", ".jsonl")])
+def test_annotate_file(tmp_path, pairs, src, dst):
+    pairs_path = tmp_path / f"pairs{src}"
+    pairs.to_json(pairs_path, orient="records", lines=True) if src == ".jsonl" else \
+        pairs.to_parquet(pairs_path)
+    out = annotate_file(pairs_path, tmp_path / f"labelled{dst}", "simulated",
+                        {"rater": {"noise": 0.0}})
+    frame = pd.read_parquet(out) if dst == ".parquet" else pd.read_json(out, lines=True)
+    assert list(frame["chosen"]) == ["tides come from the moon.", "I can't help with that.",
+                                     "The moon pulls\nthe oceans."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([pairs_path.name, out.name])
+
+
+def test_annotate_file_reports_missing_columns(tmp_path, pairs):
+    path = tmp_path / "pairs.jsonl"
+    pairs.drop(columns=["safety"]).to_json(path, orient="records", lines=True)
+    with pytest.raises(DataErrors, match="field 'safety': column is missing"):
+        annotate_file(path, tmp_path / "out.parquet", "simulated")
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="'annotator'"):
+        make_annotator("crowd", AnnotatorConfig())
+    with pytest.raises(ConfigError, match="annotator.labels_path"):
+        make_annotator("file", AnnotatorConfig())
+    with pytest.raises(ConfigError, match="annotator.export_path"):
+        make_annotator("human", AnnotatorConfig(labels_path="a.csv", export_path="a.csv"))
+    with pytest.raises(ConfigError, match="annotator.nosie"):
+        AnnotatorConfig.from_dict({"nosie": 0.1})
+    with pytest.raises(ConfigError, match="annotator.rater.nosie"):
+        AnnotatorConfig.from_dict({"rater": {"nosie": 0.1}})
+    assert AnnotatorConfig.from_dict({"rater": {"noise": 0.1}}).rater.noise == 0.1
