@@ -47,9 +47,29 @@ def cmd_sft(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_annotate(overrides: list[str]) -> int:
+    from rlhf_core.annotators import annotate_file
+    from rlhf_core.errors import ConfigError
+
+    from .config import compose_config
+
+    cfg = compose_config(overrides)
+    if not cfg.io.input:
+        raise ConfigError("io.input", "give the pairs file to label, e.g. io.input=pairs.jsonl "
+                                      "(columns pair_id, prompt, response_a, response_b, instructions, safety)")
+    source = Path(cfg.io.input)
+    output = Path(cfg.io.output or source.with_name(source.stem + ".labelled.parquet"))
+    annotate_file(source, output, config=cfg.annotator)
+    print(f"labelled pairs ({cfg.annotator.name} annotator): {output}")
+    return 0
+
+
 COMMANDS = {c.name: c for c in [
     Command("sft", "Assistant-only supervised fine-tuning; writes <root>/<name>/iter-0/sft (a model dir).",
             "rlhf sft model=tiny data.path=chats.jsonl sft.epochs=1 campaign.name=try1", cmd_sft),
+    Command("annotate", "Label a pairs file with the configured annotator (simulated | file | human).",
+            "rlhf annotate io.input=pairs.jsonl io.output=labelled.parquet annotator.rater.noise=0.2",
+            cmd_annotate),
 ]}
 
 
@@ -80,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("rlhf").setLevel(logging.INFO)
     for noisy in ("httpx", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)

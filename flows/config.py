@@ -15,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.models import ModelConfig
 from rlhf_core.sft import SFTConfig
@@ -28,11 +29,19 @@ class CampaignConfig:
 
 
 @dataclass
+class IOConfig:
+    input: str | None = None  # the input file of a single-step command (e.g. pairs for `rlhf annotate`)
+    output: str | None = None  # where that command writes; each command documents its default
+
+
+@dataclass
 class RootConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
+    io: IOConfig = field(default_factory=IOConfig)
 
 
 def _register() -> None:

@@ -326,6 +326,7 @@ class HumanAnnotator(FileAnnotator):
 class AnnotatorConfig:
     """How ``annotate_file`` labels pairs (plain dicts of the same keys are accepted)."""
 
+    name: str = "simulated"  # simulated | file | human
     rater: RaterConfig = field(default_factory=RaterConfig)  # simulated rater
     labels_path: str | None = None  # file/human: the labelled CSV/JSONL to import
     export_path: str | None = None  # human: where the pairs to label are written
@@ -370,12 +371,12 @@ def make_annotator(name: str, config: AnnotatorConfig) -> Annotator:
                           config.timeout_seconds)
 
 
-def annotate_file(pairs_path, out_path, annotator_name: str = "simulated",
+def annotate_file(pairs_path, out_path, annotator_name: str | None = None,
                   config: AnnotatorConfig | dict | None = None) -> Path:
     """Read pairs (JSONL/Parquet), label them, write the labelled pairs (Parquet/JSONL by
-    suffix) atomically; return ``out_path``."""
+    suffix) atomically; return ``out_path``. ``annotator_name`` defaults to ``config.name``."""
     if not isinstance(config, AnnotatorConfig):
         config = AnnotatorConfig.from_dict(config or {})
     out_path = _checked_suffix(out_path, (".parquet", ".jsonl"))
-    labelled = make_annotator(annotator_name, config).label(read_pairs(pairs_path))
+    labelled = make_annotator(annotator_name or config.name, config).label(read_pairs(pairs_path))
     return write_frame(labelled, out_path)

@@ -77,11 +77,10 @@ def validate_messages(messages: Any, path, line: int, key: str = "messages") -> 
             errors.append(err("expected an object with 'role' and 'content'", where))
             continue
         role, content = message.get("role"), message.get("content")
-        if role is None:
-            errors.append(err("missing role", f"{where}.role"))
-            continue
-        if role not in ROLES:
-            errors.append(err(f"unknown role {role!r} (expected one of {', '.join(ROLES)})", f"{where}.role"))
+        if role is None or role not in ROLES:
+            problem = "missing role" if role is None else f"unknown role {role!r}"
+            errors.append(err(f"{problem} (expected one of {', '.join(ROLES)})", f"{where}.role"))
+            expected = "assistant" if expected == "user" else "user"  # judge the next turn as if this one fit
             continue
         if not isinstance(content, str):
             errors.append(err("missing content (expected a string)", f"{where}.content"))

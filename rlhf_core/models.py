@@ -113,7 +113,7 @@ def load_model(cfg: ModelConfig):
         raise ConfigError(
             "model.name_or_path",
             f"could not load {cfg.name_or_path!r}: it is not a model directory or GGUF file here, and "
-            f"loading it from the Hugging Face hub failed ({err.__class__.__name__}: {str(err)[:200]}). "
+            f"loading it from the Hugging Face hub failed ({err.__class__.__name__}: {' '.join(str(err).split())[:160]}). "
             "Offline? Pass a local directory, a .gguf file, or 'smollm2' for the embedded model.",
         ) from err
     if gguf_file:

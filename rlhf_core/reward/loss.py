@@ -23,8 +23,8 @@ MARGIN_TABLES: dict[str, dict[str, float]] = {
 
 
 def ranking_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                 margin: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Binary ranking loss with margin, Llama 2 §3.2.2 eq. 2, averaged over the batch.
+                 margin: torch.Tensor | float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """Binary ranking loss with margin, Llama 2 §3.2.2 eq. 2, averaged (or summed) over the batch.
 
     ``L = mean(-log sigmoid(r(x, y_c) - r(x, y_r) - m(level)))``
 
@@ -32,6 +32,8 @@ def ranking_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
         chosen_rewards: ``(b,)`` scalar RM outputs for the chosen answers.
         rejected_rewards: ``(b,)`` scalar RM outputs for the rejected answers.
         margin: ``(b,)`` per-pair margin (see :func:`margins_for`) or one float for all pairs.
+        reduction: ``"mean"`` over the pairs, or ``"sum"`` (the training loop divides the sum by
+            the pairs of the whole optimizer batch, so accumulation does not change the gradient).
 
     Returns a scalar tensor. ``F.logsigmoid`` keeps it finite for large negative differences,
     where ``log(sigmoid(.))`` would underflow to ``log(0)``.
@@ -42,7 +44,10 @@ def ranking_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
                          f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}")
     if isinstance(margin, torch.Tensor) and margin.shape != chosen_rewards.shape:
         raise ValueError(f"margin must be (b,) = {tuple(chosen_rewards.shape)}, got {tuple(margin.shape)}")
-    return -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - margin)
+    return losses.mean() if reduction == "mean" else losses.sum()
 
 
 def margins_for(levels: Sequence[str | None], table: str | Mapping[str, float] = "none", *,

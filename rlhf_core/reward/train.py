@@ -1,0 +1,161 @@
+"""Training and evaluating a reward model with the margin ranking loss (Llama 2 §3.2.2, A.3.3).
+
+``L = -log sigmoid(r(x, y_c) - r(x, y_r) - m(level))`` per pair (eq. 2), summed by
+:class:`RankingObjective` and divided by the pairs of the whole optimizer batch in the shared loop
+(``rlhf_core.training.train``), which also brings checkpoints, exact resume and the NaN guard.
+
+The config dataclasses of the ``reward`` config group live here too: :class:`RewardConfig` (how one
+RM is trained), :class:`RMDataConfig` (the pairs it is trained on) and :class:`RewardSection` (the
+two RMs of an iteration, their evaluation and the margin ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..preferences import LEVELS
+from ..training import MetricsCallback, TrainConfig, TrainResult, train
+from .loss import margins_for, ranking_loss
+from .metrics import pair_credit, reward_metrics
+from .model import EncodeReport, RewardModel, encode_answer, pad_right, score_ids
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """One RM's training; defaults are the paper's (§3.2.2 "Training Details", A.3.3)."""
+
+    lr: float = 1e-5  # max lr (5e-6 for the 70B RM)
+    min_lr_ratio: float = 0.1  # cosine down to 10 % of the max
+    min_warmup_steps: int = 5  # warm-up: 3 % of the steps (warmup_ratio), at least 5
+    epochs: int = 1  # "training longer can lead to over-fitting"
+    batch_size: int = 512  # pairs per optimizer step
+    micro_batch_size: int = 8  # pairs per forward pass (each is 2 sequences: chosen and rejected)
+    margin: Any = "small"  # none | small | large (Table 27), or a mapping {level: margin}
+    max_length: int = 1024  # tokens per (prompt + answer); longer: the prompt is cut from the left
+    n_test: int = 1000  # held-out test pairs per iteration batch (the paper keeps 1,000)
+    eval_batch_size: int = 16  # sequences per scoring forward pass in evaluation
+
+
+@dataclass
+class RMDataConfig:
+    """The pairs one RM is trained on."""
+
+    data: list[str] | None = None  # pair files (JSONL/Parquet, Anthropic HH too), concatenated; null = synthetic
+    safety_only: bool = False  # keep only pairs whose prompt is tagged unsafe (safety=true)
+    n_synthetic: int = 2000  # synthetic pairs (simulated rater) made when data is null
+    unsafe_share: float = 0.1  # synthetic: share of unsafe requests (a refusal is right)
+    lookalike_share: float = 0.05  # synthetic: share of safe requests that sound unsafe (refusing is wrong)
+    seed: int = 0  # synthetic: seed of prompts, answers and rater noise
+
+
+@dataclass
+class RewardSection:
+    """The ``reward`` config group: the RMs of one iteration."""
+
+    iteration: int = 1  # outputs go to <campaign>/iter-<iteration>/rm-<name>
+    train: RewardConfig = field(default_factory=RewardConfig)
+    helpful: RMDataConfig = field(default_factory=RMDataConfig)
+    # The paper's Safety RM sees mostly safety data plus some helpfulness data (§3.2.2).
+    safety: RMDataConfig = field(default_factory=lambda: RMDataConfig(unsafe_share=0.4, lookalike_share=0.2))
+    train_safety: bool = True  # false = the Helpfulness RM only; the combined reward is then that RM
+    eval_data: str | None = None  # pairs file for `rlhf rm eval`; null = synthetic pairs on held-out phrasings
+    n_eval_synthetic: int = 500  # synthetic evaluation pairs per RM (when eval_data is null)
+    ablation: list[str] = field(default_factory=lambda: ["none", "small", "large"])  # Table 28 variants
+
+
+class RankingObjective(nn.Module):
+    """The margin ranking loss over one micro-batch of pairs, as sums (the loop normalises).
+
+    ``forward(input_ids (2b, t), attention_mask (2b, t), margin (b,))``: rows ``[:b]`` are the
+    chosen answers, rows ``[b:]`` the rejected ones, so both go through **one** forward pass.
+    Returns ``{"loss_sum", "correct_sum", "reward_gap_sum"}``, scalars summed over the b pairs
+    (correct: chosen scored higher; a tie counts 0.5, as in evaluation).
+    """
+
+    def __init__(self, model: RewardModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, margin):
+        rewards = self.model(input_ids, attention_mask)  # (2b,)
+        chosen_rewards, rejected_rewards = rewards.chunk(2)
+        gap = (chosen_rewards - rejected_rewards).detach()
+        return {"loss_sum": ranking_loss(chosen_rewards, rejected_rewards, margin, reduction="sum"),
+                "correct_sum": (gap > 0).float().sum() + 0.5 * (gap == 0).float().sum(),
+                "reward_gap_sum": gap.sum()}
+
+
+PairExample = tuple[torch.Tensor, torch.Tensor, float]  # chosen ids (t_c,), rejected ids (t_r,), margin
+
+
+def encode_pairs(tokenizer, pairs: pd.DataFrame, max_length: int,
+                 margin: Any = "none") -> tuple[list[PairExample], EncodeReport]:
+    """Tokenise every pair (see ``model.encode_answer``) with its level's margin."""
+    report = EncodeReport()
+    margins = margins_for(list(pairs["level"]), margin, config_key="reward.train.margin").tolist()
+    examples = [(encode_answer(tokenizer, prompt, chosen, max_length, report),
+                 encode_answer(tokenizer, prompt, rejected, max_length, report), m)
+                for prompt, chosen, rejected, m in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], margins)]
+    return examples, report
+
+
+def collate_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows, right-padded to one width: the batch of :class:`RankingObjective`."""
+    input_ids, attention_mask = pad_right([e[0] for e in examples] + [e[1] for e in examples], pad_id)
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "margin": torch.tensor([e[2] for e in examples], dtype=torch.float32)}
+
+
+def train_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, cfg: RewardConfig, work_dir: str | Path,
+                       on_metrics: MetricsCallback | None = None, desc: str = "rm",
+                       precision: str = "auto") -> tuple[TrainResult, EncodeReport]:
+    """Train ``rm`` in place on ``pairs`` (the pair schema of ``rlhf_core.preferences``).
+
+    Checkpoints go to ``work_dir/checkpoints``; an existing one is resumed. The margin table and
+    ``max_length`` are recorded in ``rm.info`` (written to ``reward_config.json`` on save).
+    Per-step metrics: loss, correct (share of pairs ranked right), reward_gap, lr, grad_norm, tokens_per_s.
+    """
+    if len(pairs) == 0:
+        raise ValueError("no training pairs: check the pair files (reward.*.data) and safety_only")
+    examples, report = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.margin)
+    table = margins_for(LEVELS, cfg.margin, config_key="reward.train.margin").tolist()
+    rm.info.update(max_length=cfg.max_length, margin=cfg.margin if isinstance(cfg.margin, str) else "custom",
+                   margin_table=dict(zip(LEVELS, table)))
+    pad_id = tokenizer.pad_token_id
+    result = train(RankingObjective(rm), examples, lambda rows: collate_pairs(rows, pad_id), lambda _: 1,
+                   [max(len(e[0]), len(e[1])) for e in examples], cfg, work_dir, on_metrics, desc, precision)
+    return result, report
+
+
+def evaluate_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, batch_size: int = 16,
+                          precision: str = "auto") -> tuple[dict, pd.DataFrame]:
+    """Test metrics and per-pair scores of ``rm`` on held-out ``pairs``.
+
+    Returns ``(metrics, scores)``: ``metrics`` is :func:`reward_metrics` (accuracy overall and per
+    level, reward gap, score distribution); ``scores`` has one row per pair: its index in ``pairs``,
+    level, safety, the last user message, chosen and rejected text, their scores and the credit
+    (1 right, 0.5 tie, 0 wrong).
+    """
+    report = EncodeReport()
+    sequences = [encode_answer(tokenizer, p, answer, rm.max_length, report)
+                 for answers in (pairs["chosen"], pairs["rejected"]) for p, answer in zip(pairs["prompt"], answers)]
+    rewards = score_ids(rm, sequences, tokenizer.pad_token_id, batch_size, precision)
+    chosen_scores, rejected_scores = rewards[:len(pairs)], rewards[len(pairs):]
+    levels = list(pairs["level"])
+    metrics = reward_metrics(chosen_scores, rejected_scores, levels)
+    metrics.update(n_prompt_truncated=report.n_prompt_truncated, n_answer_truncated=report.n_answer_truncated)
+    scores = pd.DataFrame({
+        "pair": pairs.index, "level": levels,
+        "safety": pairs["safety"] if "safety" in pairs else None,
+        "prompt": [p[-1]["content"] for p in pairs["prompt"]],
+        "chosen": pairs["chosen"], "rejected": pairs["rejected"],
+        "chosen_score": chosen_scores.numpy(), "rejected_score": rejected_scores.numpy(),
+        "credit": pair_credit(chosen_scores, rejected_scores),
+    })
+    return metrics, scores.reset_index(drop=True)

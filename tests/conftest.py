@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny model and tokenizers built in code (nothing downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf_core.models import build_tiny_model, build_tiny_tokenizer
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture
+def tiny():
+    """(model, tokenizer): a fresh random 2-layer Llama, same weights every time."""
+    return build_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def chatml_tokenizer():
+    """The byte-level tiny tokenizer with SmolLM2's ChatML template (no default system prompt)."""
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer

@@ -1,0 +1,58 @@
+"""The model loader: tiny model, error messages, precision, and the core's import purity."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlhf_core.errors import ConfigError
+from rlhf_core.models import ModelConfig, build_tiny_model, load_model, resolve_precision
+
+
+def test_tiny_model_is_deterministic_and_chat_ready():
+    (m1, tok), (m2, _) = build_tiny_model(seed=3), build_tiny_model(seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    assert not torch.equal(next(build_tiny_model(seed=4)[0].parameters()), next(m1.parameters()))
+    assert m1.config.num_hidden_layers == 2 and m1.config.hidden_size == 64
+    assert tok.pad_token_id != tok.eos_token_id and tok.chat_template
+
+
+def test_tiny_model_saves_and_reloads_as_a_directory(tmp_path):
+    model, tok = build_tiny_model()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, tok2 = load_model(ModelConfig(name_or_path=str(tmp_path)))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters()))
+    assert tok2.chat_template == tok.chat_template and any(tmp_path.glob("*.safetensors"))
+
+
+def test_offline_hub_id_gives_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    with pytest.raises(ConfigError, match="model.name_or_path.*Offline\\?.*smollm2"):
+        load_model(ModelConfig(name_or_path="some-org/some-model-that-is-not-here"))
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model(ModelConfig(name_or_path=str(tmp_path / "model.gguf")))
+
+
+def test_precision_resolution():
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ConfigError, match="model.precision"):
+        resolve_precision("fp8")
+
+
+def test_core_imports_no_orchestration_or_tracking():
+    code = ("import importlib, pkgutil, sys, rlhf_core\n"
+            "for m in pkgutil.walk_packages(rlhf_core.__path__, 'rlhf_core.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "bad = sorted({n.split('.')[0] for n in sys.modules} & {'prefect', 'mlflow', 'hydra', 'omegaconf'})\n"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
