@@ -124,7 +124,7 @@ def train_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, cfg: Rew
     if len(pairs) == 0:
         raise ValueError("no training pairs: check the pair files (reward.*.data) and safety_only")
     examples, report = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.margin)
-    table = margins_for(LEVELS, cfg.margin, config_key="reward.train.margin").tolist()
+    table = margins_for(LEVELS, cfg.margin, config_key="reward.train.margin", dtype=torch.float64).tolist()
     rm.info.update(max_length=cfg.max_length, margin=cfg.margin if isinstance(cfg.margin, str) else "custom",
                    margin_table=dict(zip(LEVELS, table)))
     pad_id = tokenizer.pad_token_id

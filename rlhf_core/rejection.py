@@ -1,0 +1,151 @@
+"""Rejection sampling (Llama 2 §3.2.3): temperature search, best-of-K, the all-iterations pool.
+
+- **Temperature search** (Fig. 8): the best temperature moves as RLHF proceeds, so every iteration samples
+  K answers per probe prompt at each temperature of a grid and keeps the one with the highest mean
+  max-of-K reward.
+- **Best-of-K**: K answers per prompt at that temperature, scored by the reward scorer; the best is the
+  new fine-tuning target.
+- **The pool**: from V3 on the paper picks the best answer among the samples of *all* iterations so far
+  ("keeping only the latest samples caused regressions"). Every iteration's candidates are kept, and the
+  pool is rebuilt each iteration by **re-scoring every candidate, old and new, with the current reward
+  scorer**: the RM changes between iterations, and a score from last week's RM is not comparable to one
+  from this week's.
+- **Best-of-K gain** (Fig. 7): expected max-of-k minus the median, for k = 1..K, from samples already drawn.
+
+A *scorer* is ``scorer(prompts: DataFrame, answers: list[str]) -> np.ndarray`` with one row of
+``prompts`` per answer (columns ``messages``, ``safety`` and, for the gold rater, ``instructions``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from math import comb
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .sampling import SamplingBackend, SamplingConfig
+
+Scorer = Callable[[pd.DataFrame, list], np.ndarray]
+
+
+@dataclass
+class RejectionConfig:
+    k: int = 4  # samples per prompt (the paper's curves go to 100)
+    temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4])  # search grid
+    probe_prompts: int = 16  # prompts used by the temperature search
+    probe_k: int | None = None  # samples per probe prompt; None = k
+    n_prompts: int = 64  # prompts sampled for the pool each iteration
+
+
+def sample_and_score(backend: SamplingBackend, prompts: pd.DataFrame, k: int, cfg: SamplingConfig,
+                     scorer: Scorer) -> pd.DataFrame:
+    """K samples per prompt with their scores; one row per sample, with the prompt's columns joined."""
+    samples = backend.sample(list(prompts.messages), k, cfg)
+    joined = prompts.reset_index(drop=True).iloc[samples.prompt_index].reset_index(drop=True)
+    samples = pd.concat([joined, samples.reset_index(drop=True)], axis=1)
+    samples["temperature"] = cfg.temperature
+    samples["score"] = np.asarray(scorer(samples, list(samples.text)), dtype=float)
+    return samples
+
+
+def max_of_k_stats(samples: pd.DataFrame) -> dict:
+    """Mean over prompts of the max and of the median of each prompt's sample scores."""
+    per_prompt = samples.groupby("prompt_index").score
+    return {"mean_max": float(per_prompt.max().mean()), "mean_median": float(per_prompt.median().mean())}
+
+
+def search_temperature(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: Sequence[float], k: int,
+                       cfg: SamplingConfig, scorer: Scorer) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """Sample at each temperature; returns ``(best_temperature, curve, samples)``.
+
+    ``curve`` has one row per temperature: ``temperature``, ``mean_max`` (mean max-of-K reward, the
+    criterion), ``mean_median``. Ties go to the lower temperature (less diversity for the same reward).
+    """
+    if not temperatures:
+        raise ConfigError("rejection.temperatures", "give at least one temperature")
+    curve, drawn = [], []
+    for temperature in sorted(temperatures):
+        samples = sample_and_score(backend, prompts, k, _with(cfg, temperature=temperature), scorer)
+        curve.append({"temperature": temperature, **max_of_k_stats(samples)})
+        drawn.append(samples)
+    curve = pd.DataFrame(curve)
+    best = float(curve.temperature[curve.mean_max.idxmax()])
+    return best, curve, pd.concat(drawn, ignore_index=True)
+
+
+def _with(cfg: SamplingConfig, **changes) -> SamplingConfig:
+    return replace(cfg, **changes)
+
+
+def best_of_k(samples: pd.DataFrame, key: str = "prompt_id") -> pd.DataFrame:
+    """The highest-scoring sample of each prompt (first one on ties), one row per prompt."""
+    order = samples.sort_values([key, "score"], ascending=[True, False], kind="stable")
+    return order.drop_duplicates(key, keep="first").reset_index(drop=True)
+
+
+def build_pool(candidates: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
+    """Re-score every candidate of every iteration with the current scorer; keep the best per prompt.
+
+    ``candidates`` holds all samples so far with their ``iteration``; the returned pool has one row per
+    ``prompt_id`` with ``text``, ``score`` (current scorer) and the ``iteration`` that produced it.
+    """
+    rescored = candidates.reset_index(drop=True).copy()
+    rescored["score"] = np.asarray(scorer(rescored, list(rescored.text)), dtype=float)
+    return best_of_k(rescored)
+
+
+def expected_max_of_k(scores: Sequence[float], k: int) -> float:
+    """E[max of k samples drawn without replacement from ``scores``], exactly, by order statistics:
+    the i-th smallest of n is the max of a k-subset in C(i-1, k-1) of the C(n, k) subsets."""
+    values = np.sort(np.asarray(scores, dtype=float))
+    n = len(values)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of samples {n}")
+    weights = np.array([comb(i, k - 1) for i in range(n)], dtype=float) / comb(n, k)
+    return float(weights @ values)
+
+
+def best_of_k_gain(samples: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.DataFrame:
+    """The paper's Fig. 7: mean over prompts of E[max of k] and of the median, and their gap, per k."""
+    groups = [g.score.to_numpy() for _, g in samples.groupby("prompt_index")]
+    n = min(len(g) for g in groups)
+    ks = ks or [k for k in (1, 2, 4, 8, 16, 32, 64, 100) if k <= n]
+    rows = []
+    for k in ks:
+        max_k = np.mean([expected_max_of_k(g, k) for g in groups])
+        median = np.mean([np.median(g) for g in groups])
+        rows.append({"k": k, "mean_max": float(max_k), "mean_median": float(median),
+                     "gain": float(max_k - median)})
+    return pd.DataFrame(rows)
+
+
+def pool_conversations(pool: pd.DataFrame) -> tuple[list[dict], int]:
+    """The pool as SFT conversations: the prompt's messages + the best answer (Llama 2: "fine-tune on
+    the best answers exactly like SFT"). Returns ``(conversations, n_empty)``: a prompt whose best answer
+    is empty has nothing to teach and is left out, and counted for the step's log."""
+    conversations = [{"messages": list(row.messages) + [{"role": "assistant", "content": row.text}]}
+                     for row in pool.itertuples() if row.text.strip()]
+    return conversations, len(pool) - len(conversations)
+
+
+def collect_pairs(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: tuple[float, float],
+                  cfg: SamplingConfig, iteration: int, source: str = "policy",
+                  second_backend: SamplingBackend | None = None) -> pd.DataFrame:
+    """Two answers per prompt for annotation, drawn at two temperatures (and, when ``second_backend``
+    is given, from a second model variant, as the paper does) so the pair differs enough to compare."""
+    first = backend.sample(list(prompts.messages), 1, _with(cfg, temperature=temperatures[0]))
+    other = second_backend or backend
+    second = other.sample(list(prompts.messages), 1, _with(cfg, temperature=temperatures[1], seed=cfg.seed + 1))
+    frame = prompts.reset_index(drop=True)
+    return pd.DataFrame({
+        "pair_id": [f"it{iteration}-{pid}" for pid in frame.prompt_id],
+        "prompt_id": frame.prompt_id, "prompt": frame.messages,
+        "response_a": list(first.text), "response_b": list(second.text),
+        "instructions": frame.instructions if "instructions" in frame else "[]",
+        "safety": frame.safety.astype(bool) if "safety" in frame else False,
+        "source": source, "iteration": iteration,
+        "temperature_a": temperatures[0], "temperature_b": temperatures[1],
+    })

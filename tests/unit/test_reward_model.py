@@ -1,0 +1,152 @@
+"""The reward model on the tiny Llama: where the reward is read, one forward per pair batch, save/load,
+truncation, and the scorer's combination of one or two RMs."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf_core.models import ModelConfig
+from rlhf_core.reward.combine import whiten
+from rlhf_core.reward.model import (EncodeReport, RewardModel, encode_answer, last_token_index, load_reward_model,
+                                    pad_right, reward_model_from_policy, save_reward_model, score)
+from rlhf_core.reward.scorer import RewardScorer
+from rlhf_core.reward.train import RankingObjective, collate_pairs
+
+PROMPT = [{"role": "user", "content": "Say something nice."}]
+ANSWERS = ["ok", "You are doing great, keep going!", "hi there", "x" * 40]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matrices: a second BLAS thread only costs synchronisation (on a busy 2-core box, a lot of it).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rm():
+    return reward_model_from_policy(ModelConfig("tiny"), name="helpful", seed=0, max_length=128)
+
+
+def test_last_token_index_either_padding_side():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 4]
+
+
+def test_backbone_has_no_lm_head_and_head_is_small_normal(rm):
+    model, _ = rm
+    assert not hasattr(model.backbone, "lm_head") and model.head.out_features == 1
+    assert model.head.bias.item() == 0.0
+    assert model.head.weight.std().item() == pytest.approx(1 / math.sqrt(65), rel=0.3)
+
+
+def test_padding_does_not_change_a_sequence_reward(rm):
+    model, tok = rm
+    seqs = [encode_answer(tok, PROMPT, a, 128) for a in ANSWERS]
+    assert len({len(s) for s in seqs}) == len(seqs)  # different lengths, so the batch pads
+    with torch.no_grad():
+        alone = torch.stack([model(*pad_right([s], tok.pad_token_id)) for s in seqs]).squeeze(-1)
+        batched = model(*pad_right(seqs, tok.pad_token_id))
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    # Reading the reward at a padding position instead (the last column) would give other numbers.
+    with torch.no_grad():
+        hidden = model.backbone(*pad_right(seqs, tok.pad_token_id)).last_hidden_state
+    at_last_column = model.head(hidden[:, -1]).squeeze(-1)
+    assert not torch.allclose(at_last_column[:-1], alone[:-1], atol=1e-3)
+
+
+def test_score_keeps_input_order_with_length_sorted_batches(rm):
+    model, tok = rm
+    one_by_one = torch.cat([score(model, tok, [PROMPT], [a], batch_size=1) for a in ANSWERS])
+    batched = score(model, tok, [PROMPT] * len(ANSWERS), ANSWERS, batch_size=3)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    assert model.training  # score() restores the mode it found
+
+
+def test_chosen_and_rejected_go_through_one_forward_pass(rm):
+    model, tok = rm
+    calls = []
+    model.backbone.register_forward_hook(lambda module, args, output: calls.append(1))
+    examples = [(encode_answer(tok, PROMPT, c, 128), encode_answer(tok, PROMPT, r, 128), 1.0)
+                for c, r in [(ANSWERS[1], ANSWERS[0]), (ANSWERS[3], ANSWERS[2])]]
+    batch = collate_pairs(examples, tok.pad_token_id)
+    assert batch["input_ids"].shape[0] == 4 and batch["margin"].tolist() == [1.0, 1.0]
+    out = RankingObjective(model)(**batch)
+    assert len(calls) == 1
+    with torch.no_grad():
+        rewards = model(batch["input_ids"], batch["attention_mask"])
+    expected = -torch.nn.functional.logsigmoid(rewards[:2] - rewards[2:] - 1.0).sum()
+    assert out["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out["correct_sum"].item() == float((rewards[:2] > rewards[2:]).sum())
+
+
+def test_left_truncation_keeps_the_answer_and_counts(rm):
+    _, tok = rm
+    long_prompt = [{"role": "user", "content": "blah " * 60}]
+    report = EncodeReport()
+    full = encode_answer(tok, long_prompt, "the answer", 10_000)
+    cut = encode_answer(tok, long_prompt, "the answer", 64, report)
+    assert len(cut) == 64 and torch.equal(cut, full[-64:])
+    assert "the answer" in tok.decode(cut)
+    encode_answer(tok, PROMPT, "y" * 200, 64, report)  # the answer alone is too long
+    encode_answer(tok, PROMPT, "short", 64, report)
+    assert (report.n_sequences, report.n_prompt_truncated, report.n_answer_truncated) == (3, 1, 1)
+
+
+def test_save_load_round_trip_gives_identical_scores(rm, tmp_path):
+    model, tok = rm
+    with torch.no_grad():
+        model.head.weight.add_(0.5)  # not the init: the head must really be saved
+    model.info["margin"] = "small"
+    save_reward_model(model, tok, tmp_path / "rm")
+    loaded, loaded_tok = load_reward_model(tmp_path / "rm")
+    assert loaded.info["name"] == "helpful" and loaded.info["margin"] == "small" and loaded.max_length == 128
+    before = score(model, tok, [PROMPT] * 4, ANSWERS)
+    after = score(loaded, loaded_tok, [PROMPT] * 4, ANSWERS)
+    assert torch.equal(before, after)
+
+
+def test_load_rejects_a_plain_model_dir(tmp_path):
+    from rlhf_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a reward-model directory"):
+        load_reward_model(tmp_path)
+
+
+def _constant_rm(value: float, tok_rm) -> tuple[RewardModel, object]:
+    """An RM that gives every answer ``value``: its head reads nothing and has bias ``value``."""
+    model, tok = tok_rm
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(value)
+    return model, tok
+
+
+def test_scorer_with_one_rm_is_that_rm(rm):
+    scorer = RewardScorer(rm)
+    out = scorer([PROMPT] * 4, ANSWERS, unsafe_tags=[True, False, None, False])
+    assert out["safety"] is None
+    torch.testing.assert_close(out["combined"], out["helpful"])
+    torch.testing.assert_close(out["whitened"], whiten(out["helpful"]))
+    assert out["whitened"].mean().abs() < 1e-5
+
+
+def test_scorer_with_two_rms_switches_to_safety_on_unsafe_tags_and_low_safety():
+    helpful = _constant_rm(2.0, reward_model_from_policy(ModelConfig("tiny"), seed=0))
+    safe = _constant_rm(1.0, reward_model_from_policy(ModelConfig("tiny"), seed=1))
+    out = RewardScorer(helpful, safe)([PROMPT] * 3, ANSWERS[:3], unsafe_tags=[True, False, None])
+    assert out["helpful"].tolist() == [2.0, 2.0, 2.0] and out["safety"].tolist() == [1.0, 1.0, 1.0]
+    assert out["combined"].tolist() == [1.0, 2.0, 2.0]  # sigmoid(1) = 0.73 >= 0.15: safety only where tagged
+    unsure = _constant_rm(-2.0, reward_model_from_policy(ModelConfig("tiny"), seed=1))  # sigmoid(-2) = 0.12
+    out = RewardScorer(helpful, unsure)([PROMPT] * 3, ANSWERS[:3], unsafe_tags=None)
+    assert out["combined"].tolist() == [-2.0, -2.0, -2.0]
+
+
+def test_scorer_loads_from_directories(rm, tmp_path):
+    model, tok = rm
+    save_reward_model(model, tok, tmp_path / "helpful")
+    scorer = RewardScorer.load(tmp_path / "helpful", batch_size=2)
+    torch.testing.assert_close(scorer([PROMPT] * 4, ANSWERS)["helpful"], score(model, tok, [PROMPT] * 4, ANSWERS))

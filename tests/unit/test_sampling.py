@@ -1,0 +1,82 @@
+"""The sampling engine on the tiny model: batched == one by one, seeded, stop reasons, log-probs."""
+
+import pytest
+import torch
+
+from rlhf_core.chat import render_prompt
+from rlhf_core.errors import ConfigError
+from rlhf_core.models import build_tiny_model
+from rlhf_core.sampling import SamplingConfig, TransformersBackend, _choose
+
+PROMPTS = [[{"role": "user", "content": "hello " * i}] for i in range(1, 7)]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    model, tok = build_tiny_model(seed=0)
+    return TransformersBackend(model, tok, "fp32")
+
+
+def test_greedy_batched_equals_greedy_one_by_one(backend):
+    cfg = SamplingConfig(temperature=0, max_new_tokens=12, batch_prompts=6)
+    batched = backend.sample(PROMPTS, 1, cfg)
+    for i, prompt in enumerate(PROMPTS):
+        alone = backend.sample([prompt], 1, cfg).iloc[0]
+        assert batched.token_ids[i] == alone.token_ids
+
+
+def test_greedy_matches_transformers_generate(backend):
+    ids = render_prompt(backend.tokenizer, PROMPTS[2])[None]
+    out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                                 pad_token_id=backend.tokenizer.pad_token_id)
+    ours = backend.sample([PROMPTS[2]], 1, SamplingConfig(temperature=0, max_new_tokens=8)).iloc[0]
+    assert ours.token_ids == out[0, ids.shape[1]:].tolist()[:len(ours.token_ids)]
+
+
+def test_same_seed_same_samples_other_seed_other_samples(backend):
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=10, seed=7)
+    a, b = backend.sample(PROMPTS, 3, cfg), backend.sample(PROMPTS, 3, cfg)
+    assert list(a.token_ids) == list(b.token_ids)
+    c = backend.sample(PROMPTS, 3, SamplingConfig(temperature=1.0, max_new_tokens=10, seed=8))
+    assert list(a.token_ids) != list(c.token_ids)
+    assert sorted(zip(a.prompt_index, a.sample_index)) == [(p, s) for p in range(6) for s in range(3)]
+
+
+def test_logprobs_match_a_separate_forward_pass(backend):
+    samples = backend.sample(PROMPTS, 2, SamplingConfig(temperature=1.0, max_new_tokens=10, seed=1))
+    for row in samples.itertuples():
+        prompt = render_prompt(backend.tokenizer, PROMPTS[row.prompt_index])
+        full = torch.cat([prompt, torch.tensor(row.token_ids)])
+        with torch.no_grad():
+            logp = torch.log_softmax(backend.model(full[None]).logits[0, :-1].float(), -1)
+        expected = logp[len(prompt) - 1:].gather(-1, torch.tensor(row.token_ids)[:, None]).squeeze(-1)
+        assert torch.allclose(expected, torch.tensor(row.logprobs), atol=1e-4)
+
+
+def test_stop_reasons():
+    model, tok = build_tiny_model(seed=0)
+    end = tok.eos_token_id
+    with torch.no_grad():  # make the end-of-turn token overwhelmingly likely after one step
+        model.lm_head.weight[end] += 50 * model.lm_head.weight.std()
+    # With the end token boosted, greedy stops at once; a high temperature keeps some running to length.
+    stops = TransformersBackend(model, tok, "fp32").sample(PROMPTS, 1, SamplingConfig(temperature=0, max_new_tokens=5))
+    assert set(stops.stop_reason) == {"stop"} and set(stops.n_tokens) == {1} and set(stops.text) == {""}
+    model2, tok2 = build_tiny_model(seed=0)
+    longs = TransformersBackend(model2, tok2, "fp32").sample(PROMPTS, 2, SamplingConfig(temperature=0, max_new_tokens=5))
+    for row in longs.itertuples():
+        assert (row.stop_reason == "stop") == (row.token_ids[-1] == tok2.eos_token_id)
+        assert row.stop_reason == "stop" or row.n_tokens == 5
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(_choose(logits, SamplingConfig(top_p=0.7), gen)) for _ in range(200)}
+    assert draws == {0, 1}  # 0.5 + 0.3 >= 0.7: tokens 2 and 3 never drawn
+    draws = {int(_choose(logits, SamplingConfig(top_p=0.4), gen)) for _ in range(50)}
+    assert draws == {0}
+
+
+def test_bad_sampling_config_names_the_key(backend):
+    with pytest.raises(ConfigError, match="sampling.top_p"):
+        backend.sample(PROMPTS, 1, SamplingConfig(top_p=0))
