@@ -29,6 +29,10 @@ def _campaign_dir(cfg) -> Path:
     return Path(cfg.campaign.root).resolve() / cfg.campaign.name
 
 
+def _iteration_dir(cfg) -> Path:
+    return _campaign_dir(cfg) / f"iter-{cfg.campaign.iteration}"
+
+
 def cmd_sft(overrides: list[str]) -> int:
     from rlhf_core.steps.sft import sft_step
 
@@ -64,12 +68,67 @@ def cmd_annotate(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_sample(overrides: list[str]) -> int:
+    from rlhf_core.steps.rejection import sample_step
+
+    from .config import compose_config
+
+    cfg = compose_config(overrides)
+    out_dir = Path(cfg.io.output) if cfg.io.output else _iteration_dir(cfg) / "sample"
+    manifest = sample_step(cfg.model, cfg.prompts, cfg.sampling, cfg.rejection.k, out_dir)
+    m = manifest["metrics"]
+    print(f"\n{m['n_samples']} samples ({m['n_prompts']} prompts x {m['k']}), {m['mean_tokens']:.0f} tokens on "
+          f"average, {m['stopped_share']:.0%} ended at a stop token: {out_dir / 'samples.parquet'}")
+    return 0
+
+
+def cmd_rs(overrides: list[str]) -> int:
+    from dataclasses import replace
+
+    from rlhf_core.models import ModelConfig
+    from rlhf_core.steps.rejection import rejection_sample_step, search_temperature_step
+    from rlhf_core.steps.sft import DataConfig, sft_step
+
+    from .config import compose_config
+
+    cfg = compose_config(overrides)
+    iteration, here = cfg.campaign.iteration, _iteration_dir(cfg)
+    # 1. Temperature search on the probe prompts, 2. K samples per prompt at the chosen temperature and
+    # the pool over all iterations so far, 3. fine-tune the policy (or a student) on the pool.
+    search = search_temperature_step(cfg.model, cfg.prompts, cfg.sampling, cfg.rejection, cfg.scorer,
+                                     here / "search_temperature")
+    chosen = search["metrics"]["chosen"]
+    previous = [p for i in range(1, iteration)
+                if (p := _campaign_dir(cfg) / f"iter-{i}" / "rejection_sample" / "candidates.parquet").is_file()]
+    rs = rejection_sample_step(cfg.model, cfg.prompts, replace(cfg.sampling, temperature=chosen), cfg.rejection,
+                               cfg.scorer, iteration, previous, here / "rejection_sample")
+    student = replace(cfg.model, name_or_path=cfg.rejection.student) if cfg.rejection.student else cfg.model
+    policy = sft_step(student, DataConfig(path=str(here / "rejection_sample" / "pool_sft.jsonl")), cfg.sft,
+                      here / "train_policy")
+    m = rs["metrics"]
+    print("\ntemperature search (mean max-of-K reward):")
+    for t, v in search["metrics"]["curve"].items():
+        print(f"  T={t}: {v:.3f}{'  <- chosen' if float(t) == chosen else ''}")
+    print(f"pool: {m['pool_size']} prompts, mean score {m['pool_mean_score']:.3f}, by iteration "
+          f"{m['pool_by_iteration']}; best-of-K gain over the median: {m['gain']}")
+    print(f"new policy: {here / 'train_policy'} (train loss {policy['metrics']['train_loss_first']:.3f} -> "
+          f"{policy['metrics']['train_loss_last']:.3f})")
+    return 0
+
+
 COMMANDS = {c.name: c for c in [
     Command("sft", "Assistant-only supervised fine-tuning; writes <root>/<name>/iter-0/sft (a model dir).",
             "rlhf sft model=tiny data.path=chats.jsonl sft.epochs=1 campaign.name=try1", cmd_sft),
     Command("annotate", "Label a pairs file with the configured annotator (simulated | file | human).",
             "rlhf annotate io.input=pairs.jsonl io.output=labelled.parquet annotator.rater.noise=0.2",
             cmd_annotate),
+    Command("sample", "Sample K answers per prompt (prompts.path, or generated prompts); writes samples.parquet.",
+            "rlhf sample prompts.n=32 rejection.k=4 sampling.temperature=0.8 sampling.max_new_tokens=64",
+            cmd_sample),
+    Command("rs", "One rejection-sampling round: temperature search, best-of-K pool over all iterations, "
+                  "fine-tune on the pool.",
+            "rlhf rs model.name_or_path=runs/c/iter-0/sft scorer.helpful=runs/c/iter-1/rm-helpful "
+            "campaign.name=c campaign.iteration=1", cmd_rs),
 ]}
 
 

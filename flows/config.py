@@ -18,6 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.models import ModelConfig
+from rlhf_core.prompt_sets import PromptsConfig
+from rlhf_core.rejection import RejectionConfig
+from rlhf_core.sampling import SamplingConfig
+from rlhf_core.scorers import ScorerConfig
 from rlhf_core.sft import SFTConfig
 from rlhf_core.steps.sft import DataConfig
 
@@ -26,6 +30,7 @@ from rlhf_core.steps.sft import DataConfig
 class CampaignConfig:
     name: str = "default"  # the campaign directory is <root>/<name>
     root: str = "./runs"  # relative paths are resolved against the current directory
+    iteration: int = 1  # the RLHF-V<iteration> that single-step commands write into (iter-<n>/)
 
 
 @dataclass
@@ -40,6 +45,10 @@ class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     io: IOConfig = field(default_factory=IOConfig)
 

@@ -163,3 +163,39 @@ def tokenize_conversations(tokenizer, conversations: list[dict], max_length: int
         report.n_target_tokens += int(loss_mask.sum())
     report.n_kept = len(examples)
     return examples, report
+
+
+def load_prompts(path: str | Path):
+    """A prompt file as a DataFrame: ``prompt_id`` (default ``<file stem>-<line>``), ``messages`` (ending
+    with a user turn), ``safety`` (default False) and ``instructions`` (default "[]", checked by the gold
+    rater only). Problems are reported like conversation files."""
+    import pandas as pd
+
+    path = Path(path)
+    records, errors = [], []
+    for line, row in read_rows(path):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        problems = validate_prompt(messages, path, line)
+        errors.extend(problems)
+        if not problems:
+            records.append({"prompt_id": str(row.get("prompt_id") or f"{path.stem}-{line}"), "messages": messages,
+                            "safety": bool(row.get("safety") or False),
+                            "instructions": row.get("instructions") or "[]"})
+    if errors:
+        raise DataErrors(errors)
+    if not records:
+        raise DataError(path, "no prompts in the file", hint="add at least one {\"messages\": [...]} row")
+    return pd.DataFrame(records)
+
+
+def validate_prompt(messages: Any, path, line: int) -> list[DataError]:
+    """A prompt is a conversation that ends with the user turn to be answered."""
+    if not isinstance(messages, list) or not messages:
+        return [DataError(path, "expected a non-empty list of {role, content} messages", line, "messages",
+                          "fix or remove this line")]
+    last = messages[-1]
+    if isinstance(last, dict) and last.get("role") in ROLES and last.get("role") != "user":
+        return [DataError(path, "a prompt must end with a user turn", line, f"messages[{len(messages) - 1}].role",
+                          "fix or remove this line")]
+    # Checked as if answered, so the alternation rules of conversations apply unchanged.
+    return validate_messages(list(messages) + [{"role": "assistant", "content": "-"}], path, line)

@@ -37,7 +37,8 @@ class RejectionConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4])  # search grid
     probe_prompts: int = 16  # prompts used by the temperature search
     probe_k: int | None = None  # samples per probe prompt; None = k
-    n_prompts: int = 64  # prompts sampled for the pool each iteration
+    n_prompts: int = 64  # prompts sampled for the pool each iteration (the same prompts every iteration)
+    student: str | None = None  # fine-tune this (smaller) model on the pool instead of the policy (distillation)
 
 
 def sample_and_score(backend: SamplingBackend, prompts: pd.DataFrame, k: int, cfg: SamplingConfig,

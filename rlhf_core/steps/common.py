@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
-from ..artifacts import MANIFEST, digest, read_manifest, step_key
+from ..artifacts import MANIFEST, atomic_dir, digest, read_manifest, step_key, write_manifest
 from ..models import EMBEDDED, TINY, ModelConfig
 
 log = logging.getLogger("rlhf")
@@ -44,4 +46,33 @@ def key_for(config, input_digests: dict[str, str]) -> str:
     return step_key(asdict(config) if not isinstance(config, dict) else config, input_digests)
 
 
-__all__ = ["MANIFEST", "cached", "finish", "key_for", "log", "model_digest", "work_dir_for"]
+def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict],
+             body: Callable[[Path], dict], describe: str = "", summary: Callable[[dict], str] | None = None) -> dict:
+    """The frame of every step: cache check, a start and an end log line, atomic output, manifest.
+
+    ``inputs`` maps names to ``{"path", "digest"}``; ``body(tmp_dir) -> metrics`` writes the outputs into
+    ``tmp_dir``, which replaces ``out_dir`` only when it returns. Returns the manifest.
+    """
+    out_dir = Path(out_dir)
+    key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
+    if (manifest := cached(out_dir, key)) is not None:
+        log.info("%s: cached, same config and inputs -> %s", name, out_dir)
+        return manifest
+    log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
+    started = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        metrics = body(tmp)
+        metrics["wall_seconds"] = time.perf_counter() - started
+        manifest = write_manifest(tmp, name, key, config, inputs, metrics)
+    finish(out_dir)
+    log.info("%s: done in %.0f s%s -> %s", name, metrics["wall_seconds"],
+             f": {summary(metrics)}" if summary else "", out_dir)
+    return manifest
+
+
+def file_input(path: str | Path) -> dict:
+    return {"path": str(path), "digest": digest(path)}
+
+
+def model_input(cfg: ModelConfig) -> dict:
+    return {"path": cfg.name_or_path, "digest": model_digest(cfg)}

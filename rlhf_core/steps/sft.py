@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import atomic_dir, sha256_file, write_manifest
 from ..data import load_conversations
 from ..models import ModelConfig, load_model
 from ..sft import SFTConfig, mean_target_loss, run_sft
 from ..training import latest_checkpoint
-from .common import cached, finish, key_for, log, model_digest, work_dir_for
+from .common import file_input, log, model_input, run_step, work_dir_for
 
 
 @dataclass
@@ -70,50 +68,43 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
     """Run SFT (or reuse a finished output with the same key); returns the output's manifest."""
     out_dir = Path(out_dir)
     path = data_path(data_cfg)
-    inputs = {"model": {"path": model_cfg.name_or_path, "digest": model_digest(model_cfg)},
-              "data": {"path": str(path), "digest": sha256_file(path)}}
+    inputs = {"model": model_input(model_cfg), "data": file_input(path)}
     config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "sft": asdict(sft_cfg)}
-    key = key_for(config, {name: item["digest"] for name, item in inputs.items()})
-    if (manifest := cached(out_dir, key)) is not None:
-        log.info("sft: cached, same config and inputs -> %s", out_dir)
-        return manifest
-
-    # 1. Data: validated conversations, optional held-out slice.
-    train_rows, eval_rows = _split(load_conversations(path), data_cfg)
-    # 2. Model, and the held-out loss before training.
-    started = time.perf_counter()
-    model, tokenizer = load_model(model_cfg)
     work = work_dir_for(out_dir)
-    resume = latest_checkpoint(work)
-    loss_before = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
-    log.info("sft: start: %s, %d conversations (%d held out), %s%s -> %s", model_cfg.name_or_path,
-             len(train_rows), len(eval_rows), path.name,
-             f", resuming from {resume.name}" if resume else "", out_dir)
-    # 3. Train (resumes from the work dir's latest checkpoint).
-    metrics_log = _MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
-                              on_metrics)
-    result, report = run_sft(model, tokenizer, train_rows, sft_cfg, work, metrics_log,
-                             precision=model_cfg.precision)
-    log.info("sft: data: %s", report.summary())
-    loss_after = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
-    # 4. Write the model directory and its manifest atomically.
-    history = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    metrics = {
-        "steps": result.steps, "resumed_from_step": result.resumed_from,
-        "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"],
-        "eval_loss_before": loss_before, "eval_loss_after": loss_after,
-        "tokens_per_s": sum(h["tokens_per_s"] for h in history) / len(history),
-        "n_conversations": report.n_kept, "n_truncated": report.n_truncated,
-        "n_dropped_overlong": report.n_dropped_overlong, "n_target_tokens": report.n_target_tokens,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    with atomic_dir(out_dir) as tmp:
+
+    def body(tmp: Path) -> dict:
+        # 1. Data: validated conversations, optional held-out slice.
+        train_rows, eval_rows = _split(load_conversations(path), data_cfg)
+        # 2. Model, and the held-out loss before training.
+        model, tokenizer = load_model(model_cfg)
+        resume = latest_checkpoint(work)
+        loss_before = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
+        log.info("sft: %d conversations (%d held out) from %s%s", len(train_rows), len(eval_rows), path.name,
+                 f", resuming from {resume.name}" if resume else "")
+        # 3. Train (resumes from the work dir's latest checkpoint).
+        metrics_log = _MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
+                                  on_metrics)
+        result, report = run_sft(model, tokenizer, train_rows, sft_cfg, work, metrics_log,
+                                 precision=model_cfg.precision)
+        log.info("sft: data: %s", report.summary())
+        loss_after = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
+        # 4. The model directory.
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.jsonl").write_text((work / "metrics.jsonl").read_text())
-        manifest = write_manifest(tmp, "sft", key, config, inputs, metrics)
-    finish(out_dir)
-    log.info("sft: done in %.0f s: %d steps, train loss %.3f -> %.3f%s -> %s", metrics["wall_seconds"],
-             result.steps, metrics["train_loss_first"], metrics["train_loss_last"],
-             f", held-out loss {loss_before:.3f} -> {loss_after:.3f}" if eval_rows else "", out_dir)
-    return manifest
+        history = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        return {
+            "steps": result.steps, "resumed_from_step": result.resumed_from,
+            "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"],
+            "eval_loss_before": loss_before, "eval_loss_after": loss_after,
+            "tokens_per_s": sum(h["tokens_per_s"] for h in history) / len(history),
+            "n_conversations": report.n_kept, "n_truncated": report.n_truncated,
+            "n_dropped_overlong": report.n_dropped_overlong, "n_target_tokens": report.n_target_tokens,
+        }
+
+    def summary(m: dict) -> str:
+        held_out = (f", held-out loss {m['eval_loss_before']:.3f} -> {m['eval_loss_after']:.3f}"
+                    if m["eval_loss_before"] is not None else "")
+        return f"{m['steps']} steps, train loss {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}{held_out}"
+
+    return run_step("sft", out_dir, config, inputs, body, f"{model_cfg.name_or_path} on {path.name}", summary)

@@ -1,0 +1,143 @@
+"""Sampling steps of an iteration: collect pairs, search the temperature, rejection-sample into the pool.
+
+Outputs (each its own step directory with ``manifest.json``):
+
+- ``collect_pairs/pairs.parquet``: two answers per new prompt, for annotation;
+- ``search_temperature/curve.csv`` (+ ``samples.parquet``): mean max-of-K reward per temperature;
+- ``rejection_sample/``: ``candidates.parquet`` (this iteration's K samples per prompt, scored),
+  ``pool.parquet`` (best answer per prompt over the candidates of *all* iterations, all re-scored with
+  the current scorer), ``pool_sft.jsonl`` (the pool as SFT conversations: the policy update's data) and
+  ``gain.csv`` (best-of-K gain vs K, Fig. 7).
+- ``sample/samples.parquet``: plain K-sample generation (``rlhf sample``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..artifacts import stable_hash
+from ..models import ModelConfig, load_model
+from ..prompt_sets import PromptsConfig, load_prompt_set
+from ..rejection import (RejectionConfig, best_of_k_gain, build_pool, collect_pairs, max_of_k_stats,
+                         pool_conversations, sample_and_score, search_temperature)
+from ..sampling import SamplingConfig, make_backend
+from ..scorers import ScorerConfig, make_scorer
+from .common import file_input, log, model_input, run_step
+
+
+def _prompts_input(cfg: PromptsConfig) -> dict:
+    return file_input(cfg.path) if cfg.path else {"path": "generated", "digest": stable_hash(asdict(cfg))}
+
+
+def _scorer_inputs(cfg: ScorerConfig) -> dict:
+    return {f"rm_{name}": file_input(path) for name, path in (("helpful", cfg.helpful), ("safety", cfg.safety))
+            if cfg.kind == "rm" and path}
+
+
+def _backend(model_cfg: ModelConfig, sampling: SamplingConfig):
+    model, tokenizer = load_model(model_cfg)
+    return make_backend(sampling, model, tokenizer, model_cfg.precision, model_cfg.name_or_path)
+
+
+def sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig, k: int,
+                out_dir: str | Path) -> dict:
+    """K answers per prompt -> ``samples.parquet`` (prompt columns + text, token_ids, logprobs, ...)."""
+    prompts = load_prompt_set(prompts_cfg)
+
+    def body(tmp: Path) -> dict:
+        samples = _backend(model_cfg, sampling).sample(list(prompts.messages), k, sampling)
+        joined = pd.concat([prompts.iloc[samples.prompt_index].reset_index(drop=True), samples], axis=1)
+        joined.to_parquet(tmp / "samples.parquet")
+        return {"n_prompts": len(prompts), "k": k, "n_samples": len(joined),
+                "mean_tokens": float(joined.n_tokens.mean()), "stopped_share": float((joined.stop_reason == "stop").mean())}
+
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling), "k": k}
+    return run_step("sample", out_dir, config, {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)},
+                    body, f"{len(prompts)} prompts x {k} at T={sampling.temperature}",
+                    lambda m: f"{m['n_samples']} samples, {m['mean_tokens']:.0f} tokens on average")
+
+
+def collect_pairs_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
+                       temperatures: Sequence[float], iteration: int, out_dir: str | Path) -> dict:
+    """Two answers per new prompt at two temperatures -> ``pairs.parquet`` for the annotator."""
+    prompts = load_prompt_set(prompts_cfg)
+
+    def body(tmp: Path) -> dict:
+        pairs = collect_pairs(_backend(model_cfg, sampling), prompts, tuple(temperatures), sampling, iteration)
+        pairs.to_parquet(tmp / "pairs.parquet")
+        return {"n_pairs": len(pairs), "identical": int((pairs.response_a == pairs.response_b).sum())}
+
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
+              "temperatures": list(temperatures), "iteration": iteration}
+    return run_step("collect_pairs", out_dir, config,
+                    {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)}, body,
+                    f"{len(prompts)} prompts at T={list(temperatures)}", lambda m: f"{m['n_pairs']} pairs")
+
+
+def search_temperature_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
+                            rejection: RejectionConfig, scorer_cfg: ScorerConfig, out_dir: str | Path) -> dict:
+    """Mean max-of-K reward per temperature on the probe prompts; the argmax is the chosen temperature."""
+    probe = load_prompt_set(replace(prompts_cfg, n=rejection.probe_prompts))
+    k = rejection.probe_k or rejection.k
+
+    def body(tmp: Path) -> dict:
+        scorer = make_scorer(scorer_cfg, model_cfg.precision)
+        best, curve, samples = search_temperature(_backend(model_cfg, sampling), probe, rejection.temperatures, k,
+                                                  sampling, scorer)
+        curve.to_csv(tmp / "curve.csv", index=False)
+        samples.to_parquet(tmp / "samples.parquet")
+        return {"chosen": best, "k": k, "n_prompts": len(probe),
+                "curve": {str(t): float(v) for t, v in zip(curve.temperature, curve.mean_max)},
+                "curve_median": {str(t): float(v) for t, v in zip(curve.temperature, curve.mean_median)}}
+
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
+              "rejection": asdict(rejection), "scorer": asdict(scorer_cfg)}
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg)}
+    return run_step("search_temperature", out_dir, config, inputs, body,
+                    f"{len(probe)} probe prompts x {k} at T in {rejection.temperatures}",
+                    lambda m: f"chosen T={m['chosen']} (mean max-of-{k} {m['curve'][str(m['chosen'])]:.3f})")
+
+
+def rejection_sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
+                          rejection: RejectionConfig, scorer_cfg: ScorerConfig, iteration: int,
+                          previous_candidates: Sequence[str | Path], out_dir: str | Path) -> dict:
+    """K samples per prompt at ``sampling.temperature``; the pool over all iterations' candidates."""
+    prompts = load_prompt_set(replace(prompts_cfg, n=rejection.n_prompts))
+
+    def body(tmp: Path) -> dict:
+        scorer = make_scorer(scorer_cfg, model_cfg.precision)
+        # 1. This iteration's candidates: K samples per prompt, scored.
+        candidates = sample_and_score(_backend(model_cfg, sampling), prompts, rejection.k, sampling, scorer)
+        candidates["iteration"] = iteration
+        candidates.to_parquet(tmp / "candidates.parquet")
+        # 2. The pool: every candidate so far, re-scored with the current scorer, best per prompt.
+        history = [pd.read_parquet(p) for p in previous_candidates]
+        pool = build_pool(pd.concat(history + [candidates], ignore_index=True), scorer)
+        pool.to_parquet(tmp / "pool.parquet")
+        conversations, n_empty = pool_conversations(pool)
+        if n_empty:
+            log.info("rejection_sample: %d prompts whose best answer is empty are left out of the SFT data", n_empty)
+        (tmp / "pool_sft.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
+        # 3. Best-of-K gain (Fig. 7) from this iteration's samples.
+        gain = best_of_k_gain(candidates)
+        gain.to_csv(tmp / "gain.csv", index=False)
+        return {"k": rejection.k, "temperature": sampling.temperature, "n_prompts": len(prompts),
+                **{f"sample_{k}": v for k, v in max_of_k_stats(candidates).items()},
+                "pool_size": len(pool), "pool_mean_score": float(pool.score.mean()), "pool_empty": n_empty,
+                "pool_by_iteration": {str(i): int(n) for i, n in pool.iteration.value_counts().sort_index().items()},
+                "gain": {str(k): float(g) for k, g in zip(gain.k, gain.gain)}}
+
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
+              "rejection": asdict(rejection), "scorer": asdict(scorer_cfg), "iteration": iteration}
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg),
+              **{f"candidates_{i}": file_input(p) for i, p in enumerate(previous_candidates)}}
+    return run_step("rejection_sample", out_dir, config, inputs, body,
+                    f"{len(prompts)} prompts x {rejection.k} at T={sampling.temperature}, "
+                    f"pool over {len(previous_candidates) + 1} iteration(s)",
+                    lambda m: f"pool of {m['pool_size']}, mean score {m['pool_mean_score']:.3f}, "
+                              f"by iteration {m['pool_by_iteration']}")
