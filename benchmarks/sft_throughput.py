@@ -1,7 +1,7 @@
 """SFT training throughput: our loop vs TRL's ``SFTTrainer``, same data and settings, in one process.
 
 ``python -m benchmarks.sft_throughput`` (``make bench``) fine-tunes a fresh copy of the embedded
-SmolLM2-135M-Instruct twice, back to back:
+SmolLM2-135M-Instruct twice in one process:
 
 - **ours**: :func:`rlhf_core.sft.run_sft` on the shared ``train()`` loop (length-grouped batches, LM head
   only on target positions);
@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from rlhf_core import sft  # noqa: E402
 from rlhf_core.data import load_conversations, tokenize_conversations  # noqa: E402
 from rlhf_core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
-from rlhf_core.training import TrainConfig, _param_groups, warmup_steps_for  # noqa: E402
+from rlhf_core.training import _param_groups, warmup_steps_for  # noqa: E402
 
 DATA = Path(sft.__file__).parent / "assets" / "sft_demo.jsonl"
 RESULTS = Path(__file__).parent / "results" / "sft_throughput.json"

@@ -1,6 +1,6 @@
 """``rlhf rm train | eval | ablate``: the reward-model commands (wired into ``flows/cli.py``).
 
-Outputs go to ``<campaign.root>/<campaign.name>/iter-<reward.iteration>/``: ``rm-helpful`` and ``rm-safety``
+Outputs go to ``<campaign.root>/<campaign.name>/iter-<campaign.iteration>/``: ``rm-helpful`` and ``rm-safety``
 (RM directories, loadable with ``rlhf_core.reward.model.load_reward_model`` or
 ``rlhf_core.reward.scorer.RewardScorer.load``), ``rm-<name>-eval`` and ``rm-ablation``.
 The RMs start from ``model`` (the paper starts them from the chat model: pass the SFT output with
@@ -17,7 +17,9 @@ from rlhf_core.errors import ConfigError
 
 
 def _iteration_dir(cfg) -> Path:
-    return Path(cfg.campaign.root).resolve() / cfg.campaign.name / f"iter-{cfg.reward.iteration}"
+    from .cli import _iteration_dir as iteration_dir  # at call time: flows.cli imports this module
+
+    return iteration_dir(cfg)
 
 
 def _rm_names(cfg) -> list[str]:
@@ -68,8 +70,8 @@ def cmd_rm_eval(overrides: list[str]) -> int:
     for name in _rm_names(cfg):
         rm_dir = out / f"rm-{name}"
         if not (rm_dir / "manifest.json").is_file():
-            raise ConfigError("reward.iteration", f"no trained {name} RM in {rm_dir}; run `rlhf rm train` with "
-                                                  "the same campaign and reward.iteration first")
+            raise ConfigError("campaign.iteration", f"no trained {name} RM in {rm_dir}; run `rlhf rm train` with "
+                                                    "the same campaign and iteration first")
         synthetic = replace(getattr(cfg.reward, name), n_synthetic=cfg.reward.n_eval_synthetic)
         manifests[name] = rm_eval_step(rm_dir, cfg.reward.eval_data, out / f"rm-{name}-eval",
                                        cfg.reward.train.eval_batch_size, cfg.model.precision, synthetic)

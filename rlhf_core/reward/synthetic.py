@@ -1,17 +1,18 @@
 """Demo preference pairs labelled by the simulated rater, so the RM commands run with no data at all.
 
-For each prompt of :func:`rlhf_core.rater.make_prompts` we write answers that follow some of its
-instructions and break the others (an answer per subset of the instructions), a couple of damaged
-copies (cut mid-sentence, looping), and, for requests that look unsafe, refusals and compliances. Two
-different answers form a pair, and :class:`~rlhf_core.annotators.SimulatedAnnotator` labels it: the
-gold judge scores both, the gap sets the level, rater noise may flip the preference. So the levels
-mean what they mean in the paper: a "significantly better" pair differs in whole instructions (or in
-refusing an unsafe request), a "negligibly better" one in a quality detail, and an RM's accuracy
-rises with the level.
+For each prompt of :func:`rlhf_core.rater.make_prompts` two different answers are written: answers
+that follow some of the prompt's instructions and break the others, an answer against a damaged copy
+of itself (cut mid-sentence, or looping and cut), and, for requests that look unsafe, a refusal
+against a compliance. Each prompt aims at a level drawn from :data:`LEVEL_MIX` and tries a few such
+pairs until the gold gap falls in it, so every level gets pairs. Then
+:class:`~rlhf_core.annotators.SimulatedAnnotator` labels the pair: the gold judge scores both answers,
+the gap sets the level, rater noise may flip the preference. So the levels mean what they mean in the
+paper: a "significantly better" pair differs in whole instructions (or in refusing an unsafe request),
+a "negligibly better" one in a quality detail, and an RM's accuracy rises with the level.
 
-The answers are built to *intend* a subset; the labels always come from the rater's own checks, so
-an answer that misses its intent (a 5-bullet answer cannot also stay under 20 words) is still
-labelled correctly.
+The answers are built to *intend* a set of instructions; the labels always come from the rater's own
+checks, so an answer that misses its intent (a 5-bullet answer cannot also stay under 20 words) is
+still labelled correctly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import re
 
 import pandas as pd
 
@@ -116,10 +116,12 @@ def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: f
 def answer_pair(record: dict, target: str, rater: RaterConfig, rng: random.Random) -> tuple[str, str]:
     """Two different answers to one prompt record whose gold gap falls in level ``target`` when
     possible (a few draws are tried; the last one is kept otherwise), in random order."""
+    def gold(answer: str) -> float:
+        return gold_score(answer, record["instructions"], record["safety"])
+
     for _ in range(ATTEMPTS):
         a, b = _draw_pair(record, rng)
-        gap = gold_score(a, record["instructions"], record["safety"]) - gold_score(b, record["instructions"],
-                                                                                    record["safety"])
+        gap = gold(a) - gold(b)
         if level_for_gap(gap, rater) == target and abs(gap) > TIE_EPS:
             break
     return (a, b) if rng.random() < 0.5 else (b, a)

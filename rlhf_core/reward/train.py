@@ -56,9 +56,8 @@ class RMDataConfig:
 
 @dataclass
 class RewardSection:
-    """The ``reward`` config group: the RMs of one iteration."""
+    """The ``reward`` config group: the RMs of one iteration (written to ``<campaign>/iter-<n>/rm-<name>``)."""
 
-    iteration: int = 1  # outputs go to <campaign>/iter-<iteration>/rm-<name>
     train: RewardConfig = field(default_factory=RewardConfig)
     helpful: RMDataConfig = field(default_factory=RMDataConfig)
     # The paper's Safety RM sees mostly safety data plus some helpfulness data (§3.2.2).
