@@ -28,6 +28,8 @@ test-fast: install
 bench: install
 	$(PY) -m pip install -q -c constraints.txt trl
 	$(PY) -m benchmarks.sft_throughput
+	$(PY) -m benchmarks.rm_throughput
+	$(PY) -m benchmarks.sampling_throughput
 
 clean:
 	rm -rf runs .pytest_cache

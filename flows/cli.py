@@ -16,6 +16,8 @@ from typing import Callable
 
 from rlhf_core.errors import RLHFError
 
+from .cli_rm import SUBCOMMANDS as RM_SUBCOMMANDS
+
 
 @dataclass
 class Command:
@@ -129,6 +131,8 @@ COMMANDS = {c.name: c for c in [
                   "fine-tune on the pool.",
             "rlhf rs model.name_or_path=runs/c/iter-0/sft scorer.helpful=runs/c/iter-1/rm-helpful "
             "campaign.name=c campaign.iteration=1", cmd_rs),
+    # A two-word name ("rm train") is run as `rlhf rm train`: build_parser nests it under "rm".
+    *(Command(f"rm {name}", summary, example, run) for name, summary, example, run in RM_SUBCOMMANDS),
 ]}
 
 
@@ -146,15 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="commands:\n" + "\n".join(f"  {c.name:<10} {c.summary}\n  {'':<10} e.g. {c.example}"
                                          for c in COMMANDS.values()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for c in COMMANDS.values():
-        p = sub.add_parser(c.name, help=c.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description=c.summary,
-                           epilog=textwrap.dedent(f"""\
-                               example:
-                                 {c.example}
-                               overrides are Hydra-style: key=value (see the keys with --cfg)"""))
+        group, _, leaf = c.name.rpartition(" ")
+        if group and group not in groups:
+            members = "|".join(n.split(" ")[1] for n in COMMANDS if n.startswith(group + " "))
+            groups[group] = sub.add_parser(group, help=f"{group} {members} (see rlhf {group} --help)").add_subparsers(
+                dest="subcommand", metavar="SUBCOMMAND", required=True)
+        p = (groups[group] if group else sub).add_parser(
+            leaf, help=c.summary, formatter_class=argparse.RawDescriptionHelpFormatter, description=c.summary,
+            epilog=textwrap.dedent(f"""\
+                example:
+                  {c.example}
+                overrides are Hydra-style: key=value (see the keys with --cfg)"""))
         p.add_argument("overrides", nargs="*", help="config overrides, key=value")
         p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        p.set_defaults(run=c.run)
     return parser
 
 
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cfg:
             return _print_config(args.overrides)
-        return COMMANDS[args.command].run(args.overrides)
+        return args.run(args.overrides)
     except RLHFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.models import ModelConfig
+from rlhf_core.reward.train import RewardSection
 from rlhf_core.prompt_sets import PromptsConfig
 from rlhf_core.rejection import RejectionConfig
 from rlhf_core.sampling import SamplingConfig
@@ -45,6 +46,7 @@ class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    reward: RewardSection = field(default_factory=RewardSection)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rejection: RejectionConfig = field(default_factory=RejectionConfig)
