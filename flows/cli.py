@@ -28,11 +28,99 @@ class Command:
 
 
 def _campaign_dir(cfg) -> Path:
-    return Path(cfg.campaign.root).resolve() / cfg.campaign.name
+    from .layout import campaign_dir
+
+    return campaign_dir(cfg)
 
 
 def _iteration_dir(cfg) -> Path:
     return _campaign_dir(cfg) / f"iter-{cfg.campaign.iteration}"
+
+
+def _prefect_env(cfg) -> None:
+    """Before Prefect is imported: a project-local PREFECT_HOME (its database and cached results), unless
+    the environment already points somewhere (e.g. PREFECT_API_URL of a server), and the platform's log
+    lines in Prefect's logs."""
+    import os
+
+    home = cfg.orchestration.prefect_home or str(Path(cfg.campaign.root).resolve() / ".prefect")
+    os.environ.setdefault("PREFECT_HOME", home)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite file needs the directory
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rlhf")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a local server
+    # The first start in a fresh PREFECT_HOME creates its database: allow more than the default 20 s on 2 cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if os.environ.get("PREFECT_API_URL") == "":
+        del os.environ["PREFECT_API_URL"]  # empty is not "unset" to Prefect (DESIGN.md, known traps)
+
+
+def _campaign(cfg, upto: int | None) -> int:
+    _prefect_env(cfg)
+    from .campaign import end_of_run_report, run_campaign
+
+    summary = run_campaign(cfg, upto)
+    print(end_of_run_report(summary))
+    return 0
+
+
+def cmd_run(overrides: list[str]) -> int:
+    from .config import compose_config
+
+    return _campaign(compose_config(overrides), None)
+
+
+def cmd_iterate(overrides: list[str]) -> int:
+    from .config import compose_config
+    from .layout import last_finished_iteration
+
+    cfg = compose_config(overrides)
+    explicit = any(o.split("=")[0].lstrip("+") == "campaign.iteration" for o in overrides)
+    upto = cfg.campaign.iteration if explicit else last_finished_iteration(_campaign_dir(cfg)) + 1
+    return _campaign(cfg, upto)
+
+
+def cmd_resume(overrides: list[str]) -> int:
+    from .campaign import stored_config
+    from .config import compose_config
+
+    given = compose_config(overrides)  # campaign.name / campaign.root say which campaign
+    cfg = stored_config(given.campaign.root, given.campaign.name)
+    return _campaign(cfg, None)
+
+
+def cmd_serve(overrides: list[str]) -> int:
+    from rlhf_core.errors import ConfigError
+
+    from .config import compose_config
+
+    cfg = compose_config(overrides)
+    o = cfg.orchestration
+    if not (o.cron or o.interval or o.watch):
+        raise ConfigError("orchestration.cron", "say when to run the next iteration: orchestration.cron='0 3 * * 1', "
+                                                "orchestration.interval=<seconds> or orchestration.watch=<directory>")
+    _prefect_env(cfg)
+    from .serve import serve
+
+    serve(cfg, overrides)
+    return 0
+
+
+def cmd_ui(overrides: list[str]) -> int:
+    import os
+
+    from tasks.tracking import tracking_uri
+
+    from .config import compose_config
+
+    cfg = compose_config(overrides)
+    root = Path(cfg.campaign.root).resolve()
+    uri = tracking_uri(cfg.tracking.uri, root)
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(cfg.io.port)]
+    if not cfg.tracking.uri:
+        argv += ["--default-artifact-root", (root / "mlartifacts").as_uri()]
+    print(f"MLflow UI on http://127.0.0.1:{cfg.io.port} for {uri} (Ctrl-C to stop)")
+    os.execv(sys.executable, argv)
+    return 0
 
 
 def cmd_sft(overrides: list[str]) -> int:
@@ -119,6 +207,17 @@ def cmd_rs(overrides: list[str]) -> int:
 
 
 COMMANDS = {c.name: c for c in [
+    Command("run", "A whole campaign: SFT, then RLHF-V1..V<campaign.iterations> as Prefect flows, tracked in "
+                   "MLflow; rerunning it skips what finished and resumes what failed.",
+            "rlhf run experiment=smoke campaign.name=try1", cmd_run),
+    Command("iterate", "The campaign's next iteration (or campaign.iteration=<n>), everything before it cached.",
+            "rlhf iterate experiment=demo campaign.name=demo", cmd_iterate),
+    Command("resume", "Rerun a campaign with the config it last ran with (without debug.fail_at).",
+            "rlhf resume campaign.name=demo", cmd_resume),
+    Command("serve", "Serve the campaign's next-iteration flow on a schedule, or run it when a file lands.",
+            "rlhf serve experiment=demo campaign.name=demo orchestration.interval=86400", cmd_serve),
+    Command("ui", "Open the MLflow UI on the campaigns' tracking store (io.port, default 5000).",
+            "rlhf ui campaign.root=./runs", cmd_ui),
     Command("sft", "Assistant-only supervised fine-tuning; writes <root>/<name>/iter-0/sft (a model dir).",
             "rlhf sft model=tiny data.path=chats.jsonl sft.epochs=1 campaign.name=try1", cmd_sft),
     Command("annotate", "Label a pairs file with the configured annotator (simulated | file | human).",

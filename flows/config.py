@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
+from rlhf_core.evaluation import EvalConfig
 from rlhf_core.models import ModelConfig
 from rlhf_core.reward.train import RewardSection
 from rlhf_core.prompt_sets import PromptsConfig
@@ -31,13 +32,53 @@ from rlhf_core.steps.sft import DataConfig
 class CampaignConfig:
     name: str = "default"  # the campaign directory is <root>/<name>
     root: str = "./runs"  # relative paths are resolved against the current directory
-    iteration: int = 1  # the RLHF-V<iteration> that single-step commands write into (iter-<n>/)
+    iteration: int = 1  # the RLHF-V<iteration> that single-step commands and `rlhf iterate` write into
+    iterations: int = 2  # `rlhf run`: SFT, then RLHF-V1..V<iterations>
+    # Slots for the optional steps (the paper: PPO once before the last RS round, GAtt from V3). They
+    # land with their own issues; until then a non-empty value is refused with a clear error.
+    ppo_at: list[int] = field(default_factory=list)  # iterations that run PPO after train_policy
+    gatt_from: int | None = None  # first iteration that runs Ghost Attention
+
+
+@dataclass
+class CollectConfig:
+    """Pair collection: two answers per *new* prompt each iteration, for the annotator (§3.2.1)."""
+
+    n_prompts: int = 64  # new prompts per iteration (a fresh slice of the generated train split)
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.1])  # one per answer: pairs that differ
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # MLflow tracking URI; null = sqlite:///<root>/mlflow.db (absolute path)
+    artifact_root: str | None = None  # null = <root>/mlartifacts (absolute); ignored for an existing experiment
+    experiment: str | None = None  # MLflow experiment; null = the campaign name
+    register_models: bool = True  # register each iteration's policy and RMs as model versions
+
+
+@dataclass
+class OrchestrationConfig:
+    prefect_home: str | None = None  # PREFECT_HOME when not set in the environment; null = <root>/.prefect
+    io_retries: int = 2  # retries of a step that failed on I/O (OSError); other failures are not retried
+    retry_delay_seconds: float = 10.0
+    cron: str | None = None  # `rlhf serve`: run the next iteration on this cron (e.g. "0 3 * * 1")
+    interval: float | None = None  # `rlhf serve`: ... or every this many seconds
+    watch: str | None = None  # `rlhf serve`: ... or when a new labels file lands in this directory
+    poll_seconds: float = 30.0  # how often `watch` looks for new files
+    pause_for_labels: bool = False  # annotator=human: pause the flow run (resume it with the labels path in
+    # the Prefect UI) instead of polling for annotator.labels_path; needs a Prefect server
+
+
+@dataclass
+class DebugConfig:
+    fail_at: str | None = None  # fault injection: "<step>" raises at its start, "<step>:<n>" after n training steps
 
 
 @dataclass
 class IOConfig:
     input: str | None = None  # the input file of a single-step command (e.g. pairs for `rlhf annotate`)
     output: str | None = None  # where that command writes; each command documents its default
+    port: int = 5000  # `rlhf ui`: the MLflow UI's port
 
 
 @dataclass
@@ -51,7 +92,13 @@ class RootConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rejection: RejectionConfig = field(default_factory=RejectionConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    train_policy: SFTConfig = field(default_factory=SFTConfig)  # the policy's fine-tune on the pool
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
     io: IOConfig = field(default_factory=IOConfig)
 
 
@@ -70,6 +117,18 @@ def compose_config(overrides: list[str] | None = None):
         message = str(err).strip().splitlines()[0]
         raise ConfigError(" ".join(overrides or []) or "<defaults>",
                           f"{message}. See `rlhf <command> --cfg` for the keys and their values.") from err
+
+
+def config_from_dict(values: dict) -> RootConfig:
+    """A resolved config (``to_dict`` output, e.g. from summary.json) back as a ``RootConfig``."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RootConfig), values))
+    except OmegaConfBaseException as err:
+        raise ConfigError("config", str(err).strip().splitlines()[0]) from err
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
 def to_yaml(cfg) -> str:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Before anything imports Prefect: its home (database, cached task results) in a fresh temp dir, no
+# telemetry, and no leftover empty API URL (empty is not "unset" to Prefect).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlhf-tests-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+if not os.environ.get("PREFECT_API_URL"):
+    os.environ.pop("PREFECT_API_URL", None)
 
 from rlhf_core.models import build_tiny_model, build_tiny_tokenizer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import shutil
 import time
@@ -14,6 +15,24 @@ from ..artifacts import MANIFEST, atomic_dir, digest, read_manifest, step_key, w
 from ..models import EMBEDDED, TINY, ModelConfig
 
 log = logging.getLogger("rlhf")
+
+
+class MetricsLog:
+    """Appends each step's metrics to ``metrics.jsonl`` in the work dir (survives a crash) and forwards
+    them; on resume, lines past the checkpoint are dropped since those steps run again."""
+
+    def __init__(self, path: Path, resume_step: int, forward: Callable[[dict, int], None] | None):
+        self.path, self.forward = path, forward
+        lines = path.read_text().splitlines() if path.is_file() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def __call__(self, metrics: dict, step: int) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.forward is not None:
+            self.forward(metrics, step)
 
 
 def model_digest(cfg: ModelConfig) -> str:
@@ -44,6 +63,13 @@ def finish(out_dir: Path) -> None:
 
 def key_for(config, input_digests: dict[str, str]) -> str:
     return step_key(asdict(config) if not isinstance(config, dict) else config, input_digests)
+
+
+def keyed(train_cfg) -> dict:
+    """A training config as it enters a cache key. Fault injection (``fail_after_steps``) is left out: it
+    changes when a run stops, not what it produces, and the rerun after an injected crash must find the
+    crashed run's checkpoints."""
+    return {k: v for k, v in asdict(train_cfg).items() if k != "fail_after_steps"}
 
 
 def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict],

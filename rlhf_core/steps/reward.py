@@ -34,8 +34,7 @@ from ..reward.model import load_reward_model, reward_model_from_policy, save_rew
 from ..reward.synthetic import make_demo_pairs
 from ..reward.train import RewardConfig, RMDataConfig, evaluate_reward_model, train_reward_model
 from ..training import latest_checkpoint, steps_per_epoch
-from .common import file_input, key_for, log, model_input, run_step, work_dir_for
-from .sft import _MetricsLog
+from .common import MetricsLog, file_input, key_for, keyed, log, model_input, run_step, work_dir_for
 
 SHORT = {"significantly_better": "SB", "better": "B", "slightly_better": "SlB", "negligibly_better": "NB"}
 
@@ -66,13 +65,6 @@ def load_rm_pairs(data_cfg: RMDataConfig, split: str = "train") -> tuple[pd.Data
             raise ConfigError("reward.*.safety_only", "no pair is tagged safety=true in the given data; "
                               "tag the unsafe prompts' pairs or set safety_only=false")
     return pairs, inputs
-
-
-def _keyed(rm_cfg: RewardConfig) -> dict:
-    """The training config as it enters the cache key. Fault injection (``fail_after_steps``) is left out:
-    it changes when a run stops, not what it produces, and the rerun after an injected crash must find
-    the crashed run's checkpoints."""
-    return {k: v for k, v in asdict(rm_cfg).items() if k != "fail_after_steps"}
 
 
 def _work_dir(out_dir: Path, config: dict, inputs: dict[str, dict]) -> Path:
@@ -163,7 +155,7 @@ def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Reward
     pairs, pair_inputs = load_rm_pairs(data_cfg)
     train_pairs, test_pairs = _split(pairs, rm_cfg)  # §3.2.2: held-out test pairs from every batch
     inputs = {"model": model_input(model_cfg), **pair_inputs}
-    config = {"name": name, "model": asdict(model_cfg), "data": asdict(data_cfg), "reward": _keyed(rm_cfg)}
+    config = {"name": name, "model": asdict(model_cfg), "data": asdict(data_cfg), "reward": keyed(rm_cfg)}
 
     def body(tmp: Path) -> dict:
         # 1. The RM: the policy's transformer with a fresh scalar head.
@@ -173,7 +165,7 @@ def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Reward
         resume = latest_checkpoint(work)
         if resume:
             log.info("rm_train %s: resuming from %s", name, resume)
-        metrics_log = _MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0, on_metrics)
+        metrics_log = MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0, on_metrics)
         started = time.perf_counter()
         result, report = train_reward_model(rm, tokenizer, train_pairs, rm_cfg, work, metrics_log,
                                             desc=f"rm {name}", precision=model_cfg.precision)
@@ -242,7 +234,7 @@ def rm_ablate_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Rewar
         raise ConfigError("reward.train.n_test", "the ablation compares test accuracy: hold out test pairs "
                                                  "(n_test > 0)")
     inputs = {"model": model_input(model_cfg), **pair_inputs}
-    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "reward": _keyed(rm_cfg),
+    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "reward": keyed(rm_cfg),
               "variants": list(variants)}
 
     def body(tmp: Path) -> dict:

@@ -18,7 +18,7 @@ from ..data import load_conversations
 from ..models import ModelConfig, load_model
 from ..sft import SFTConfig, mean_target_loss, run_sft
 from ..training import latest_checkpoint
-from .common import file_input, log, model_input, run_step, work_dir_for
+from .common import MetricsLog, file_input, keyed, log, model_input, run_step, work_dir_for
 
 
 @dataclass
@@ -45,31 +45,13 @@ def _split(rows: list[dict], cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
-class _MetricsLog:
-    """Appends each step's metrics to ``metrics.jsonl`` in the work dir (survives a crash) and forwards
-    them; on resume, lines past the checkpoint are dropped since those steps run again."""
-
-    def __init__(self, path: Path, resume_step: int, forward: Callable[[dict, int], None] | None):
-        self.path, self.forward = path, forward
-        lines = path.read_text().splitlines() if path.is_file() else []
-        kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept))
-
-    def __call__(self, metrics: dict, step: int) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.forward is not None:
-            self.forward(metrics, step)
-
-
 def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, out_dir: str | Path,
              on_metrics: Callable[[dict, int], None] | None = None) -> dict:
     """Run SFT (or reuse a finished output with the same key); returns the output's manifest."""
     out_dir = Path(out_dir)
     path = data_path(data_cfg)
     inputs = {"model": model_input(model_cfg), "data": file_input(path)}
-    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "sft": asdict(sft_cfg)}
+    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "sft": keyed(sft_cfg)}
     work = work_dir_for(out_dir)
 
     def body(tmp: Path) -> dict:
@@ -82,7 +64,7 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
         log.info("sft: %d conversations (%d held out) from %s%s", len(train_rows), len(eval_rows), path.name,
                  f", resuming from {resume.name}" if resume else "")
         # 3. Train (resumes from the work dir's latest checkpoint).
-        metrics_log = _MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
+        metrics_log = MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
                                   on_metrics)
         result, report = run_sft(model, tokenizer, train_rows, sft_cfg, work, metrics_log,
                                  precision=model_cfg.precision)

@@ -1,0 +1,139 @@
+"""The campaign flow: SFT (iteration 0), then RLHF-V1..Vn as subflows, and the "next iteration" flow
+that ``rlhf serve`` schedules.
+
+A campaign is identified by its directory (``<campaign.root>/<campaign.name>``). Running it again
+re-executes nothing that finished (every such step is Cached), resumes a failed training step from its
+checkpoints, and runs only what a changed config touches. One run at a time per campaign (a lock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import flow
+
+from rlhf_core.artifacts import code_version
+from rlhf_core.errors import ConfigError
+from tasks import steps
+from tasks import tracking as mlt
+
+from .config import compose_config, config_from_dict, to_dict, to_yaml
+from .iteration import CampaignState, TrackingIds, call, check_slots, iteration_flow
+from .layout import (campaign_dir, campaign_lock, iteration_dir, last_finished_iteration, write_json_atomic)
+from .summary import table
+
+TRAINING_STEPS = ("sft", "train_reward_models", "train_policy")
+STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
+         "search_temperature", "rejection_sample", "train_policy", "evaluate")
+
+
+def check_fault(spec: str | None) -> None:
+    fault = steps.Fault.parse(spec)
+    if fault is None:
+        return
+    if fault.step not in STEPS:
+        raise ConfigError("debug.fail_at", f"unknown step {fault.step!r}; one of {', '.join(STEPS)}")
+    if fault.after_steps is not None and fault.step not in TRAINING_STEPS:
+        raise ConfigError("debug.fail_at", f"{fault.step} has no training steps to count; use "
+                                           f"debug.fail_at={fault.step} (fail at its start) or a training step "
+                                           f"({', '.join(TRAINING_STEPS)})")
+
+
+def open_tracking(cfg, home: Path) -> TrackingIds:
+    """The campaign's experiment and run (found again on reruns), with the resolved config attached."""
+    root = Path(cfg.campaign.root).resolve()
+    uri = mlt.tracking_uri(cfg.tracking.uri, root)
+    artifacts = Path(cfg.tracking.artifact_root) if cfg.tracking.artifact_root else root / "mlartifacts"
+    experiment = mlt.experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, artifacts)
+    run_id = mlt.find_or_create_run(uri, experiment, "campaign", {mlt.KIND: "campaign", mlt.CAMPAIGN: cfg.campaign.name})
+    mlt.log_params(uri, run_id, to_dict(cfg) | {"code_version": code_version()})
+    mlt.log_outputs(uri, run_id, home, [home / "config.yaml"])
+    return TrackingIds(uri, experiment, run_id)
+
+
+def iteration_zero(cfg, ids: TrackingIds, fault: steps.Fault | None) -> CampaignState:
+    """SFT of the base model and the RMs' seed pairs."""
+    here = iteration_dir(cfg, 0)
+    run_id = mlt.iteration_run(ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0)
+    t = mlt.Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run_id, 0)
+    sft = call(steps.sft, [here / "sft"], model=cfg.model, data=cfg.data, config=cfg.sft, out_dir=str(here / "sft"),
+               tracking=t, fault=fault)
+    seed = call(steps.seed_pairs, [here / "seed_pairs"], reward=cfg.reward, out_dir=str(here / "seed_pairs"),
+                tracking=t, fault=fault)
+    if cfg.tracking.register_models:
+        mlt.register(ids.uri, f"{cfg.campaign.name}-policy", Path(sft["path"]), run_id, 0)
+    mlt.finish_run(ids.uri, run_id)
+    return CampaignState(sft=sft, seed=seed, policy=sft)
+
+
+@flow(name="rlhf-campaign", flow_run_name="{campaign_name}")
+def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> dict:
+    """SFT -> RLHF-V1 -> ... -> RLHF-V<upto> (default ``campaign.iterations``); writes and returns the
+    campaign's ``summary.json``."""
+    cfg = config_from_dict(config)
+    check_slots(cfg)
+    check_fault(cfg.debug.fail_at)
+    home, last = campaign_dir(cfg), upto or cfg.campaign.iterations
+    with campaign_lock(home):
+        # 0. The resolved config (what `rlhf resume` reruns) and the campaign's MLflow run.
+        _write_config(cfg, home)
+        ids = open_tracking(cfg, home)
+        fault = steps.Fault.parse(cfg.debug.fail_at)
+        # 1. Iteration 0: SFT and the seed pairs.
+        state = iteration_zero(cfg, ids, fault)
+        summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
+                   "code_version": code_version(), "campaign_dir": str(home), "tracking_uri": ids.uri,
+                   "mlflow_run_id": ids.campaign_run_id, "config": to_dict(cfg),
+                   "sft": {"policy_path": state.sft["path"], "metrics": state.sft["metrics"]}, "iterations": []}
+        # 2. RLHF-V1..V<last>, each a subflow; the summary is rewritten after each.
+        for n in range(1, last + 1):
+            out = iteration_flow(config=to_dict(cfg), iteration=n, state=state.__dict__, ids=ids.__dict__,
+                                 campaign_name=cfg.campaign.name, fault=cfg.debug.fail_at)
+            state = CampaignState(**out["state"])
+            summary["iterations"].append(out["entry"])
+            write_json_atomic(home / "summary.json", summary)
+        write_json_atomic(home / "summary.json", summary)
+        mlt.log_outputs(ids.uri, ids.campaign_run_id, home, [home / "summary.json"])
+        mlt.finish_run(ids.uri, ids.campaign_run_id)
+    return summary
+
+
+def _write_config(cfg, home: Path) -> None:
+    tmp = home / ".config.yaml.tmp"
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(home / "config.yaml")
+
+
+def run_campaign(cfg, upto: int | None = None) -> dict:
+    """Run (or rerun, or resume) the campaign ``cfg`` describes, up to iteration ``upto``."""
+    return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
+
+
+def stored_config(root: str, name: str):
+    """The resolved config a campaign last ran with, without its fault switch (``rlhf resume``)."""
+    path = Path(root).resolve() / name / "config.yaml"
+    if not path.is_file():
+        raise ConfigError("campaign.name", f"no campaign {name!r} under {Path(root).resolve()} (no {path}); "
+                                           "start it with `rlhf run campaign.name=...`")
+    import yaml
+
+    cfg = config_from_dict(yaml.safe_load(path.read_text()))
+    return replace(cfg, debug=replace(cfg.debug, fail_at=None))
+
+
+@flow(name="rlhf-next-iteration")
+def next_iteration_flow(overrides: list[str]) -> dict:
+    """The deployment ``rlhf serve`` schedules: the campaign's next iteration (1 + the last one whose
+    evaluation finished), with everything before it cached. Composes its config in the flow body, so
+    each scheduled run picks up the overrides it was deployed with."""
+    cfg = compose_config(overrides)
+    upto = last_finished_iteration(campaign_dir(cfg)) + 1
+    return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
+
+
+def end_of_run_report(summary: dict) -> str:
+    """The per-iteration table and where to look next."""
+    home = summary["campaign_dir"]
+    return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/summary.json\n"
+            f"MLflow: `rlhf ui campaign.root={Path(home).parent}` (experiment {summary['experiment']!r})")

@@ -1,0 +1,170 @@
+"""The RLHF-Vn iteration as one Prefect flow (DESIGN.md "The iteration DAG")::
+
+    collect_pairs -> annotate -> train_reward_models -> eval_reward_models
+                                        |
+                 search_temperature <---+
+                        |
+                 rejection_sample (pool: best of all iterations) -> train_policy
+                                                                      |
+                                              [ppo slot] -> [gatt slot] -> evaluate
+
+Every step is a task of ``tasks.steps``; this module only wires them: which output feeds which step,
+where each writes, and what the iteration carries forward (its labelled pairs, its candidates for the
+pool, its policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from prefect import flow, pause_flow_run
+from prefect.input import RunInput
+
+from rlhf_core.annotators import AnnotatorConfig
+from rlhf_core.errors import ConfigError
+from tasks import steps
+from tasks import tracking as mlt
+
+from .config import RootConfig, config_from_dict
+from .layout import finished, iteration_dir
+from .summary import iteration_entry, progression_metrics
+
+
+@dataclass
+class CampaignState:
+    """What one iteration hands the next: step references (``tasks.steps.Ref``)."""
+
+    sft: dict
+    seed: dict
+    policy: dict  # the latest policy (SFT before V1)
+    labelled: list[dict] = field(default_factory=list)  # every iteration's annotated pairs
+    candidates: list[dict] = field(default_factory=list)  # every iteration's rejection_sample output
+
+
+@dataclass(frozen=True)
+class TrackingIds:
+    uri: str
+    experiment_id: str
+    campaign_run_id: str
+
+
+class Labels(RunInput):
+    """What a person types into the Prefect UI to resume a flow paused for labels."""
+
+    labels_path: str
+
+
+def call(task, out_dirs: list[Path], **params):
+    """Run ``task``; when one of its outputs is missing on disk (deleted by hand), skip Prefect's cached
+    result and rerun it, so a cached reference never points at nothing."""
+    refresh = not all(finished(d) for d in out_dirs)
+    return task.with_options(refresh_cache=True)(**params) if refresh else task(**params)
+
+
+def _per_iteration(path: str | None, iteration: int) -> str | None:
+    return path.format(iteration=iteration) if path else path
+
+
+def annotator_for(cfg: RootConfig, iteration: int, here: Path, pairs: dict) -> AnnotatorConfig:
+    """The configured annotator for this iteration: ``{iteration}`` in its paths is filled in; with
+    ``orchestration.pause_for_labels`` the flow pauses until someone gives the labels file's path."""
+    annotator = cfg.annotator
+    if annotator.name == "simulated":
+        return annotator
+    annotator = replace(annotator, labels_path=_per_iteration(annotator.labels_path, iteration),
+                        export_path=_per_iteration(annotator.export_path, iteration)
+                        or str(here / "to_label.jsonl"))
+    if annotator.name == "human" and cfg.orchestration.pause_for_labels:
+        from rlhf_core.annotators import FileAnnotator, read_pairs
+
+        FileAnnotator(annotator.export_path).export(read_pairs(Path(pairs["path"]) / "pairs.parquet"),
+                                                    annotator.export_path)
+        given = pause_flow_run(wait_for_input=Labels.with_initial_data(
+            description=f"Label the pairs in {annotator.export_path}, then give the labels file's path.",
+            labels_path=annotator.labels_path or ""), timeout=int(annotator.timeout_seconds))
+        annotator = replace(annotator, name="file", labels_path=given.labels_path)
+    return annotator
+
+
+@flow(name="rlhf-iteration", flow_run_name="{campaign_name}-RLHF-V{iteration}")
+def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaign_name: str,
+                   fault: str | None = None) -> dict:
+    """RLHF-V<iteration>: new pairs labelled, RMs retrained on all pairs, temperature re-searched,
+    rejection sampling into the all-iterations pool, the policy fine-tuned on it, win rates measured.
+    Returns ``{"entry": summary entry, "state": CampaignState for the next iteration}``."""
+    cfg = config_from_dict(config)
+    st, track_ids = CampaignState(**state), TrackingIds(**ids)
+    here = iteration_dir(cfg, iteration)
+    run_id = mlt.iteration_run(track_ids.uri, track_ids.experiment_id, campaign_name, track_ids.campaign_run_id,
+                               iteration)
+    t = mlt.Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run_id, iteration)
+    f = steps.Fault.parse(fault)
+    common = {"model": cfg.model, "tracking": t, "fault": f}
+    rs_prompts = replace(cfg.prompts, n=cfg.rejection.n_prompts)
+    # New prompts each iteration, after the rejection-sampling prompts (the paper's weekly batches).
+    new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts,
+                          offset=cfg.prompts.offset + cfg.rejection.n_prompts + (iteration - 1) * cfg.collect.n_prompts)
+    refs: dict = {}
+
+    # 1. Pairs from the current policy, labelled.
+    refs["collect_pairs"] = call(steps.collect_pairs, [here / "collect_pairs"], policy=st.policy,
+                                 prompts=new_prompts, sampling=cfg.sampling, temperatures=cfg.collect.temperatures,
+                                 iteration=iteration, out_dir=str(here / "collect_pairs"), **common)
+    annotator = annotator_for(cfg, iteration, here, refs["collect_pairs"])
+    refs["annotate"] = call(steps.annotate, [here / "annotate"], pairs=refs["collect_pairs"], annotator=annotator,
+                            out_dir=str(here / "annotate"), tracking=t, fault=f)
+    labelled = st.labelled + [refs["annotate"]]
+    # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
+    rm_names = ["helpful", "safety"] if cfg.reward.train_safety else ["helpful"]
+    refs["train_reward_models"] = call(steps.train_reward_models, [here / f"rm-{n}" for n in rm_names], init=st.sft,
+                                       reward=cfg.reward, seed=st.seed, labelled=labelled, out_root=str(here), **common)
+    rms = refs["train_reward_models"]
+    refs["eval_reward_models"] = call(steps.eval_reward_models, [here / f"rm-{n}-eval" for n in rm_names], rms=rms,
+                                      reward=cfg.reward, out_root=str(here), **common)
+    # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
+    sampling = {"sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
+    refs["search_temperature"] = call(steps.search_temperature, [here / "search_temperature"], policy=st.policy,
+                                      rms=rms, prompts=rs_prompts, out_dir=str(here / "search_temperature"),
+                                      **sampling, **common)
+    refs["rejection_sample"] = call(steps.rejection_sample, [here / "rejection_sample"], policy=st.policy, rms=rms,
+                                    search=refs["search_temperature"], previous=st.candidates, prompts=rs_prompts,
+                                    iteration=iteration, out_dir=str(here / "rejection_sample"), **sampling, **common)
+    # 4. The new policy: fine-tuned on the pool.
+    refs["train_policy"] = call(steps.train_policy, [here / "train_policy"], policy=st.policy,
+                                pool=refs["rejection_sample"], config=cfg.train_policy, student=cfg.rejection.student,
+                                out_dir=str(here / "train_policy"), **common)
+    # 5. [PPO and Ghost Attention slots: campaign.ppo_at / campaign.gatt_from, refused until they land.]
+    # 6. Win rates against the SFT model and the previous policy.
+    baselines = {"sft": st.sft, "previous": st.policy}
+    refs["evaluate"] = call(steps.evaluate, [here / "evaluate"], policy=refs["train_policy"], baselines=baselines,
+                            rms=rms, sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval,
+                            out_dir=str(here / "evaluate"), **common)
+
+    entry = iteration_entry(iteration, refs, run_id)
+    record(track_ids, t, entry, refs, cfg.tracking.register_models, campaign_name)
+    state_out = CampaignState(sft=st.sft, seed=st.seed, policy=refs["train_policy"], labelled=labelled,
+                              candidates=st.candidates + [refs["rejection_sample"]])
+    return {"entry": entry, "state": state_out.__dict__}
+
+
+def record(ids: TrackingIds, t: mlt.Tracking, entry: dict, refs: dict, register: bool, campaign: str) -> None:
+    """Progression metrics on the campaign and iteration runs (``step=iteration``), the models in the
+    registry, and the iteration run closed."""
+    metrics = progression_metrics(entry)
+    for run in (ids.campaign_run_id, t.parent_run_id):
+        mlt.log_metrics(t.uri, run, metrics, step=t.iteration)
+    if register:
+        mlt.register(t.uri, f"{campaign}-policy", Path(refs["train_policy"]["path"]), t.parent_run_id, t.iteration)
+        for name, ref in refs["train_reward_models"].items():
+            mlt.register(t.uri, f"{campaign}-rm-{name}", Path(ref["path"]), t.parent_run_id, t.iteration)
+    mlt.finish_run(t.uri, t.parent_run_id)
+
+
+def check_slots(cfg: RootConfig) -> None:
+    if cfg.campaign.ppo_at:
+        raise ConfigError("campaign.ppo_at", "PPO is not part of the platform yet (its own issue); remove the "
+                                             "key or set campaign.ppo_at=[]")
+    if cfg.campaign.gatt_from is not None:
+        raise ConfigError("campaign.gatt_from", "Ghost Attention is not part of the platform yet (its own issue); "
+                                                "set campaign.gatt_from=null")

@@ -1,0 +1,90 @@
+"""A campaign on disk: where its steps write, its lock, its summary.
+
+::
+
+    <root>/<name>/                 the campaign directory (campaign.root, campaign.name)
+      config.yaml                  the resolved config of the latest run (what `rlhf resume` reruns)
+      summary.json                 results per iteration, for scripts (no MLflow needed)
+      .lock                        held while a run is in progress
+      iter-0/sft, iter-0/seed_pairs
+      iter-<n>/collect_pairs, annotate, rm-helpful, rm-safety, rm-<name>-eval, search_temperature,
+              rejection_sample, train_policy, evaluate
+    <root>/mlflow.db, <root>/mlartifacts/   the default MLflow store (tracking.uri)
+    <root>/.prefect/               the default PREFECT_HOME (Prefect's local database and results)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from rlhf_core.artifacts import MANIFEST
+from rlhf_core.errors import RLHFError
+
+
+class CampaignLocked(RLHFError):
+    """Another run holds the campaign's lock."""
+
+
+def campaign_dir(cfg) -> Path:
+    return Path(cfg.campaign.root).resolve() / cfg.campaign.name
+
+
+def iteration_dir(cfg, iteration: int) -> Path:
+    return campaign_dir(cfg) / f"iter-{iteration}"
+
+
+def finished(out_dir: str | Path) -> bool:
+    """A step output exists (its manifest is written last, inside the atomic rename)."""
+    return (Path(out_dir) / MANIFEST).is_file()
+
+
+@contextmanager
+def campaign_lock(directory: Path) -> Iterator[None]:
+    """Hold ``<campaign>/.lock`` for the duration. A second run on the same campaign fails at once with
+    who holds it. The OS releases the lock when the holder dies, so a crash never leaves it stuck."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CampaignLocked(f"campaign {directory.name} ({directory}) is being run by {holder}; wait for it to "
+                             "finish (or stop it), then rerun: finished steps will be cached") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_summary(directory: Path) -> dict | None:
+    path = directory / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def last_finished_iteration(directory: Path) -> int:
+    """The highest n whose ``iter-<n>/evaluate`` finished (0: only SFT or nothing)."""
+    done = [int(p.parent.name.split("-")[1]) for p in directory.glob("iter-*/evaluate/" + MANIFEST)]
+    return max(done, default=0)

@@ -1,0 +1,103 @@
+"""``summary.json``: a campaign's results per iteration, from its steps' manifests (no MLflow needed).
+
+Schema (the orchestration issue's; more fields are welcome)::
+
+    {"campaign", "experiment", "code_version", "config": {...resolved...}, "sft": {...},
+     "iterations": [{"iteration", "policy_path", "mlflow_run_id", "wall_seconds": {step: s},
+                     "reward": {rm: {"accuracy", "accuracy_by_level": {level: acc}, "n_test"}},
+                     "temperature": {"chosen", "curve": {str(T): mean max-of-K reward}},
+                     "rejection": {"k", "pool_size", "pool_mean_score", "pool_by_iteration", ...},
+                     "ppo": null, "gatt": null,
+                     "win_rate": {"<baseline>/<judge>": {"judge", "win", "tie", "loss", "win_rate", "ci95", "n"}}}]}
+
+Accuracies are shares in [0, 1]; levels are named as in RECIPE.md (``significantly_better`` ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+from rlhf_core.preferences import LEVELS
+
+
+def _number(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def reward_entry(metrics: dict) -> dict:
+    """An RM's held-out accuracy from ``rm_eval``'s ``test/...`` metrics."""
+    return {"accuracy": _number(metrics.get("test/accuracy")),
+            "accuracy_by_level": {level: _number(metrics.get(f"test/accuracy/{level}")) for level in LEVELS},
+            "n_test": int(metrics.get("test/n_test", 0)),
+            "n_by_level": {level: int(metrics.get(f"test/n/{level}", 0)) for level in LEVELS}}
+
+
+def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
+    """One iteration's summary from its step references (``tasks.steps`` return values)."""
+    rms, rm_evals = refs["train_reward_models"], refs["eval_reward_models"]
+    search, rs, ev = refs["search_temperature"], refs["rejection_sample"], refs["evaluate"]
+    wall = {}
+    for step, ref in refs.items():
+        parts = ref.values() if step in ("train_reward_models", "eval_reward_models") else [ref]
+        wall[step] = sum(p["metrics"].get("wall_seconds", 0.0) for p in parts)
+    m = rs["metrics"]
+    return {
+        "iteration": iteration,
+        "policy_path": refs["train_policy"]["path"],
+        "reward_model_paths": {name: ref["path"] for name, ref in rms.items()},
+        "mlflow_run_id": run_id,
+        "wall_seconds": wall,
+        "reward": {name: reward_entry(ref["metrics"]) for name, ref in rm_evals.items()},
+        "reward_train": {name: {"steps": ref["metrics"]["steps"], "n_train": ref["metrics"]["n_train"],
+                                "train_loss_last": ref["metrics"]["train_loss_last"]} for name, ref in rms.items()},
+        "pairs": {"collected": refs["collect_pairs"]["metrics"]["n_pairs"],
+                  "levels": refs["annotate"]["metrics"]["levels"]},
+        "temperature": {"chosen": search["metrics"]["chosen"], "curve": search["metrics"]["curve"]},
+        "rejection": {"k": m["k"], "temperature": m["temperature"], "pool_size": m["pool_size"],
+                      "pool_mean_score": m["pool_mean_score"], "pool_by_iteration": m["pool_by_iteration"],
+                      "max_of_k_mean": m.get("sample_mean_max"), "gain": m["gain"]},
+        "policy_train": {"steps": refs["train_policy"]["metrics"]["steps"],
+                         "train_loss_first": refs["train_policy"]["metrics"]["train_loss_first"],
+                         "train_loss_last": refs["train_policy"]["metrics"]["train_loss_last"]},
+        "ppo": refs["ppo"]["metrics"] if "ppo" in refs else None,
+        "gatt": refs["gatt"]["metrics"] if "gatt" in refs else None,
+        "win_rate": ev["metrics"]["win_rate"],
+    }
+
+
+def progression_metrics(entry: dict) -> dict[str, float]:
+    """The numbers plotted across iterations in MLflow (logged with ``step=iteration``)."""
+    out = {"temperature/chosen": entry["temperature"]["chosen"],
+           "rejection/pool_mean_score": entry["rejection"]["pool_mean_score"],
+           "rejection/pool_size": entry["rejection"]["pool_size"]}
+    if entry["rejection"].get("max_of_k_mean") is not None:
+        out["rejection/max_of_k_mean"] = entry["rejection"]["max_of_k_mean"]
+    for t, value in entry["temperature"]["curve"].items():
+        out[f"temperature/curve/T{t}"] = value
+    for name, rm in entry["reward"].items():
+        out[f"rm/{name}/accuracy"] = rm["accuracy"]
+        out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}
+    for key, result in entry["win_rate"].items():
+        out[f"win_rate/{key}"] = result["win_rate"]
+        out[f"win_rate/{key}/ci_lo"], out[f"win_rate/{key}/ci_hi"] = result["ci95"]
+    return {k: float(v) for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def table(summary: dict) -> str:
+    """The per-iteration table printed at the end of a run."""
+    rows = [("iter", "RM acc (helpful / safety)", "T", "pool score", "win rate vs SFT (gold)", "vs SFT (RM)")]
+    for it in summary["iterations"]:
+        acc = " / ".join(f"{100 * r['accuracy']:.0f}%" if r["accuracy"] is not None else "-"
+                         for r in it["reward"].values())
+        rows.append((f"V{it['iteration']}", acc, f"{it['temperature']['chosen']:g}",
+                     f"{it['rejection']['pool_mean_score']:.3f}", _win(it, "sft/gold"), _win(it, "sft/rm")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _win(entry: dict, key: str) -> str:
+    result = entry["win_rate"].get(key)
+    if result is None:
+        return "-"
+    lo, hi = result["ci95"]
+    return f"{100 * result['win_rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] n={result['n']}"

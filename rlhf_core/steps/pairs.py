@@ -1,0 +1,69 @@
+"""Preference-data steps of a campaign: the seed pairs, and the annotation of an iteration's new pairs.
+
+- ``seed_pairs/`` (iteration 0): ``helpful.parquet`` and ``safety.parquet``, the pairs every RM starts
+  from -- the analog of the open-source and earlier vendor data Llama 2's RMs were trained on beside
+  Meta's own batches (§3.2.1). They come from ``reward.helpful.data`` / ``reward.safety.data`` when
+  given, else from the simulated rater.
+- ``annotate/pairs.parquet`` (iteration n): the iteration's collected pairs labelled by the configured
+  annotator, in the pair schema (``prompt``, ``chosen``, ``rejected``, ``level``, ``source``,
+  ``iteration``, ``safety``). Every RM of iteration n trains on the seed pairs plus *all* labelled
+  pairs of iterations 1..n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from ..annotators import AnnotatorConfig, make_annotator, read_pairs
+from ..reward.train import RewardSection
+from .common import file_input, run_step
+from .reward import load_rm_pairs
+
+
+def seed_pairs_step(reward: RewardSection, out_dir: str | Path) -> dict:
+    """Write the seed pairs of the helpfulness and safety RMs; returns the manifest."""
+    frames, inputs = {}, {}
+    for name in ("helpful", "safety"):
+        frames[name], found = load_rm_pairs(getattr(reward, name))
+        inputs |= {f"{name}_{k}": v for k, v in found.items()}
+
+    def body(tmp: Path) -> dict:
+        for name, frame in frames.items():
+            frame.to_parquet(tmp / f"{name}.parquet")
+        return {f"n_{name}": len(frame) for name, frame in frames.items()} | {
+            f"levels_{name}": {str(k): int(v) for k, v in frame.level.fillna("unknown").value_counts().items()}
+            for name, frame in frames.items()}
+
+    config = {"helpful": asdict(reward.helpful), "safety": asdict(reward.safety)}
+    return run_step("seed_pairs", out_dir, config, inputs, body,
+                    f"{len(frames['helpful'])} helpfulness / {len(frames['safety'])} safety pairs",
+                    lambda m: f"{m['n_helpful']} + {m['n_safety']} pairs")
+
+
+def annotate_step(pairs_path: str | Path, annotator: AnnotatorConfig, out_dir: str | Path) -> dict:
+    """Label ``pairs_path`` (collect_pairs' output) with ``annotator``; returns the manifest.
+
+    A human annotator blocks here until its labels file exists (``annotator.poll_seconds``,
+    ``annotator.timeout_seconds``); the file is validated against the exported pairs."""
+    pairs_path = Path(pairs_path)
+    inputs = {"pairs": file_input(pairs_path)}
+    if annotator.name != "simulated" and annotator.labels_path and Path(annotator.labels_path).exists():
+        inputs["labels"] = file_input(annotator.labels_path)
+
+    def body(tmp: Path) -> dict:
+        pairs = read_pairs(pairs_path)
+        labelled = make_annotator(annotator.name, annotator).label(pairs)
+        labelled.to_parquet(tmp / "pairs.parquet")
+        return {"n_pairs": len(pairs), "n_labelled": len(labelled), "annotator": annotator.name,
+                "levels": _counts(labelled.level)}
+
+    return run_step("annotate", out_dir, {"annotator": asdict(annotator)}, inputs, body,
+                    f"{pairs_path} with the {annotator.name} annotator",
+                    lambda m: f"{m['n_labelled']} labelled pairs, levels {m['levels']}")
+
+
+def _counts(levels: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in levels.fillna("unknown").value_counts().items()}

@@ -1,0 +1,263 @@
+"""One Prefect task per step of an RLHF iteration: thin adapters over ``rlhf_core.steps``.
+
+Each task takes config dataclasses and the *references* of its upstream outputs, runs the core step
+(which writes ``<campaign>/iter-<n>/<step>/`` atomically with a ``manifest.json``), logs it to its own
+MLflow run nested under the iteration's run, and returns a reference to its output::
+
+    {"step": name, "path": "/abs/out/dir", "key": "<manifest key>", "metrics": {...}, "run_id": "<mlflow>"}
+
+Caching (DESIGN.md "Cache keys"): the Prefect cache key hashes the task's name, its parameters (config
+sections and upstream references, whose ``key`` pins their own inputs) and the code version -- but not
+the tracking ids or the fault switch, which change how a run is observed or interrupted, not what it
+produces. So a rerun of a campaign finds every finished step Cached, and a changed config reruns only
+what depends on it. A failed training step resumes from its checkpoints in ``.<step>.work`` (the core
+step does that). Retries: only on I/O errors (``OSError``); a bug or bad data fails at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from prefect import task
+
+from rlhf_core.annotators import AnnotatorConfig
+from rlhf_core.artifacts import code_version, stable_hash
+from rlhf_core.evaluation import EvalConfig
+from rlhf_core.models import ModelConfig
+from rlhf_core.prompt_sets import PromptsConfig
+from rlhf_core.rejection import RejectionConfig
+from rlhf_core.reward.train import RewardSection, RMDataConfig
+from rlhf_core.sampling import SamplingConfig
+from rlhf_core.scorers import ScorerConfig
+from rlhf_core.sft import SFTConfig
+from rlhf_core.steps.sft import DataConfig
+from rlhf_core.training import InjectedFault
+
+from . import tracking as mlt
+
+Ref = dict  # {"step", "path", "key", "metrics", "run_id"}: what a task returns
+NOT_KEYED = {"tracking", "fault"}  # parameters left out of the cache key
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``debug.fail_at``: raise at the start of ``step`` or, with ``after_steps``, after that many of its
+    optimizer steps (the checkpoints written so far stay; the rerun resumes from them)."""
+
+    step: str
+    after_steps: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str | None) -> "Fault | None":
+        if not spec:
+            return None
+        step, _, after = spec.partition(":")
+        return cls(step, int(after) if after else None)
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return value
+
+
+def cache_key(context, parameters: dict) -> str:
+    keyed = {k: _plain(v) for k, v in parameters.items() if k not in NOT_KEYED}
+    return f"{context.task.name}-{stable_hash({'params': keyed, 'code': code_version()})}"
+
+
+def io_only(task_, task_run, state) -> bool:
+    """Retry a failed step only when it failed on I/O (a full disk, a network file system hiccup)."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError)
+
+
+def step_task(name: str):
+    return task(name=name, task_run_name=name, cache_key_fn=cache_key, persist_result=True, retries=2,
+                retry_delay_seconds=10, retry_condition_fn=io_only)
+
+
+def _ref(step: str, manifest: dict, out_dir: Path, run_id: str) -> Ref:
+    return {"step": step, "path": str(out_dir), "key": manifest["key"], "metrics": manifest["metrics"],
+            "run_id": run_id}
+
+
+def _tracked(step: str, tracking: mlt.Tracking, fault: Fault | None, params: dict,
+             body: Callable[[Fault | None], dict[str, tuple[Path, dict]]]) -> dict[str, Ref]:
+    """Run ``body`` in the step's MLflow run; ``body(fault) -> {name: (out_dir, manifest)}``.
+
+    The fault applies when it names this step: at the start, or handed to the body to stop training."""
+    run_id = mlt.step_run(tracking, step)
+    mine = fault if fault is not None and fault.step == step else None
+    try:
+        if mine is not None and mine.after_steps is None:
+            raise InjectedFault(f"{step}: injected fault (debug.fail_at={step}); rerun without it to continue")
+        outputs = body(mine)
+    except BaseException:
+        mlt.finish_run(tracking.uri, run_id, "FAILED")
+        raise
+    mlt.log_params(tracking.uri, run_id, {k: _plain(v) for k, v in params.items()})
+    for name, (out_dir, manifest) in outputs.items():
+        prefix = f"{name}/" if len(outputs) > 1 else ""
+        mlt.log_metrics(tracking.uri, run_id, {f"{prefix}{k}": v for k, v in mlt.numeric(manifest["metrics"]).items()})
+        mlt.log_history(tracking.uri, run_id, out_dir / "metrics.jsonl", f"{prefix}train/")
+        mlt.log_outputs(tracking.uri, run_id, out_dir)
+    mlt.finish_run(tracking.uri, run_id)
+    return {name: _ref(step, manifest, out_dir, run_id) for name, (out_dir, manifest) in outputs.items()}
+
+
+def _failing(cfg: SFTConfig, fault: Fault | None) -> SFTConfig:
+    return replace(cfg, fail_after_steps=fault.after_steps) if fault is not None else cfg
+
+
+def _model(base: ModelConfig, ref: Ref) -> ModelConfig:
+    return replace(base, name_or_path=ref["path"])
+
+
+def scorer_for(base: ScorerConfig, rms: dict[str, Ref]) -> ScorerConfig:
+    """The configured scorer with this iteration's RM directories filled in."""
+    return replace(base, helpful=rms["helpful"]["path"], safety=rms["safety"]["path"] if "safety" in rms else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# iteration 0
+
+
+@step_task("sft")
+def sft(model: ModelConfig, data: DataConfig, config: SFTConfig, out_dir: str,
+        tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+    from rlhf_core.steps.sft import sft_step
+
+    return _tracked("sft", tracking, fault, {"model": model, "data": data, "sft": config}, lambda f: {
+        "sft": (Path(out_dir), sft_step(model, data, _failing(config, f), out_dir))})["sft"]
+
+
+@step_task("seed_pairs")
+def seed_pairs(reward: RewardSection, out_dir: str, tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+    from rlhf_core.steps.pairs import seed_pairs_step
+
+    return _tracked("seed_pairs", tracking, fault, {"helpful": reward.helpful, "safety": reward.safety},
+                    lambda f: {"seed_pairs": (Path(out_dir), seed_pairs_step(reward, out_dir))})["seed_pairs"]
+
+
+# --------------------------------------------------------------------------------------------------
+# iteration n
+
+
+@step_task("collect_pairs")
+def collect_pairs(policy: Ref, model: ModelConfig, prompts: PromptsConfig, sampling: SamplingConfig,
+                  temperatures: list[float], iteration: int, out_dir: str, tracking: mlt.Tracking,
+                  fault: Fault | None = None) -> Ref:
+    from rlhf_core.steps.rejection import collect_pairs_step
+
+    params = {"prompts": prompts, "sampling": sampling, "temperatures": temperatures}
+    return _tracked("collect_pairs", tracking, fault, params, lambda f: {"pairs": (Path(out_dir), collect_pairs_step(
+        _model(model, policy), prompts, sampling, temperatures, iteration, out_dir))})["pairs"]
+
+
+@step_task("annotate")
+def annotate(pairs: Ref, annotator: AnnotatorConfig, out_dir: str, tracking: mlt.Tracking,
+             fault: Fault | None = None) -> Ref:
+    from rlhf_core.steps.pairs import annotate_step
+
+    return _tracked("annotate", tracking, fault, {"annotator": annotator}, lambda f: {"labelled": (
+        Path(out_dir), annotate_step(Path(pairs["path"]) / "pairs.parquet", annotator, out_dir))})["labelled"]
+
+
+def rm_data(reward: RewardSection, name: str, seed: Ref, labelled: list[Ref]) -> RMDataConfig:
+    """RM ``name``'s pairs: its seed pairs plus every labelled batch so far (§3.2.2: the RMs are retrained
+    on all the data at each iteration)."""
+    files = [str(Path(seed["path"]) / f"{name}.parquet")] + [str(Path(r["path"]) / "pairs.parquet") for r in labelled]
+    return replace(getattr(reward, name), data=files)
+
+
+@step_task("train_reward_models")
+def train_reward_models(init: Ref, model: ModelConfig, reward: RewardSection, seed: Ref, labelled: list[Ref],
+                        out_root: str, tracking: mlt.Tracking, fault: Fault | None = None) -> dict[str, Ref]:
+    """The Helpfulness and (unless ``reward.train_safety`` is off) Safety RMs, from the SFT checkpoint."""
+    from rlhf_core.steps.reward import rm_train_step
+
+    names = ["helpful", "safety"] if reward.train_safety else ["helpful"]
+
+    def body(f: Fault | None) -> dict:
+        return {name: (Path(out_root) / f"rm-{name}", rm_train_step(
+            _model(model, init), rm_data(reward, name, seed, labelled), _failing(reward.train, f),
+            Path(out_root) / f"rm-{name}", name=name)) for name in names}
+
+    return _tracked("train_reward_models", tracking, fault, {"reward": reward.train}, body)
+
+
+@step_task("eval_reward_models")
+def eval_reward_models(rms: dict[str, Ref], model: ModelConfig, reward: RewardSection, out_root: str,
+                       tracking: mlt.Tracking, fault: Fault | None = None) -> dict[str, Ref]:
+    """Each RM's accuracy per preference level on held-out pairs (``reward.eval_data``, or simulated-rater
+    pairs on the held-out prompt phrasings)."""
+    from rlhf_core.steps.reward import rm_eval_step
+
+    def body(f: Fault | None) -> dict:
+        out = {}
+        for name, ref in rms.items():
+            synthetic = replace(getattr(reward, name), n_synthetic=reward.n_eval_synthetic, data=None)
+            out_dir = Path(out_root) / f"rm-{name}-eval"
+            out[name] = (out_dir, rm_eval_step(ref["path"], reward.eval_data, out_dir, reward.train.eval_batch_size,
+                                               model.precision, synthetic))
+        return out
+
+    return _tracked("eval_reward_models", tracking, fault, {"eval_data": reward.eval_data,
+                                                            "n_eval_synthetic": reward.n_eval_synthetic}, body)
+
+
+@step_task("search_temperature")
+def search_temperature(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig,
+                       sampling: SamplingConfig, rejection: RejectionConfig, scorer: ScorerConfig, out_dir: str,
+                       tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+    from rlhf_core.steps.rejection import search_temperature_step
+
+    params = {"sampling": sampling, "rejection": rejection, "scorer": scorer}
+    return _tracked("search_temperature", tracking, fault, params, lambda f: {"search": (
+        Path(out_dir), search_temperature_step(_model(model, policy), prompts, sampling, rejection,
+                                               scorer_for(scorer, rms), out_dir))})["search"]
+
+
+@step_task("rejection_sample")
+def rejection_sample(policy: Ref, rms: dict[str, Ref], search: Ref, previous: list[Ref], model: ModelConfig,
+                     prompts: PromptsConfig, sampling: SamplingConfig, rejection: RejectionConfig,
+                     scorer: ScorerConfig, iteration: int, out_dir: str, tracking: mlt.Tracking,
+                     fault: Fault | None = None) -> Ref:
+    """K samples per prompt at the temperature the search chose; the pool over all iterations."""
+    from rlhf_core.steps.rejection import rejection_sample_step
+
+    chosen = replace(sampling, temperature=search["metrics"]["chosen"])
+    history = [str(Path(r["path"]) / "candidates.parquet") for r in previous]
+    params = {"sampling": chosen, "rejection": rejection, "scorer": scorer}
+    return _tracked("rejection_sample", tracking, fault, params, lambda f: {"rs": (
+        Path(out_dir), rejection_sample_step(_model(model, policy), prompts, chosen, rejection,
+                                             scorer_for(scorer, rms), iteration, history, out_dir))})["rs"]
+
+
+@step_task("train_policy")
+def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, student: str | None, out_dir: str,
+                 tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+    """Fine-tune the policy (or ``rejection.student``) on the pool's best answers (rejection-sampling SFT)."""
+    from rlhf_core.steps.sft import sft_step
+
+    start = replace(model, name_or_path=student) if student else _model(model, policy)
+    data = DataConfig(path=str(Path(pool["path"]) / "pool_sft.jsonl"))
+    return _tracked("train_policy", tracking, fault, {"train_policy": config, "student": student}, lambda f: {
+        "policy": (Path(out_dir), sft_step(start, data, _failing(config, f), out_dir))})["policy"]
+
+
+@step_task("evaluate")
+def evaluate(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model: ModelConfig,
+             sampling: SamplingConfig, scorer: ScorerConfig, config: EvalConfig, out_dir: str,
+             tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+    """Win rates of the new policy against each baseline, judged by the gold rater and the RMs."""
+    from rlhf_core.steps.evaluate import evaluate_step
+
+    others = {name: _model(model, ref) for name, ref in baselines.items()}
+    return _tracked("evaluate", tracking, fault, {"eval": config}, lambda f: {"evaluate": (
+        Path(out_dir), evaluate_step(_model(model, policy), others, None, sampling, scorer_for(scorer, rms), config,
+                                     out_dir))})["evaluate"]

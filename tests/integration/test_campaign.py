@@ -1,0 +1,167 @@
+"""The smoke campaign end to end on real Prefect (its test harness server) and a real MLflow store:
+every task Completed and tracked; a rerun all Cached; a fault mid-training resumed from its checkpoint;
+the campaign lock."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.campaign import STEPS, run_campaign
+from flows.config import compose_config
+from flows.layout import CampaignLocked, campaign_lock
+from rlhf_core.training import InjectedFault
+
+ITERATION_STEPS = {"collect_pairs", "annotate", "train_reward_models", "eval_reward_models", "search_temperature",
+                   "rejection_sample", "train_policy", "evaluate"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smoke(root, name="c", *extra):
+    return compose_config(["experiment=smoke", f"campaign.root={root}", f"campaign.name={name}", *extra])
+
+
+def task_states(since: datetime) -> dict[str, list[str]]:
+    """Step name -> state names of the task runs of every flow run started after ``since``."""
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+                                          sort=FlowRunSort.START_TIME_ASC, limit=200)
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in flow_runs])), sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200)
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        if run.name in STEPS:
+            states.setdefault(run.name, []).append(run.state.name)
+    return states
+
+
+def test_smoke_campaign_tracked_then_cached(tmp_path):
+    cfg = smoke(tmp_path)
+    t0 = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    summary = run_campaign(cfg)
+    first = time.perf_counter() - started
+
+    # Prefect: every step ran once per iteration, all Completed.
+    states = task_states(t0)
+    assert set(states) == set(STEPS)
+    assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
+    assert {s for v in states.values() for s in v} == {"Completed"}
+
+    # summary.json: the schema scripts rely on, filled.
+    on_disk = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    assert on_disk["campaign"] == "c" and on_disk["config"]["model"]["name_or_path"] == "tiny"
+    assert [it["iteration"] for it in on_disk["iterations"]] == [1, 2]
+    for it in on_disk["iterations"]:
+        assert (tmp_path / "c" / f"iter-{it['iteration']}" / "train_policy" / "model.safetensors").is_file()
+        assert set(it["wall_seconds"]) >= ITERATION_STEPS
+        assert set(it["reward"]) == {"helpful", "safety"}
+        for rm in it["reward"].values():
+            assert 0 <= rm["accuracy"] <= 1 and rm["n_test"] == 16
+            assert set(rm["accuracy_by_level"]) == {"significantly_better", "better", "slightly_better",
+                                                    "negligibly_better"}
+        assert it["temperature"]["chosen"] in (0.7, 1.0) and set(it["temperature"]["curve"]) == {"0.7", "1.0"}
+        assert it["rejection"]["k"] == 2 and it["rejection"]["pool_size"] == 8
+        assert it["ppo"] is None and it["gatt"] is None
+        for key in ("sft/gold", "sft/rm", "previous/gold", "previous/rm"):
+            result = it["win_rate"][key]
+            assert result["n"] == 8 and result["ci95"][0] <= result["win_rate"] <= result["ci95"][1]
+            assert result["win"] + result["tie"] + result["loss"] == pytest.approx(1)
+    # the pool keeps the best answer per prompt across iterations: V2's pool draws on V1's candidates too
+    assert sum(on_disk["iterations"][1]["rejection"]["pool_by_iteration"].values()) == 8
+
+    # MLflow: campaign run -> iteration runs -> step runs, progression metrics by iteration, artifacts, registry.
+    client = MlflowClient(on_disk["tracking_uri"])
+    experiment = client.get_experiment_by_name("c")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    by_id = {r.info.run_id: r for r in runs}
+    campaign = [r for r in runs if r.data.tags.get("rlhf.kind") == "campaign"]
+    assert len(campaign) == 1 and campaign[0].info.status == "FINISHED"
+    iterations = {r.info.run_name: r for r in runs if r.data.tags.get("rlhf.kind") == "iteration"}
+    assert set(iterations) == {"SFT", "RLHF-V1", "RLHF-V2"}
+    assert all(r.data.tags["mlflow.parentRunId"] == campaign[0].info.run_id for r in iterations.values())
+    step_runs = [r for r in runs if r.data.tags.get("rlhf.kind") == "step"]
+    assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS)
+    assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["rlhf.kind"] == "iteration" for r in step_runs)
+    assert {r.info.status for r in step_runs} == {"FINISHED"}
+    history = client.get_metric_history(campaign[0].info.run_id, "temperature/chosen")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert client.get_metric_history(campaign[0].info.run_id, "rm/helpful/accuracy/significantly_better")
+    assert client.get_metric_history(campaign[0].info.run_id, "win_rate/sft/gold")
+    rm_step = next(r for r in step_runs if r.data.tags["rlhf.step"] == "train_reward_models")
+    assert any(m.startswith("helpful/train/loss") for m in rm_step.data.metrics) or \
+        client.get_metric_history(rm_step.info.run_id, "helpful/train/loss")
+    artifacts = {a.path for a in client.list_artifacts(rm_step.info.run_id, "rm-helpful")}
+    assert "rm-helpful/manifest.json" in artifacts
+    assert "config.yaml" in {a.path.split("/")[-1] for a in client.list_artifacts(campaign[0].info.run_id, "c")}
+    versions = client.search_model_versions("name = 'c-policy'")
+    assert len(versions) == 3
+    latest = client.get_model_version_by_alias("c-policy", "current")
+    assert latest.tags["rlhf.label"] == "RLHF-V2" and latest.tags["latest"] == "true"
+    assert client.get_model_version_by_alias("c-rm-helpful", "RLHF-V1").tags["rlhf.iteration"] == "1"
+
+    # Rerun: nothing executes again, every step is Cached, and it is much faster.
+    manifest = (tmp_path / "c" / "iter-2" / "train_policy" / "manifest.json").read_text()
+    t1 = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    again = run_campaign(cfg)
+    second = time.perf_counter() - started
+    states = task_states(t1)
+    assert {s for v in states.values() for s in v} == {"Cached"}, states
+    assert (tmp_path / "c" / "iter-2" / "train_policy" / "manifest.json").read_text() == manifest
+    assert again["iterations"] == summary["iterations"]
+    assert second < first / 2, (first, second)
+    assert len(client.search_runs([experiment.experiment_id], max_results=500)) == len(runs)  # same runs reused
+
+
+def test_fault_mid_training_then_resume(tmp_path):
+    with pytest.raises(InjectedFault):
+        run_campaign(smoke(tmp_path, "f", "debug.fail_at=train_policy:1"))
+    work = tmp_path / "f" / "iter-1" / ".train_policy.work" / "checkpoints"
+    assert [p.name for p in work.iterdir()] == ["step-1"]
+    assert not (tmp_path / "f" / "iter-1" / "train_policy").exists()  # nothing half-written
+
+    t0 = datetime.now(timezone.utc)
+    summary = run_campaign(smoke(tmp_path, "f"))
+    states = task_states(t0)
+    before = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
+              "search_temperature", "rejection_sample")
+    assert all(states[s][0] == "Cached" for s in before), states  # iteration 1's (and 0's) finished steps
+    manifest = json.loads((tmp_path / "f" / "iter-1" / "train_policy" / "manifest.json").read_text())
+    assert manifest["metrics"]["resumed_from_step"] == 1 and manifest["metrics"]["steps"] == 2
+    reference = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
+    assert set(reference["iterations"][0]) >= {"iteration", "policy_path", "mlflow_run_id", "wall_seconds", "reward",
+                                               "temperature", "rejection", "ppo", "gatt", "win_rate"}
+
+
+def test_second_run_on_a_locked_campaign_refuses(tmp_path):
+    cfg = smoke(tmp_path, "locked")
+    with campaign_lock(tmp_path / "locked"):
+        with pytest.raises(CampaignLocked, match="is being run by pid"):
+            run_campaign(cfg)
+    assert not (tmp_path / "locked" / "iter-0").exists()

@@ -1,0 +1,64 @@
+"""The evaluate step on tiny models: answers, judgments and win rates in the manifest; a rerun is cached."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from rlhf_core.evaluation import EvalConfig
+from rlhf_core.models import ModelConfig
+from rlhf_core.reward.model import reward_model_from_policy, save_reward_model
+from rlhf_core.sampling import SamplingConfig
+from rlhf_core.scorers import ScorerConfig
+from rlhf_core.steps.evaluate import evaluate_step
+from rlhf_core.errors import ConfigError
+
+TINY, OTHER = ModelConfig(name_or_path="tiny"), ModelConfig(name_or_path="tiny", tiny_seed=1)
+CFG = EvalConfig(n_prompts=6, n_bootstrap=100, max_new_tokens=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rm_dir(tmp_path):
+    rm, tokenizer = reward_model_from_policy(TINY, name="helpful", seed=0, max_length=64)
+    save_reward_model(rm, tokenizer, tmp_path / "rm")
+    return str(tmp_path / "rm")
+
+
+def test_win_rates_per_baseline_and_judge(tmp_path, rm_dir):
+    out = tmp_path / "evaluate"
+    manifest = evaluate_step(TINY, {"sft": TINY, "other": OTHER}, None, SamplingConfig(), ScorerConfig(helpful=rm_dir),
+                             CFG, out)
+    rates = manifest["metrics"]["win_rate"]
+    assert set(rates) == {"sft/gold", "sft/rm", "other/gold", "other/rm"}
+    for result in rates.values():
+        assert result["n"] == 6 and result["ci95"][0] <= result["win_rate"] <= result["ci95"][1]
+    # the same model, same seed: identical answers, every judgment a tie
+    assert rates["sft/gold"]["tie"] == 1 and rates["sft/rm"]["tie"] == 1
+    answers = pd.read_parquet(out / "answers.parquet")
+    assert len(answers) == 18 and set(answers.model) == {"model", "sft", "other"}
+    judged = pd.read_parquet(out / "judgments.parquet")
+    assert len(judged) == 24 and set(judged.order) <= {"model_first", "baseline_first"}
+    # a rerun with the same inputs is a cache hit
+    again = evaluate_step(TINY, {"sft": TINY, "other": OTHER}, None, SamplingConfig(), ScorerConfig(helpful=rm_dir),
+                          CFG, out)
+    assert again == json.loads((out / "manifest.json").read_text()) and again["created"] == manifest["created"]
+
+
+def test_unknown_judge_and_missing_rm_are_config_errors(tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="eval.judges"):
+        evaluate_step(TINY, {"sft": TINY}, None, SamplingConfig(), ScorerConfig(), replace(CFG, judges=["llm"]),
+                      tmp_path / "e")
+    with pytest.raises(ConfigError, match="scorer.helpful"):
+        evaluate_step(TINY, {"sft": TINY}, None, SamplingConfig(), ScorerConfig(), CFG, tmp_path / "e")
+    assert not (tmp_path / "e").exists()

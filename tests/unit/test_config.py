@@ -1,0 +1,51 @@
+"""The Hydra config tree: every experiment composes, every experiment file opens with its command,
+a bad override names the key, and the resolved config round-trips (what `rlhf resume` relies on)."""
+
+from pathlib import Path
+
+import pytest
+
+from flows.config import RootConfig, compose_config, config_from_dict, to_dict
+from rlhf_core.errors import ConfigError
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_the_three_experiments_exist():
+    assert {"smoke", "demo", "llama2"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_says_how_to_run_it(name):
+    cfg = compose_config([f"experiment={name}"])
+    assert isinstance(cfg, RootConfig) and cfg.campaign.iterations >= 1
+    text = (Path(__file__).parents[2] / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_" and text[1].startswith(f"# rlhf run experiment={name}")
+
+
+def test_experiments_pick_their_model():
+    assert compose_config(["experiment=smoke"]).model.name_or_path == "tiny"
+    assert compose_config(["experiment=demo"]).model.name_or_path == "smollm2"
+    llama2 = compose_config(["experiment=llama2"])
+    assert llama2.sft.lr == 2e-5 and llama2.reward.train.lr == 1e-5 and llama2.reward.train.batch_size == 512
+
+
+def test_overrides_win_over_the_experiment():
+    cfg = compose_config(["experiment=smoke", "campaign.iterations=3", "rejection.k=5"])
+    assert cfg.campaign.iterations == 3 and cfg.rejection.k == 5 and cfg.model.name_or_path == "tiny"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("campaign.iterations=many", "campaign.iterations"),
+    ("rejection.kk=3", "rejection.kk"),
+    ("experiment=nope", "experiment"),
+])
+def test_a_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        compose_config([override])
+    assert key in str(err.value) and "--cfg" in str(err.value)
+
+
+def test_resolved_config_round_trips():
+    cfg = compose_config(["experiment=smoke", "campaign.name=x"])
+    assert config_from_dict(to_dict(cfg)) == cfg
