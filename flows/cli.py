@@ -56,7 +56,11 @@ def _prefect_env(cfg) -> None:
 
 def _campaign(cfg, upto: int | None) -> int:
     _prefect_env(cfg)
-    from .campaign import end_of_run_report, run_campaign
+    from .campaign import check_fault, end_of_run_report, run_campaign
+    from .iteration import check_slots
+
+    check_slots(cfg)  # config mistakes before any server starts
+    check_fault(cfg.debug.fail_at)
 
     summary = run_campaign(cfg, upto)
     print(end_of_run_report(summary))

@@ -87,14 +87,19 @@ def best_of_k(samples: pd.DataFrame, key: str = "prompt_id") -> pd.DataFrame:
     return order.drop_duplicates(key, keep="first").reset_index(drop=True)
 
 
-def build_pool(candidates: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
+def build_pool(candidates: pd.DataFrame, scorer: Scorer, scored_iteration: int | None = None) -> pd.DataFrame:
     """Re-score every candidate of every iteration with the current scorer; keep the best per prompt.
 
     ``candidates`` holds all samples so far with their ``iteration``; the returned pool has one row per
-    ``prompt_id`` with ``text``, ``score`` (current scorer) and the ``iteration`` that produced it.
+    ``prompt_id`` with ``text``, ``score`` (current scorer) and the ``iteration`` that produced it. Rows of
+    ``scored_iteration`` were just scored by this same scorer and keep their scores (no second pass).
     """
     rescored = candidates.reset_index(drop=True).copy()
-    rescored["score"] = np.asarray(scorer(rescored, list(rescored.text)), dtype=float)
+    stale = (rescored.iteration != scored_iteration).to_numpy() if scored_iteration is not None \
+        else np.ones(len(rescored), dtype=bool)
+    if stale.any():
+        old = rescored[stale]
+        rescored.loc[stale, "score"] = np.asarray(scorer(old, list(old.text)), dtype=float)
     return best_of_k(rescored)
 
 

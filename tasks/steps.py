@@ -64,8 +64,20 @@ def _plain(value):
     return value
 
 
+def _identity(value):
+    """What a parameter contributes to a cache key: config values as they are; an upstream reference by
+    its output's path and key only (its metrics and MLflow run id describe the run, not the output)."""
+    if isinstance(value, dict) and {"step", "path", "key"} <= value.keys():
+        return {"path": value["path"], "key": value["key"]}
+    if isinstance(value, dict):
+        return {k: _identity(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_identity(v) for v in value]
+    return _plain(value)
+
+
 def cache_key(context, parameters: dict) -> str:
-    keyed = {k: _plain(v) for k, v in parameters.items() if k not in NOT_KEYED}
+    keyed = {k: _identity(v) for k, v in parameters.items() if k not in NOT_KEYED}
     return f"{context.task.name}-{stable_hash({'params': keyed, 'code': code_version()})}"
 
 

@@ -23,6 +23,18 @@ CHATML_TEMPLATE = (
 
 
 @pytest.fixture
+def one_thread():
+    """One BLAS thread: on tiny matrices a second thread only costs synchronisation (on a busy 2-core box,
+    a lot of it). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny():
     """(model, tokenizer): a fresh random 2-layer Llama, same weights every time."""
     return build_tiny_model(seed=0)

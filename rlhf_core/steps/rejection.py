@@ -117,7 +117,7 @@ def rejection_sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sa
         candidates.to_parquet(tmp / "candidates.parquet")
         # 2. The pool: every candidate so far, re-scored with the current scorer, best per prompt.
         history = [pd.read_parquet(p) for p in previous_candidates]
-        pool = build_pool(pd.concat(history + [candidates], ignore_index=True), scorer)
+        pool = build_pool(pd.concat(history + [candidates], ignore_index=True), scorer, scored_iteration=iteration)
         pool.to_parquet(tmp / "pool.parquet")
         conversations, n_empty = pool_conversations(pool)
         if n_empty:

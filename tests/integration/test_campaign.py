@@ -9,7 +9,6 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-import torch
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, TaskRunFilter, TaskRunFilterFlowRunId
@@ -17,6 +16,7 @@ from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.campaign import STEPS, run_campaign
+from flows.cli import main
 from flows.config import compose_config
 from flows.layout import CampaignLocked, campaign_lock
 from rlhf_core.training import InjectedFault
@@ -31,12 +31,7 @@ def prefect_server():
         yield
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smoke(root, name="c", *extra):
@@ -146,16 +141,21 @@ def test_fault_mid_training_then_resume(tmp_path):
     assert not (tmp_path / "f" / "iter-1" / "train_policy").exists()  # nothing half-written
 
     t0 = datetime.now(timezone.utc)
-    summary = run_campaign(smoke(tmp_path, "f"))
+    assert main(["resume", f"campaign.root={tmp_path}", "campaign.name=f"]) == 0  # the stored config, minus the fault
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     states = task_states(t0)
     before = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
               "search_temperature", "rejection_sample")
     assert all(states[s][0] == "Cached" for s in before), states  # iteration 1's (and 0's) finished steps
     manifest = json.loads((tmp_path / "f" / "iter-1" / "train_policy" / "manifest.json").read_text())
     assert manifest["metrics"]["resumed_from_step"] == 1 and manifest["metrics"]["steps"] == 2
-    reference = json.loads((tmp_path / "f" / "summary.json").read_text())
-    assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
-    assert set(reference["iterations"][0]) >= {"iteration", "policy_path", "mlflow_run_id", "wall_seconds", "reward",
+    # the resumed output has the schema of one that ran straight through (iteration 2's)
+    clean = json.loads((tmp_path / "f" / "iter-2" / "train_policy" / "manifest.json").read_text())
+    assert clean["metrics"]["resumed_from_step"] == 0 and set(clean["metrics"]) == set(manifest["metrics"])
+    assert sorted(p.name for p in (tmp_path / "f" / "iter-1" / "train_policy").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "f" / "iter-2" / "train_policy").iterdir())
+    assert [it["iteration"] for it in summary["iterations"]] == [1, 2] and summary["config"]["debug"]["fail_at"] is None
+    assert set(summary["iterations"][0]) >= {"iteration", "policy_path", "mlflow_run_id", "wall_seconds", "reward",
                                                "temperature", "rejection", "ppo", "gatt", "win_rate"}
 
 

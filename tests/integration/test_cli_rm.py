@@ -1,7 +1,6 @@
 """`rlhf rm train | eval | ablate` end to end on the tiny model with the simulated rater's pairs."""
 
 import pytest
-import torch
 
 from flows import cli
 
@@ -10,12 +9,7 @@ SMALL = ["model=tiny", "reward=demo", "reward.helpful.n_synthetic=40", "reward.s
          "reward.train.epochs=1", "reward.train.max_length=128", "reward.train.lr=1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_eval_ablate(tmp_path, capsys):

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from rlhf_core.evaluation import EvalConfig
 from rlhf_core.models import ModelConfig
@@ -18,12 +17,7 @@ TINY, OTHER = ModelConfig(name_or_path="tiny"), ModelConfig(name_or_path="tiny",
 CFG = EvalConfig(n_prompts=6, n_bootstrap=100, max_new_tokens=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

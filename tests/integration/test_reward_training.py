@@ -30,12 +30,7 @@ GAP = dict(zip(LEVELS, (8, 4, 2, 1)))
 TINY = ModelConfig(name_or_path="tiny", precision="fp32")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def counting_pairs(n: int, seed: int, noise: float = 0.0) -> pd.DataFrame:

@@ -49,3 +49,18 @@ def test_a_bad_override_names_the_key(override, key):
 def test_resolved_config_round_trips():
     cfg = compose_config(["experiment=smoke", "campaign.name=x"])
     assert config_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("args, key", [
+    (["run", "experiment=smoke", "campaign.ppo_at=[1]"], "campaign.ppo_at"),
+    (["run", "experiment=smoke", "debug.fail_at=nope"], "debug.fail_at"),
+    (["run", "experiment=smoke", "debug.fail_at=annotate:2"], "debug.fail_at"),
+    (["resume", "campaign.name=never-ran"], "campaign.name"),
+])
+def test_campaign_commands_refuse_bad_config_before_starting(tmp_path, capsys, args, key):
+    from flows.cli import main
+
+    assert main([*args, f"campaign.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and key in err
+    assert not (tmp_path / "smoke").exists()

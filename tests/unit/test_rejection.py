@@ -54,6 +54,16 @@ def test_pool_keeps_the_best_across_iterations_and_rescores():
     pool = build_pool(pd.concat([old, new]), lambda f, answers: -length_scorer(f, answers))
     assert dict(zip(pool.prompt_id, pool.text)) == {"a": "x", "b": "c"}
     assert dict(zip(pool.prompt_id, pool.score)) == {"a": -1.0, "b": -1.0}
+    # Candidates of the current iteration arrive scored by the current scorer: only older ones are re-scored.
+    seen = []
+
+    def counting(frame, answers):
+        seen.extend(answers)
+        return length_scorer(frame, answers)
+
+    scored_new = new.assign(score=[100.0, 0.0, 0.0, 0.0])  # beats any length score
+    pool = build_pool(pd.concat([old, scored_new]), counting, scored_iteration=2)
+    assert sorted(seen) == sorted(old.text) and dict(zip(pool.prompt_id, pool.text))["a"] == "mid answer"
 
 
 def test_temperature_search_picks_the_known_optimum(backend):

@@ -17,13 +17,7 @@ PROMPT = [{"role": "user", "content": "Say something nice."}]
 ANSWERS = ["ok", "You are doing great, keep going!", "hi there", "x" * 40]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: a second BLAS thread only costs synchronisation (on a busy 2-core box, a lot of it).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
