@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, task
 
 from rlhf_core.artifacts import code_version
 from rlhf_core.errors import ConfigError
@@ -21,6 +21,7 @@ from tasks import tracking as mlt
 from .config import compose_config, config_from_dict, to_dict, to_yaml
 from .iteration import CampaignState, TrackingIds, call, check_slots, iteration_flow
 from .layout import (campaign_dir, campaign_lock, iteration_dir, last_finished_iteration, write_json_atomic)
+from .report import REPORT_DIR, publish_report
 from .summary import table
 
 TRAINING_STEPS = ("sft", "train_reward_models", "train_policy")
@@ -93,10 +94,20 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
             state = CampaignState(**out["state"])
             summary["iterations"].append(out["entry"])
             write_json_atomic(home / "summary.json", summary)
+        if summary["iterations"]:
+            summary["report"] = str(home / REPORT_DIR / "report.md")
         write_json_atomic(home / "summary.json", summary)
         mlt.log_outputs(ids.uri, ids.campaign_run_id, home, [home / "summary.json"])
+        if summary["iterations"]:
+            report(str(home))
         mlt.finish_run(ids.uri, ids.campaign_run_id)
     return summary
+
+
+@task(name="report", task_run_name="report")
+def report(home: str) -> str:
+    """The campaign report (rebuilt every run: it is cheap and reads only finished outputs)."""
+    return str(publish_report(Path(home)))
 
 
 def _write_config(cfg, home: Path) -> None:
@@ -136,4 +147,5 @@ def end_of_run_report(summary: dict) -> str:
     """The per-iteration table and where to look next."""
     home = summary["campaign_dir"]
     return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/summary.json\n"
+            f"report: {summary.get('report', '-')} (and report.html beside it)\n"
             f"MLflow: `rlhf ui campaign.root={Path(home).parent}` (experiment {summary['experiment']!r})")

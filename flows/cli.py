@@ -92,6 +92,15 @@ def cmd_resume(overrides: list[str]) -> int:
     return _campaign(cfg, None)
 
 
+def cmd_report(overrides: list[str]) -> int:
+    from .config import compose_config
+    from .report import publish_report
+
+    path = publish_report(_campaign_dir(compose_config(overrides)))
+    print(f"report: {path}\n        {path.with_suffix('.html')}\nplots:  {path.parent / 'plots'}")
+    return 0
+
+
 def cmd_serve(overrides: list[str]) -> int:
     from rlhf_core.errors import ConfigError
 
@@ -217,7 +226,9 @@ COMMANDS = {c.name: c for c in [
     Command("iterate", "The campaign's next iteration (or campaign.iteration=<n>), everything before it cached.",
             "rlhf iterate experiment=demo campaign.name=demo", cmd_iterate),
     Command("resume", "Rerun a campaign with the config it last ran with (without debug.fail_at).",
-            "rlhf resume campaign.name=demo", cmd_resume),
+            "rlhf resume demo   (or: rlhf resume campaign.name=demo)", cmd_resume),
+    Command("report", "Write the campaign's report (report.md, report.html, PNG plots) and attach it to MLflow.",
+            "rlhf report demo   (or: rlhf report campaign.name=demo campaign.root=./runs)", cmd_report),
     Command("serve", "Serve the campaign's next-iteration flow on a schedule, or run it when a file lands.",
             "rlhf serve experiment=demo campaign.name=demo orchestration.interval=86400", cmd_serve),
     Command("ui", "Open the MLflow UI on the campaigns' tracking store (io.port, default 5000).",
@@ -272,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _campaign_shorthand(overrides: list[str]) -> list[str]:
+    """A bare first word names the campaign: `rlhf resume demo` = `rlhf resume campaign.name=demo`."""
+    if overrides and "=" not in overrides[0] and not overrides[0].startswith(("+", "~")):
+        return [f"campaign.name={overrides[0]}", *overrides[1:]]
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("rlhf").setLevel(logging.INFO)
@@ -282,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     try:
+        overrides = _campaign_shorthand(args.overrides)
         if args.cfg:
-            return _print_config(args.overrides)
-        return args.run(args.overrides)
+            return _print_config(overrides)
+        return args.run(overrides)
     except RLHFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -135,8 +135,8 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                                 pool=refs["rejection_sample"], config=cfg.train_policy, student=cfg.rejection.student,
                                 out_dir=str(here / "train_policy"), **common)
     # 5. [PPO and Ghost Attention slots: campaign.ppo_at / campaign.gatt_from, refused until they land.]
-    # 6. Win rates against the SFT model and the previous policy.
-    baselines = {"sft": st.sft, "previous": st.policy}
+    # 6. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
+    baselines = {"sft": st.sft, "previous": st.policy, **reference_refs(cfg)}
     refs["evaluate"] = call(steps.evaluate, [here / "evaluate"], policy=refs["train_policy"], baselines=baselines,
                             rms=rms, sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval,
                             out_dir=str(here / "evaluate"), **common)
@@ -153,7 +153,7 @@ def record(ids: TrackingIds, t: mlt.Tracking, entry: dict, refs: dict, register:
     registry, and the iteration run closed."""
     metrics = progression_metrics(entry)
     for run in (ids.campaign_run_id, t.parent_run_id):
-        mlt.log_metrics(t.uri, run, metrics, step=t.iteration)
+        mlt.log_metrics_once(t.uri, run, metrics, step=t.iteration)
     if register:
         mlt.register(t.uri, f"{campaign}-policy", Path(refs["train_policy"]["path"]), t.parent_run_id, t.iteration)
         for name, ref in refs["train_reward_models"].items():
@@ -161,7 +161,18 @@ def record(ids: TrackingIds, t: mlt.Tracking, entry: dict, refs: dict, register:
     mlt.finish_run(t.uri, t.parent_run_id)
 
 
+def reference_refs(cfg: RootConfig) -> dict[str, dict]:
+    """``eval.references`` as step references (keyed by the model's name: a reference is a fixed model)."""
+    clash = sorted(set(cfg.eval.references) & {"sft", "previous", "model"})
+    if clash:
+        raise ConfigError("eval.references", f"{clash} are built-in baseline names; name the reference otherwise")
+    return {name: {"step": "reference", "path": path, "key": f"reference:{path}", "metrics": {}}
+            for name, path in cfg.eval.references.items()}
+
+
 def check_slots(cfg: RootConfig) -> None:
+    """Config mistakes the DAG would meet late, found before anything runs."""
+    reference_refs(cfg)
     if cfg.campaign.ppo_at:
         raise ConfigError("campaign.ppo_at", "PPO is not part of the platform yet (its own issue); remove the "
                                              "key or set campaign.ppo_at=[]")

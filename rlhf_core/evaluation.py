@@ -34,6 +34,9 @@ class EvalConfig:
     tie_eps: float = 1e-6  # a score gap at or below this is a tie (gold scores are coarse: ties are common)
     temperature: float = 0.7  # every model answers at this temperature with the same seed (a paired comparison)
     max_new_tokens: int | None = None  # None = sampling.max_new_tokens
+    # Fixed reference models every iteration is also compared with: name -> model (a directory, a hub id, a
+    # GGUF file, "smollm2"); win rates appear as "<name>/<judge>". "sft" and "previous" are always there.
+    references: dict[str, str] = field(default_factory=dict)
 
 
 def win_rate_stats(outcomes: Sequence[float], n_bootstrap: int = 1000, seed: int = 0) -> dict:

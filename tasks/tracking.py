@@ -130,6 +130,21 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
         client.log_batch(run_id, metrics=batch[i:i + 1000])
 
 
+def log_metrics_once(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """``log_metrics``, skipped when this run already holds exactly these values at ``step`` (a rerun of a
+    cached iteration would otherwise add a duplicate point to every progression chart). A tag per step
+    remembers what was logged."""
+    import hashlib
+
+    tag = f"rlhf.logged.step{step}"
+    digest = hashlib.sha256(json.dumps(metrics, sort_keys=True).encode()).hexdigest()[:16]
+    client = _client(uri)
+    if client.get_run(run_id).data.tags.get(tag) == digest:
+        return
+    log_metrics(uri, run_id, metrics, step)
+    client.set_tag(run_id, tag, digest)
+
+
 def log_history(uri: str, run_id: str, history: Path, prefix: str = "train/") -> None:
     """A step's ``metrics.jsonl`` (one line per optimizer step) as metric histories."""
     if not history.is_file():
@@ -152,6 +167,11 @@ def log_outputs(uri: str, run_id: str, out_dir: Path, files: Iterable[Path] | No
     for file in files if files is not None else sorted(out_dir.iterdir()):
         if file.is_file() and file.suffix in ARTIFACT_SUFFIXES and file.stat().st_size <= ARTIFACT_MAX_BYTES:
             client.log_artifact(run_id, str(file), out_dir.name)
+
+
+def log_dir(uri: str, run_id: str, directory: Path, artifact_path: str) -> None:
+    """A whole directory (the campaign report with its plots) as artifacts under ``artifact_path``."""
+    _client(uri).log_artifacts(run_id, str(directory), artifact_path)
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

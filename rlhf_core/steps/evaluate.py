@@ -1,6 +1,6 @@
 """The ``evaluate`` step: win rates of an iteration's policy against its baselines on held-out prompts.
 
-Writes ``answers.parquet`` (one answer per prompt and model), ``judgments.parquet`` (one row per prompt,
+Writes ``answers.parquet`` (one answer per prompt and model, with the prompt's last user turn), ``judgments.parquet`` (one row per prompt,
 baseline and judge: the order the judge saw, both scores, the outcome) and ``manifest.json`` whose
 metrics hold ``win_rate["<baseline>/<judge>"]`` (see :func:`rlhf_core.evaluation.summarise`),
 ``mean_gold`` / ``mean_reward`` per model, and ``skipped_judges`` with the reason.
@@ -81,8 +81,9 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
             if cfg_.name_or_path not in by_path:
                 by_path[cfg_.name_or_path] = _answers(cfg_, prompts, answer_cfg)
         answers = {name: by_path[c.name_or_path] for name, c in models.items()}
-        pd.DataFrame([{"prompt_id": pid, "model": name, "text": text} for name, texts in answers.items()
-                      for pid, text in zip(prompts.prompt_id, texts)]).to_parquet(tmp / "answers.parquet")
+        asked = [messages[-1]["content"] for messages in prompts.messages]
+        pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "text": text} for name, texts in answers.items()
+                      for pid, q, text in zip(prompts.prompt_id, asked, texts)]).to_parquet(tmp / "answers.parquet")
         # 2. Scores per judge and model.
         skipped, scores = {}, {name: {} for name in answers}
         if "gold" in cfg.judges:

@@ -53,12 +53,19 @@ def task_states(since: datetime) -> dict[str, list[str]]:
     return states
 
 
-def test_smoke_campaign_tracked_then_cached(tmp_path):
-    cfg = smoke(tmp_path)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, prefect_server):
+    """One smoke campaign shared by the tests that read it (the rerun test runs it again, all Cached)."""
+    root = tmp_path_factory.mktemp("smoke")
+    cfg = smoke(root)
     t0 = datetime.now(timezone.utc)
     started = time.perf_counter()
     summary = run_campaign(cfg)
-    first = time.perf_counter() - started
+    return {"root": root, "cfg": cfg, "summary": summary, "t0": t0, "seconds": time.perf_counter() - started}
+
+
+def test_smoke_campaign_tracked_then_cached(smoke_run):
+    tmp_path, cfg, summary, t0, first = (smoke_run[k] for k in ("root", "cfg", "summary", "t0", "seconds"))
 
     # Prefect: every step ran once per iteration, all Completed.
     states = task_states(t0)
@@ -165,3 +172,43 @@ def test_second_run_on_a_locked_campaign_refuses(tmp_path):
         with pytest.raises(CampaignLocked, match="is being run by pid"):
             run_campaign(cfg)
     assert not (tmp_path / "locked" / "iter-0").exists()
+
+
+def test_report_of_the_smoke_campaign(smoke_run):
+    """Every section, the plots as real PNGs, numbers equal to summary.json and MLflow, attached to MLflow."""
+    from flows.report import SECTIONS
+    from flows.summary import progression_metrics
+
+    home = smoke_run["root"] / "c"
+    summary = json.loads((home / "summary.json").read_text())
+    report = home / "report"
+    assert summary["report"] == str(report / "report.md")
+    md, page = (report / "report.md").read_text(), (report / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"## {section}\n" in md and f"<h2>{section}</h2>" in page, section
+    plots = {p.name for p in (report / "plots").iterdir()}
+    assert plots == {"win_rates.png", "helpful_vs_safety.png", "rm_accuracy.png", "temperature.png",
+                     "best_of_k.png", "pool.png"}
+    for name in plots:
+        assert (report / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{name}" in md and f'src="plots/{name}"' in page
+    # The numbers: each iteration's win rates as printed, and the same as MLflow's.
+    client = MlflowClient(summary["tracking_uri"])
+    for it in summary["iterations"]:
+        for key, r in it["win_rate"].items():
+            row = f"| RLHF-V{it['iteration']} | {key} | "
+            assert f"{row}{100 * r['win']:.1f}% | {100 * r['tie']:.1f}% | {100 * r['loss']:.1f}% | " \
+                   f"{100 * r['win_rate']:.1f}% |" in md, row
+        logged = {m: client.get_metric_history(summary["mlflow_run_id"], m) for m in progression_metrics(it)}
+        for name, value in progression_metrics(it).items():
+            assert [h.value for h in logged[name] if h.step == it["iteration"]] == [pytest.approx(value)], name
+    # The example answers are the evaluate step's, SFT and each iteration side by side.
+    answers = __import__("pandas").read_parquet(home / "iter-2" / "evaluate" / "answers.parquet")
+    first = answers[answers.model == "model"].iloc[0]
+    assert first.prompt in md and "**RLHF-V2**" in md and "**SFT**" in md
+    # The verdict is computed from the final iteration's CI.
+    final = summary["iterations"][-1]["win_rate"]["sft/gold"]
+    word = "beats" if final["ci95"][0] > 0.5 else "is worse than" if final["ci95"][1] < 0.5 else "is not distinguishable"
+    assert f"**RLHF-V2 {word}" in md
+    attached = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "report")}
+    assert {"report/report.md", "report/report.html", "report/plots"} <= attached

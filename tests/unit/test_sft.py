@@ -53,7 +53,7 @@ def test_accumulation_invariance_8x1_equals_1x8(tmp_path):
     for micro in (8, 1):
         model, tok = build_tiny_model(seed=0)
         result, _ = run_sft(model, tok, convs(), cfg(max_steps=1, micro_batch_size=micro),
-                            tmp_path / f"m{micro}")
+                            tmp_path / f"m{micro}", precision="fp32")  # exact only without bf16 rounding
         results.append(result.final)
         weights.append(params(model))
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)

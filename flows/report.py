@@ -1,0 +1,401 @@
+"""The campaign report (``rlhf report``; also written at the end of every campaign run)::
+
+    <campaign>/report/report.md, report.html    the same content in two formats
+    <campaign>/report/plots/*.png               the figures both link to
+
+Everything in it comes from ``summary.json`` (the numbers MLflow also holds) plus the steps' own tables
+(``gain.csv`` for Fig. 7, ``answers.parquet`` for the example answers, ``table28.csv`` of a margin
+ablation if one was run). The verdict is computed, never written by hand: the final iteration beats the
+SFT model only when the lower end of the 95 % CI of its win rate is above 50 %.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rlhf_core.errors import RLHFError
+from rlhf_core.preferences import LEVELS
+
+from .layout import read_summary
+from .report_doc import Doc
+
+REPORT_DIR = "report"
+SECTIONS = ("Verdict", "Win rates", "Helpfulness vs safety", "Reward model accuracy", "Temperature search",
+            "Best-of-K gain", "Rejection-sampling pool", "PPO", "Ghost Attention adherence", "Example answers",
+            "Provenance")
+JUDGE_NAMES = {"gold": "gold rater (the human-evaluation analog)", "rm": "reward models (combined)",
+               "rm_helpful": "Helpfulness RM", "rm_safety": "Safety RM"}
+N_EXAMPLES = 3
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def ci(result: dict) -> str:
+    return f"[{pct(result['ci95'][0])}, {pct(result['ci95'][1])}]"
+
+
+def verdict(result: dict | None, model: str, baseline: str) -> str:
+    """One sentence from a win-rate result: better / worse / not distinguishable at this n."""
+    if result is None:
+        return f"{model} vs {baseline}: not measured."
+    lo, hi = result["ci95"]
+    numbers = f"win rate {pct(result['win_rate'])}, 95 % CI {ci(result)}, n={result['n']}"
+    if lo > 0.5:
+        return f"**{model} beats {baseline}** by the {result['judge']} judge ({numbers})."
+    if hi < 0.5:
+        return f"**{model} is worse than {baseline}** by the {result['judge']} judge ({numbers})."
+    return (f"**{model} is not distinguishable from {baseline}** by the {result['judge']} judge ({numbers}): "
+            "the CI includes 50 %.")
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
+def plot_win_rates(iterations: list[dict], path: Path) -> None:
+    """Win rate vs the SFT model and vs the previous iteration, per judge, with 95 % CIs."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, baseline, title in ((axes[0], "sft", "vs the SFT model"), (axes[1], "previous", "vs the previous iteration")):
+        judges = sorted({k.split("/")[1] for it in iterations for k in it["win_rate"] if k.startswith(baseline + "/")})
+        for j, judge in enumerate(judges):
+            xs, ys, err = [], [], [[], []]
+            for it in iterations:
+                r = it["win_rate"].get(f"{baseline}/{judge}")
+                if r:
+                    xs.append(it["iteration"] + 0.06 * (j - (len(judges) - 1) / 2))
+                    ys.append(r["win_rate"])
+                    err[0].append(r["win_rate"] - r["ci95"][0])
+                    err[1].append(r["ci95"][1] - r["win_rate"])
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=JUDGE_NAMES.get(judge, judge))
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="parity (50 %)")
+        ax.set_xticks([it["iteration"] for it in iterations], [f"RLHF-V{it['iteration']}" for it in iterations])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Win rate {title}")
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("win rate (ties count half), 95 % CI")
+    _save(fig, path)
+
+
+def plot_helpful_vs_safety(iterations: list[dict], path: Path) -> bool:
+    """Fig. 11 analog: win rate vs SFT on the Safety RM's axis against the Helpfulness RM's."""
+    points = [(it["iteration"], it["win_rate"]["sft/rm_helpful"], it["win_rate"]["sft/rm_safety"])
+              for it in iterations if "sft/rm_helpful" in it["win_rate"] and "sft/rm_safety" in it["win_rate"]]
+    if not points:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for n, h, s in points:
+        ax.errorbar(h["win_rate"], s["win_rate"], xerr=[[h["win_rate"] - h["ci95"][0]], [h["ci95"][1] - h["win_rate"]]],
+                    yerr=[[s["win_rate"] - s["ci95"][0]], [s["ci95"][1] - s["win_rate"]]], marker="o", capsize=3)
+        ax.annotate(f"RLHF-V{n}", (h["win_rate"], s["win_rate"]), textcoords="offset points", xytext=(6, 6))
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("helpfulness: win rate vs SFT (Helpfulness RM)")
+    ax.set_ylabel("harmlessness: win rate vs SFT (Safety RM)")
+    ax.set_title("Progression on the two RM axes (Fig. 11 analog)")
+    _save(fig, path)
+    return True
+
+
+def plot_rm_accuracy(iterations: list[dict], path: Path) -> None:
+    """Held-out accuracy per preference level, one line per iteration, one panel per RM (Table 8)."""
+    plt = _plt()
+    names = sorted({name for it in iterations for name in it["reward"]})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), sharey=True, squeeze=False)
+    labels = [level.replace("_", " ") for level in LEVELS] + ["overall"]
+    for ax, name in zip(axes[0], names):
+        for it in iterations:
+            rm = it["reward"].get(name)
+            if rm:
+                ys = [rm["accuracy_by_level"].get(level) for level in LEVELS] + [rm["accuracy"]]
+                ax.plot(range(len(labels)), [np.nan if y is None else y for y in ys], marker="o",
+                        label=f"RLHF-V{it['iteration']}")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name.capitalize()} RM: held-out accuracy by preference level")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("accuracy")
+    _save(fig, path)
+
+
+def plot_temperature(iterations: list[dict], path: Path) -> None:
+    """Fig. 8: mean max-of-K reward against the sampling temperature, per iteration; chosen T starred."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for it in iterations:
+        curve = {float(t): v for t, v in it["temperature"]["curve"].items()}
+        ts = sorted(curve)
+        line, = ax.plot(ts, [curve[t] for t in ts], marker="o", label=f"RLHF-V{it['iteration']}")
+        chosen = it["temperature"]["chosen"]
+        ax.plot([chosen], [curve[float(chosen)]], marker="*", markersize=16, color=line.get_color())
+    ax.set_xlabel("temperature")
+    ax.set_ylabel(f"mean max-of-{iterations[0]['rejection']['k']} reward")
+    ax.set_title("Temperature search per iteration (Fig. 8; star = chosen)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_best_of_k(gains: dict[int, pd.DataFrame], path: Path) -> None:
+    """Fig. 7: E[max of K] and the median reward against K, per iteration."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for n, gain in gains.items():
+        line, = ax.plot(gain.k, gain.mean_max, marker="o", label=f"RLHF-V{n} max of K")
+        ax.plot(gain.k, gain.mean_median, linestyle="--", color=line.get_color(), label=f"RLHF-V{n} median")
+    ax.set_xscale("log", base=2)
+    ks = sorted({int(k) for g in gains.values() for k in g.k})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("K (samples per prompt)")
+    ax.set_ylabel("reward")
+    ax.set_title("Best-of-K: max vs median reward (Fig. 7)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_pool(iterations: list[dict], path: Path) -> None:
+    """How many answers of each iteration's pool came from each iteration's samples."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sources = sorted({int(k) for it in iterations for k in it["rejection"]["pool_by_iteration"]})
+    bottom = np.zeros(len(iterations))
+    for source in sources:
+        counts = np.array([it["rejection"]["pool_by_iteration"].get(str(source), 0) for it in iterations], float)
+        ax.bar([f"pool of V{it['iteration']}" for it in iterations], counts, bottom=bottom,
+               label=f"sampled in V{source}")
+        bottom += counts
+    ax.set_ylabel("prompts")
+    ax.set_title("Rejection-sampling pool: where each best answer comes from")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# the document
+
+
+def _win_rows(iterations: list[dict]) -> list[list]:
+    rows = []
+    for it in iterations:
+        for key, r in sorted(it["win_rate"].items()):
+            rows.append([f"RLHF-V{it['iteration']}", key, pct(r["win"]), pct(r["tie"]), pct(r["loss"]),
+                         pct(r["win_rate"]), ci(r), r["n"], pct(r.get("model_first_share"))])
+    return rows
+
+
+def _examples(home: Path, iterations: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """For the first few held-out prompts: the SFT model's answer and each iteration's, side by side."""
+    frames = {}
+    for it in iterations:
+        path = home / f"iter-{it['iteration']}" / "evaluate" / "answers.parquet"
+        if path.is_file():
+            frames[it["iteration"]] = pd.read_parquet(path)
+    if not frames:
+        return []
+    first = frames[min(frames)]
+    prompt_ids = list(dict.fromkeys(first.prompt_id))[:N_EXAMPLES]
+    out = []
+    for pid in prompt_ids:
+        sft = first[(first.prompt_id == pid) & (first.model == "sft")]
+        row = first[first.prompt_id == pid].iloc[0]
+        answers = [("SFT", sft.text.iloc[0])] if len(sft) else []
+        for n, frame in frames.items():
+            mine = frame[(frame.prompt_id == pid) & (frame.model == "model")]
+            if len(mine):
+                answers.append((f"RLHF-V{n}", mine.text.iloc[0]))
+        out.append((str(row.get("prompt", pid)), answers))
+    return out
+
+
+def build(home: Path, plots: Path) -> Doc:
+    """The report of the campaign in ``home``; its figures are written into ``plots``."""
+    summary = read_summary(home)
+    if summary is None or not summary.get("iterations"):
+        raise RLHFError(f"no finished iteration in {home} (summary.json missing or empty): run the campaign first, "
+                        "e.g. `rlhf run campaign.name=...`")
+    its, last = summary["iterations"], summary["iterations"][-1]
+    final = f"RLHF-V{last['iteration']}"
+    doc = Doc(f"RLHF campaign report: {summary['campaign']}")
+    doc.para(f"Campaign `{summary['campaign']}`: SFT then {len(its)} RLHF iteration(s). Code version "
+             f"`{summary['code_version']}`. Every number below is read from `summary.json`, which holds the same "
+             "values as the MLflow runs (metrics logged with step = iteration).")
+
+    doc.heading("Verdict")
+    checks = [("sft/gold", "the SFT model"), ("sft/rm", "the SFT model")]
+    if last["iteration"] > 1:
+        checks.append(("previous/gold", f"RLHF-V{last['iteration'] - 1}"))
+    references = sorted({k.split("/")[0] for k in last["win_rate"]} - {"sft", "previous"})
+    checks += [(f"{ref}/gold", f"the reference model {ref!r}") for ref in references]
+    for key, baseline in checks:
+        doc.para(verdict(last["win_rate"].get(key), final, baseline))
+    doc.para("The gold rater is the honest judge here: the reward models are what the policy was optimised "
+             "against, so a win by the RM judge alone can be reward hacking.")
+
+    doc.heading("Win rates")
+    doc.para("Each model answers the same held-out prompts (no training step sees them) with the same sampling "
+             "seed; a judge compares the two answers of each prompt, presented in a seeded random order "
+             "(`model first` is the share where the model's answer came first). Ties count half. The CI is a "
+             "percentile bootstrap over prompts.")
+    plot_win_rates(its, plots / "win_rates.png")
+    doc.image("plots/win_rates.png", "win rate progression with 95 % CIs")
+    doc.table(["iteration", "baseline/judge", "win", "tie", "loss", "win rate", "95 % CI", "n", "model first"],
+              _win_rows(its))
+
+    doc.heading("Helpfulness vs safety")
+    if plot_helpful_vs_safety(its, plots / "helpful_vs_safety.png"):
+        doc.image("plots/helpful_vs_safety.png", "win rate vs SFT on the helpfulness and safety axes")
+    else:
+        doc.para("No Safety RM in this campaign (reward.train_safety=false): only the combined axis exists.")
+
+    doc.heading("Reward model accuracy")
+    doc.para("Held-out accuracy by preference level (Llama 2 Table 8 layout); n = test pairs per level.")
+    plot_rm_accuracy(its, plots / "rm_accuracy.png")
+    doc.image("plots/rm_accuracy.png", "RM accuracy by preference level per iteration")
+    header = ["RM", "iteration"] + [level.replace("_", " ") for level in LEVELS] + ["overall", "n test"]
+    rows = []
+    for it in its:
+        for name, rm in it["reward"].items():
+            rows.append([name, f"RLHF-V{it['iteration']}"]
+                        + [f"{pct(rm['accuracy_by_level'][lv])} (n={rm.get('n_by_level', {}).get(lv, '?')})"
+                           for lv in LEVELS] + [pct(rm["accuracy"]), rm["n_test"]])
+    doc.table(header, rows)
+    ablations = sorted(home.glob("iter-*/rm-ablation/table28.csv"))
+    if ablations:
+        for path in ablations:
+            table = pd.read_csv(path)
+            doc.para(f"Margin ablation (Table 28 layout), {path.parent.parent.name}:")
+            doc.table(list(table.columns), table.values.tolist())
+    else:
+        doc.para("No margin ablation in this campaign (`rlhf rm ablate` writes one; it appears here when run).")
+
+    doc.heading("Temperature search")
+    plot_temperature(its, plots / "temperature.png")
+    doc.image("plots/temperature.png", "max-of-K reward against temperature per iteration")
+    temps = sorted({float(t) for it in its for t in it["temperature"]["curve"]})
+    doc.table(["iteration", "chosen T"] + [f"T={t:g}" for t in temps],
+              [[f"RLHF-V{it['iteration']}", f"{it['temperature']['chosen']:g}"]
+               + [_num({float(k): v for k, v in it["temperature"]["curve"].items()}.get(t)) for t in temps]
+               for it in its])
+
+    doc.heading("Best-of-K gain")
+    gains = {it["iteration"]: pd.read_csv(p) for it in its
+             if (p := home / f"iter-{it['iteration']}" / "rejection_sample" / "gain.csv").is_file()}
+    if gains:
+        plot_best_of_k(gains, plots / "best_of_k.png")
+        doc.image("plots/best_of_k.png", "best-of-K max and median reward against K")
+        doc.table(["iteration", "K", "mean max of K", "mean median", "gain"],
+                  [[f"RLHF-V{n}", int(r.k), _num(r.mean_max), _num(r.mean_median), _num(r.gain)]
+                   for n, g in gains.items() for r in g.itertuples()])
+    else:
+        doc.para("The rejection-sampling outputs with the gain tables are not on disk.")
+
+    doc.heading("Rejection-sampling pool")
+    doc.para("The pool keeps, per prompt, the best answer of every iteration so far, all re-scored by the "
+             "current reward models.")
+    plot_pool(its, plots / "pool.png")
+    doc.image("plots/pool.png", "pool composition by source iteration")
+    sources = sorted({int(k) for it in its for k in it["rejection"]["pool_by_iteration"]})
+    doc.table(["iteration", "K", "T", "pool size", "pool mean score"] + [f"from V{s}" for s in sources],
+              [[f"RLHF-V{it['iteration']}", it["rejection"]["k"], f"{it['rejection'].get('temperature', '-')}",
+                it["rejection"]["pool_size"], _num(it["rejection"]["pool_mean_score"])]
+               + [it["rejection"]["pool_by_iteration"].get(str(s), 0) for s in sources] for it in its])
+
+    doc.heading("PPO")
+    _slot(doc, its, "ppo", "PPO did not run in this campaign (campaign.ppo_at is empty).")
+    doc.heading("Ghost Attention adherence")
+    _slot(doc, its, "gatt", "Ghost Attention did not run in this campaign (campaign.gatt_from is unset): no "
+                            "adherence to report.")
+
+    doc.heading("Example answers")
+    examples = _examples(home, its)
+    if not examples:
+        doc.para("The evaluate steps' answers are not on disk.")
+    for i, (prompt, answers) in enumerate(examples, 1):
+        doc.quote(f"Prompt {i}", prompt)
+        for label, text in answers:
+            doc.quote(label, text)
+
+    doc.heading("Provenance")
+    doc.table(["", ""], [["campaign", summary["campaign"]], ["experiment", summary.get("experiment", "-")],
+                         ["code version", summary["code_version"]],
+                         ["MLflow campaign run", summary.get("mlflow_run_id", "-")],
+                         ["tracking URI", summary.get("tracking_uri", "-")],
+                         ["campaign directory", summary.get("campaign_dir", str(home))]])
+    doc.table(["iteration"] + sorted({s for it in its for s in it["wall_seconds"]}),
+              [[f"RLHF-V{it['iteration']}"] + [f"{it['wall_seconds'].get(s, 0):.1f} s"
+                                               for s in sorted({s for i in its for s in i["wall_seconds"]})]
+               for it in its])
+    import yaml
+
+    doc.para("The resolved config:")
+    doc.code(yaml.safe_dump(summary["config"], sort_keys=False))
+    return doc
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _slot(doc: Doc, its: list[dict], key: str, missing: str) -> None:
+    ran = [(it["iteration"], it[key]) for it in its if it.get(key)]
+    if not ran:
+        doc.para(missing)
+        return
+    fields = sorted({k for _, m in ran for k, v in m.items() if isinstance(v, (int, float, bool, str))})
+    doc.table(["iteration"] + fields, [[f"RLHF-V{n}"] + [m.get(f, "-") for f in fields] for n, m in ran])
+
+
+def write_report(home: Path) -> Path:
+    """Build ``<home>/report`` (Markdown, HTML, PNGs) in a temp directory, then swap it in; returns the
+    path of ``report.md``."""
+    home = Path(home)
+    final, tmp, old = home / REPORT_DIR, home / f".{REPORT_DIR}.tmp", home / f".{REPORT_DIR}.old"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    (tmp / "plots").mkdir(parents=True)
+    doc = build(home, tmp / "plots")
+    (tmp / "report.md").write_text(doc.markdown())
+    (tmp / "report.html").write_text(doc.html())
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final / "report.md"
+
+
+
+def publish_report(home: Path) -> Path:
+    """Write the report and attach it to the campaign's MLflow run (artifacts under ``report/``)."""
+    path = write_report(home)
+    summary = read_summary(Path(home))
+    if summary.get("tracking_uri") and summary.get("mlflow_run_id"):
+        from tasks import tracking as mlt
+
+        mlt.log_dir(summary["tracking_uri"], summary["mlflow_run_id"], path.parent, REPORT_DIR)
+    return path

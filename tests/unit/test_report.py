@@ -1,0 +1,73 @@
+"""The campaign report's pieces: the computed verdict, the two renderings, and a report from a hand-made
+summary with the optional parts missing (no Safety RM, no step outputs on disk) or present (a PPO entry)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.report import SECTIONS, verdict, write_report
+from flows.report_doc import Doc
+from rlhf_core.errors import RLHFError
+
+
+def result(win_rate, lo, hi, n=40):
+    return {"judge": "gold", "win": win_rate, "tie": 0.0, "loss": 1 - win_rate, "win_rate": win_rate,
+            "ci95": [lo, hi], "n": n, "model_first_share": 0.5}
+
+
+@pytest.mark.parametrize("lo, hi, words", [(0.55, 0.8, "beats"), (0.2, 0.45, "is worse than"),
+                                           (0.45, 0.7, "is not distinguishable from")])
+def test_verdict_follows_the_ci_not_the_point_estimate(lo, hi, words):
+    text = verdict(result(0.6 if lo > 0.3 else 0.3, lo, hi), "RLHF-V2", "the SFT model")
+    assert text.startswith(f"**RLHF-V2 {words} the SFT model**") and "n=40" in text
+    assert verdict(None, "RLHF-V2", "x") == "RLHF-V2 vs x: not measured."
+
+
+def test_markdown_and_html_render_the_same_blocks_escaped():
+    doc = Doc("T <1>")
+    doc.heading("Sec")
+    doc.para("a `code` and **bold** <tag>")
+    doc.table(["a|b", "c"], [[1, "x\ny"]])
+    doc.quote("Answer", "line 1\n\nline <3>")
+    doc.image("plots/p.png", "alt")
+    md, page = doc.markdown(), doc.html()
+    assert md.splitlines()[:3] == ["# T <1>", "", "## Sec"]
+    assert "| a\\|b | c |\n|---|---|\n| 1 | x y |" in md
+    assert "> line 1\n>\n> line <3>" in md and "![alt](plots/p.png)" in md
+    assert "<title>T &lt;1&gt;</title>" in page and "<code>code</code> and <b>bold</b> &lt;tag&gt;" in page
+    assert "<td>x\ny</td>" in page and "line &lt;3&gt;</blockquote>" in page and 'src="plots/p.png"' in page
+
+
+def entry(n, ppo=None):
+    levels = {"significantly_better": 0.9, "better": 0.7, "slightly_better": 0.6, "negligibly_better": 0.5}
+    return {"iteration": n, "wall_seconds": {"train_policy": 1.5}, "ppo": ppo, "gatt": None,
+            "reward": {"helpful": {"accuracy": 0.65, "accuracy_by_level": levels, "n_test": 20,
+                                   "n_by_level": {k: 5 for k in levels}}},
+            "temperature": {"chosen": 0.8, "curve": {"0.6": 1.0, "0.8": 1.5}},
+            "rejection": {"k": 4, "temperature": 0.8, "pool_size": 10, "pool_mean_score": 1.25,
+                          "pool_by_iteration": {str(i): 10 // n for i in range(1, n + 1)}},
+            "win_rate": {"sft/gold": result(0.625, 0.5, 0.75), "sft/rm": result(0.7, 0.6, 0.8)}}
+
+
+def test_report_from_a_summary_with_optional_parts_missing(tmp_path):
+    with pytest.raises(RLHFError, match="run the campaign first"):
+        write_report(tmp_path)
+    summary = {"campaign": "hand", "code_version": "abc", "config": {"campaign": {"name": "hand"}},
+               "iterations": [entry(1), entry(2, ppo={"steps": 12, "reward_start": 0.1, "reward_end": 0.4})]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    path = write_report(tmp_path)
+    md = path.read_text()
+    assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == list(SECTIONS)
+    assert "No Safety RM in this campaign" in md and "not on disk" in md
+    assert "| RLHF-V2 | 0.4 | 0.1 | 12 |" in md  # the PPO slot's table, fields sorted
+    assert "| helpful | RLHF-V1 | 90.0% (n=5) | 70.0% (n=5) | 60.0% (n=5) | 50.0% (n=5) | 65.0% | 20 |" in md
+    assert "| RLHF-V2 | 4 | 0.8 | 10 | 1.250 | 5 | 5 |" in md  # the pool by source iteration
+    # CI lower end exactly at 50 % is not a win: the verdict does not round up.
+    assert "**RLHF-V2 is not distinguishable from the SFT model** by the gold judge" in md
+    assert {p.name for p in (path.parent / "plots").iterdir()} == {"win_rates.png", "rm_accuracy.png",
+                                                                   "temperature.png", "pool.png"}
+    # Rebuilt in place: the old report is replaced whole, no temp directories left behind.
+    write_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "summary.json"]
