@@ -24,9 +24,9 @@ from .layout import (campaign_dir, campaign_lock, iteration_dir, last_finished_i
 from .report import REPORT_DIR, publish_report
 from .summary import table
 
-TRAINING_STEPS = ("sft", "train_reward_models", "train_policy")
+TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
-         "search_temperature", "rejection_sample", "train_policy", "evaluate")
+         "search_temperature", "rejection_sample", "train_policy", "ppo", "evaluate")
 
 
 def check_fault(spec: str | None) -> None:

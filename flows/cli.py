@@ -219,6 +219,27 @@ def cmd_rs(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_ppo(overrides: list[str]) -> int:
+    from dataclasses import replace
+
+    from rlhf_core.steps.ppo import ppo_step
+
+    from .config import compose_config
+    from .iteration import ppo_eval_prompts
+
+    cfg = compose_config(overrides)
+    out_dir = Path(cfg.io.output) if cfg.io.output else _iteration_dir(cfg) / "ppo"
+    manifest = ppo_step(cfg.model, cfg.scorer, replace(cfg.prompts, n=cfg.ppo.n_prompts), ppo_eval_prompts(cfg),
+                        cfg.sampling, cfg.ppo, out_dir)
+    m = manifest["metrics"]
+    print(f"\nPPO policy: {out_dir}\n  {m['steps']} iterations{' (early-stopped)' if m['early_stopped'] else ''}, "
+          f"held-out reward {m['reward_start']:.3f} -> {m['reward_end']:.3f} (best at iteration {m['best_step']}), "
+          f"KL to the reference {m['kl_end']:.3f}\n  seconds per iteration: rollout "
+          f"{m['seconds_per_step/rollout_s']:.1f}, scoring {m['seconds_per_step/score_s']:.1f}, update "
+          f"{m['seconds_per_step/update_s']:.1f}")
+    return 0
+
+
 COMMANDS = {c.name: c for c in [
     Command("run", "A whole campaign: SFT, then RLHF-V1..V<campaign.iterations> as Prefect flows, tracked in "
                    "MLflow; rerunning it skips what finished and resumes what failed.",
@@ -245,6 +266,10 @@ COMMANDS = {c.name: c for c in [
                   "fine-tune on the pool.",
             "rlhf rs model.name_or_path=runs/c/iter-0/sft scorer.helpful=runs/c/iter-1/rm-helpful "
             "campaign.name=c campaign.iteration=1", cmd_rs),
+    Command("ppo", "PPO of a policy against reward models, KL-penalised to the starting policy; writes "
+                   "<campaign>/iter-<n>/ppo (a model dir).",
+            "rlhf ppo model.name_or_path=runs/c/iter-1/train_policy scorer.helpful=runs/c/iter-1/rm-helpful "
+            "scorer.safety=runs/c/iter-1/rm-safety ppo.steps=20 campaign.name=c", cmd_ppo),
     # A two-word name ("rm train") is run as `rlhf rm train`: build_parser nests it under "rm".
     *(Command(f"rm {name}", summary, example, run) for name, summary, example, run in RM_SUBCOMMANDS),
 ]}

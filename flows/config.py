@@ -19,6 +19,7 @@ from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.evaluation import EvalConfig
 from rlhf_core.models import ModelConfig
+from rlhf_core.ppo import PPOConfig
 from rlhf_core.reward.train import RewardSection
 from rlhf_core.prompt_sets import PromptsConfig
 from rlhf_core.rejection import RejectionConfig
@@ -34,10 +35,14 @@ class CampaignConfig:
     root: str = "./runs"  # relative paths are resolved against the current directory
     iteration: int = 1  # the RLHF-V<iteration> that single-step commands and `rlhf iterate` write into
     iterations: int = 2  # `rlhf run`: SFT, then RLHF-V1..V<iterations>
-    # Slots for the optional steps (the paper: PPO once before the last RS round, GAtt from V3). They
-    # land with their own issues; until then a non-empty value is refused with a clear error.
-    ppo_at: list[int] = field(default_factory=list)  # iterations that run PPO after train_policy
-    gatt_from: int | None = None  # first iteration that runs Ghost Attention
+    # The optional steps (the paper: PPO once, on V4's model, V5 sampled from it; GAtt from V3).
+    # PPO runs after train_policy in the iterations listed; null = the one before the last (so the last
+    # rejection-sampling round samples from the PPO policy, as the paper's V5 did); [] = never.
+    ppo_at: list[int] | None = None
+    gatt_from: int | None = None  # first iteration that runs Ghost Attention (its own issue: refused until then)
+
+    def ppo_iterations(self) -> list[int]:
+        return sorted(self.ppo_at) if self.ppo_at is not None else ([self.iterations - 1] if self.iterations > 1 else [])
 
 
 @dataclass
@@ -46,6 +51,13 @@ class CollectConfig:
 
     n_prompts: int = 64  # new prompts per iteration (a fresh slice of the generated train split)
     temperatures: list[float] = field(default_factory=lambda: [0.7, 1.1])  # one per answer: pairs that differ
+
+
+@dataclass
+class PPOSection(PPOConfig):
+    """The ``ppo`` group: the algorithm's settings (``rlhf_core.ppo.PPOConfig``) and the DAG's switch."""
+
+    enabled: bool = True  # false: no iteration runs PPO, whatever campaign.ppo_at says
 
 
 @dataclass
@@ -95,6 +107,7 @@ class RootConfig:
     train_policy: SFTConfig = field(default_factory=SFTConfig)  # the policy's fine-tune on the pool
     collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ppo: PPOSection = field(default_factory=PPOSection)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)

@@ -6,7 +6,7 @@
                         |
                  rejection_sample (pool: best of all iterations) -> train_policy
                                                                       |
-                                              [ppo slot] -> [gatt slot] -> evaluate
+                                   ppo (campaign.ppo_at) -> [gatt slot] -> evaluate
 
 Every step is a task of ``tasks.steps``; this module only wires them: which output feeds which step,
 where each writes, and what the iteration carries forward (its labelled pairs, its candidates for the
@@ -23,6 +23,7 @@ from prefect.input import RunInput
 
 from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
+from rlhf_core.prompt_sets import PromptsConfig
 from tasks import steps
 from tasks import tracking as mlt
 
@@ -134,28 +135,37 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     refs["train_policy"] = call(steps.train_policy, [here / "train_policy"], policy=st.policy,
                                 pool=refs["rejection_sample"], config=cfg.train_policy, student=cfg.rejection.student,
                                 out_dir=str(here / "train_policy"), **common)
-    # 5. [PPO and Ghost Attention slots: campaign.ppo_at / campaign.gatt_from, refused until they land.]
+    policy = refs["train_policy"]
+    # 5. PPO on the new policy (campaign.ppo_at), KL-anchored to it; its output becomes the iteration's policy.
+    if runs_ppo(cfg, iteration):
+        refs["ppo"] = call(steps.ppo, [here / "ppo"], policy=policy, rms=rms,
+                           prompts=replace(cfg.prompts, n=cfg.ppo.n_prompts), eval_prompts=ppo_eval_prompts(cfg),
+                           sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.ppo, out_dir=str(here / "ppo"),
+                           **common)
+        policy = refs["ppo"]
+    # [Ghost Attention slot: campaign.gatt_from, refused until it lands.]
     # 6. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
     baselines = {"sft": st.sft, "previous": st.policy, **reference_refs(cfg)}
-    refs["evaluate"] = call(steps.evaluate, [here / "evaluate"], policy=refs["train_policy"], baselines=baselines,
+    refs["evaluate"] = call(steps.evaluate, [here / "evaluate"], policy=policy, baselines=baselines,
                             rms=rms, sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval,
                             out_dir=str(here / "evaluate"), **common)
 
     entry = iteration_entry(iteration, refs, run_id)
-    record(track_ids, t, entry, refs, cfg.tracking.register_models, campaign_name)
-    state_out = CampaignState(sft=st.sft, seed=st.seed, policy=refs["train_policy"], labelled=labelled,
+    record(track_ids, t, entry, refs, policy, cfg.tracking.register_models, campaign_name)
+    state_out = CampaignState(sft=st.sft, seed=st.seed, policy=policy, labelled=labelled,
                               candidates=st.candidates + [refs["rejection_sample"]])
     return {"entry": entry, "state": state_out.__dict__}
 
 
-def record(ids: TrackingIds, t: mlt.Tracking, entry: dict, refs: dict, register: bool, campaign: str) -> None:
+def record(ids: TrackingIds, t: mlt.Tracking, entry: dict, refs: dict, policy: dict, register: bool,
+           campaign: str) -> None:
     """Progression metrics on the campaign and iteration runs (``step=iteration``), the models in the
     registry, and the iteration run closed."""
     metrics = progression_metrics(entry)
     for run in (ids.campaign_run_id, t.parent_run_id):
         mlt.log_metrics_once(t.uri, run, metrics, step=t.iteration)
     if register:
-        mlt.register(t.uri, f"{campaign}-policy", Path(refs["train_policy"]["path"]), t.parent_run_id, t.iteration)
+        mlt.register(t.uri, f"{campaign}-policy", Path(policy["path"]), t.parent_run_id, t.iteration)
         for name, ref in refs["train_reward_models"].items():
             mlt.register(t.uri, f"{campaign}-rm-{name}", Path(ref["path"]), t.parent_run_id, t.iteration)
     mlt.finish_run(t.uri, t.parent_run_id)
@@ -170,12 +180,25 @@ def reference_refs(cfg: RootConfig) -> dict[str, dict]:
             for name, path in cfg.eval.references.items()}
 
 
+def runs_ppo(cfg: RootConfig, iteration: int) -> bool:
+    return cfg.ppo.enabled and iteration in cfg.campaign.ppo_iterations()
+
+
+def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
+    """PPO's early-stopping prompts: held out from training, and disjoint from the win-rate prompts (the
+    next ``ppo.eval_prompts`` of the evaluation set), so choosing when to stop does not select on them."""
+    return PromptsConfig(path=cfg.eval.prompts_path, n=cfg.ppo.eval_prompts, offset=cfg.eval.n_prompts,
+                         split=cfg.eval.split, seed=cfg.eval.seed)
+
+
 def check_slots(cfg: RootConfig) -> None:
     """Config mistakes the DAG would meet late, found before anything runs."""
     reference_refs(cfg)
-    if cfg.campaign.ppo_at:
-        raise ConfigError("campaign.ppo_at", "PPO is not part of the platform yet (its own issue); remove the "
-                                             "key or set campaign.ppo_at=[]")
+    cfg.ppo.validate()
+    outside = [n for n in cfg.campaign.ppo_iterations() if not 1 <= n <= cfg.campaign.iterations]
+    if cfg.ppo.enabled and outside:
+        raise ConfigError("campaign.ppo_at", f"iterations {outside} are outside 1..{cfg.campaign.iterations} "
+                                             "(campaign.iterations)")
     if cfg.campaign.gatt_from is not None:
         raise ConfigError("campaign.gatt_from", "Ghost Attention is not part of the platform yet (its own issue); "
                                                 "set campaign.gatt_from=null")

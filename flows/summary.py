@@ -7,7 +7,8 @@ Schema (the orchestration issue's; more fields are welcome)::
                      "reward": {rm: {"accuracy", "accuracy_by_level": {level: acc}, "n_test"}},
                      "temperature": {"chosen", "curve": {str(T): mean max-of-K reward}},
                      "rejection": {"k", "pool_size", "pool_mean_score", "pool_by_iteration", ...},
-                     "ppo": null, "gatt": null,
+                     "ppo": {"steps", "reward_start", "reward_end", "kl_end", "early_stopped", ...} or null,
+                     "gatt": null,
                      "win_rate": {"<baseline>/<judge>": {"judge", "win", "tie", "loss", "win_rate", "ci95", "n"}}}]}
 
 Accuracies are shares in [0, 1]; levels are named as in RECIPE.md (``significantly_better`` ...).
@@ -43,7 +44,7 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
     m = rs["metrics"]
     return {
         "iteration": iteration,
-        "policy_path": refs["train_policy"]["path"],
+        "policy_path": (refs.get("ppo") or refs["train_policy"])["path"],  # PPO's output when it ran
         "reward_model_paths": {name: ref["path"] for name, ref in rms.items()},
         "mlflow_run_id": run_id,
         "wall_seconds": wall,
@@ -74,6 +75,8 @@ def progression_metrics(entry: dict) -> dict[str, float]:
         out["rejection/max_of_k_mean"] = entry["rejection"]["max_of_k_mean"]
     for t, value in entry["temperature"]["curve"].items():
         out[f"temperature/curve/T{t}"] = value
+    if entry.get("ppo"):
+        out |= {f"ppo/{k}": entry["ppo"][k] for k in ("reward_start", "reward_end", "kl_end", "steps")}
     for name, rm in entry["reward"].items():
         out[f"rm/{name}/accuracy"] = rm["accuracy"]
         out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}

@@ -27,6 +27,7 @@ from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.artifacts import code_version, stable_hash
 from rlhf_core.evaluation import EvalConfig
 from rlhf_core.models import ModelConfig
+from rlhf_core.ppo import PPOConfig
 from rlhf_core.prompt_sets import PromptsConfig
 from rlhf_core.rejection import RejectionConfig
 from rlhf_core.reward.train import RewardSection, RMDataConfig
@@ -260,6 +261,18 @@ def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, 
     data = DataConfig(path=str(Path(pool["path"]) / "pool_sft.jsonl"))
     return _tracked("train_policy", tracking, fault, {"train_policy": config, "student": student}, lambda f: {
         "policy": (Path(out_dir), sft_step(start, data, _failing(config, f), out_dir))})["policy"]
+
+
+@step_task("ppo")
+def ppo(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig, eval_prompts: PromptsConfig,
+        sampling: SamplingConfig, scorer: ScorerConfig, config: PPOConfig, out_dir: str, tracking: mlt.Tracking,
+        fault: Fault | None = None) -> Ref:
+    """PPO of the iteration's policy against its reward models (KL to the pre-PPO policy)."""
+    from rlhf_core.steps.ppo import ppo_step
+
+    return _tracked("ppo", tracking, fault, {"ppo": config}, lambda f: {"ppo": (Path(out_dir), ppo_step(
+        _model(model, policy), scorer_for(scorer, rms), prompts, eval_prompts, sampling, config, out_dir,
+        fail_after_steps=f.after_steps if f is not None else None))})["ppo"]
 
 
 @step_task("evaluate")

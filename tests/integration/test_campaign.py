@@ -71,6 +71,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     states = task_states(t0)
     assert set(states) == set(STEPS)
     assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
+    assert len(states["ppo"]) == 1  # campaign.ppo_at defaults to the iteration before the last: V1
     assert {s for v in states.values() for s in v} == {"Completed"}
 
     # summary.json: the schema scripts rely on, filled.
@@ -88,11 +89,19 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
                                                     "negligibly_better"}
         assert it["temperature"]["chosen"] in (0.7, 1.0) and set(it["temperature"]["curve"]) == {"0.7", "1.0"}
         assert it["rejection"]["k"] == 2 and it["rejection"]["pool_size"] == 8
-        assert it["ppo"] is None and it["gatt"] is None
+        assert it["gatt"] is None
+        if it["iteration"] == 1:  # PPO ran: V1's policy is its output, and the next iteration starts from it
+            assert {"steps", "reward_start", "reward_end", "kl_end", "early_stopped"} <= set(it["ppo"])
+            assert it["ppo"]["steps"] == 2 and it["policy_path"] == str(tmp_path / "c" / "iter-1" / "ppo")
+            assert "ppo" in it["wall_seconds"]
+        else:
+            assert it["ppo"] is None and it["policy_path"].endswith("iter-2/train_policy")
         for key in ("sft/gold", "sft/rm", "previous/gold", "previous/rm"):
             result = it["win_rate"][key]
             assert result["n"] == 8 and result["ci95"][0] <= result["win_rate"] <= result["ci95"][1]
             assert result["win"] + result["tie"] + result["loss"] == pytest.approx(1)
+    collect_v2 = json.loads((tmp_path / "c" / "iter-2" / "collect_pairs" / "manifest.json").read_text())
+    assert collect_v2["inputs"]["model"]["path"] == str(tmp_path / "c" / "iter-1" / "ppo")  # V2 samples from PPO
     # the pool keeps the best answer per prompt across iterations: V2's pool draws on V1's candidates too
     assert sum(on_disk["iterations"][1]["rejection"]["pool_by_iteration"].values()) == 8
 
@@ -107,7 +116,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert set(iterations) == {"SFT", "RLHF-V1", "RLHF-V2"}
     assert all(r.data.tags["mlflow.parentRunId"] == campaign[0].info.run_id for r in iterations.values())
     step_runs = [r for r in runs if r.data.tags.get("rlhf.kind") == "step"]
-    assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS)
+    assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS) + 1  # + PPO in V1
     assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["rlhf.kind"] == "iteration" for r in step_runs)
     assert {r.info.status for r in step_runs} == {"FINISHED"}
     history = client.get_metric_history(campaign[0].info.run_id, "temperature/chosen")

@@ -52,7 +52,9 @@ def test_resolved_config_round_trips():
 
 
 @pytest.mark.parametrize("args, key", [
-    (["run", "experiment=smoke", "campaign.ppo_at=[1]"], "campaign.ppo_at"),
+    (["run", "experiment=smoke", "campaign.ppo_at=[3]"], "campaign.ppo_at"),  # only 2 iterations
+    (["run", "experiment=smoke", "ppo.batch_size=10"], "ppo.batch_size"),  # not a multiple of mini_batch_size
+    (["run", "experiment=smoke", "campaign.gatt_from=1"], "campaign.gatt_from"),  # not part of the platform yet
     (["run", "experiment=smoke", "debug.fail_at=nope"], "debug.fail_at"),
     (["run", "experiment=smoke", "debug.fail_at=annotate:2"], "debug.fail_at"),
     (["resume", "campaign.name=never-ran"], "campaign.name"),
@@ -64,3 +66,10 @@ def test_campaign_commands_refuse_bad_config_before_starting(tmp_path, capsys, a
     err = capsys.readouterr().err
     assert err.startswith("error:") and key in err
     assert not (tmp_path / "smoke").exists()
+
+
+def test_ppo_command_without_reward_models_says_what_to_give(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["ppo", "model=tiny", f"campaign.root={tmp_path}"]) == 2
+    assert "scorer.helpful" in capsys.readouterr().err and not (tmp_path / "default").exists()

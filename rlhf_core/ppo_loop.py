@@ -1,0 +1,218 @@
+"""The PPO loop around :mod:`rlhf_core.ppo`: rollouts, rewards, held-out evaluation, checkpoints.
+
+Per PPO iteration ``s``:
+
+1. **rollouts**: ``batch_size`` training prompts (a seeded permutation of the prompt set, cycled, so the
+   prompts of iteration ``s`` are a pure function of ``(seed, s)``) answered once each by the policy
+   through the sampling engine at ``temperature`` (1 = its own distribution), seed ``(seed, s)``;
+2. **scoring**: the reward function's raw score per answer (the combined RM reward Rc), whitened over
+   the batch (``R~c``; LOGIT is the identity for our logit-valued RMs, see ``reward/combine.py``);
+3. **update**: log-probs of policy and reference, values, KL-penalised rewards, GAE, one gradient step per
+   mini-batch (:func:`rlhf_core.ppo.update`).
+
+The engine's own sampling log-probs are not used as ``old_logp``: a teacher-forced pass recomputes them
+with exactly the code path of the update, so the first ratio is exactly 1 and the KL to the reference is
+exactly 0 while the policy equals it (KV-cached incremental decoding and bf16 rounding differ slightly).
+The gap between the two is reported as ``rollout/logprob_gap`` -- a check on the engine.
+
+**Held-out evaluation** (at the start, every ``eval_every`` iterations and at the end): the mean raw reward
+of the policy's answers to ``eval_prompts`` prompts no PPO step trains on, same sampling seed each time
+(paired). **Early stopping**: after ``patience`` evaluations without a new best the loop stops; the
+returned policy is the best-evaluated one (its weights are restored).
+
+**Checkpoints** (``<work_dir>/checkpoints/step-<s>/state.pt``, written to a temp dir then renamed): policy,
+value model, both optimizers, the best weights so far and the evaluation history. The batch plan and
+every random draw are functions of ``(seed, s)``, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from .chat import Message, render_prompt
+from .models import resolve_precision
+from .ppo import PPOConfig, ValueModel, make_batch, make_experience, make_optimizer, update
+from .reward.combine import whiten
+from .sampling import SamplingConfig, TransformersBackend
+from .training import InjectedFault, MetricsCallback, latest_checkpoint
+
+# (prompts, answers, unsafe tags) -> (n,) raw rewards
+RewardFn = Callable[[Sequence[Sequence[Message]], Sequence[str], Sequence[bool]], torch.Tensor]
+
+
+@dataclass
+class PPOResult:
+    steps: int  # PPO iterations run in all (including before a resume)
+    reward_start: float  # mean held-out reward of the initial policy
+    reward_end: float  # of the returned (best-evaluated) policy
+    best_step: int
+    kl_end: float  # mean per-answer KL to the reference (summed over tokens) in the last rollout batch
+    early_stopped: bool
+    resumed_from_step: int
+    history: list[dict] = field(default_factory=list)  # every held-out evaluation {"step", "reward"}
+    timings: dict[str, float] = field(default_factory=dict)  # mean seconds per iteration: rollout, score, update
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+def batch_prompts(n_prompts: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of the prompts of iteration ``step``: consecutive slices of seeded permutations."""
+    out: list[int] = []
+    position = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, n_prompts)
+        order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        take = order[offset:offset + batch_size - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+class PPORun:
+    """One PPO run's state: models, optimizers, engine, evaluation history."""
+
+    def __init__(self, policy, tokenizer, reference, value_model: ValueModel, reward_fn: RewardFn,
+                 cfg: PPOConfig, sampling: SamplingConfig, precision: str):
+        self.policy, self.tokenizer, self.reference, self.value = policy, tokenizer, reference, value_model
+        self.reward_fn, self.cfg, self.precision = reward_fn, cfg, resolve_precision(precision)
+        self.reference.eval().requires_grad_(False)
+        # No dropout anywhere: ratios and KL must compare like with like (eval mode still trains).
+        self.policy.eval()
+        self.value.eval()
+        self.opt_policy = make_optimizer(policy, cfg.lr, cfg)
+        self.opt_value = make_optimizer(value_model, cfg.value_lr, cfg)
+        self.engine = TransformersBackend(policy, tokenizer, self.precision)
+        new_tokens = cfg.max_new_tokens or sampling.max_new_tokens
+        self.rollout_cfg = replace(sampling, temperature=cfg.temperature, top_p=1.0, max_new_tokens=new_tokens)
+        self.eval_cfg = replace(self.rollout_cfg, temperature=cfg.eval_temperature, seed=cfg.seed + 1)
+
+    def evaluate(self, prompts: pd.DataFrame) -> float:
+        answers = self.engine.sample(list(prompts.messages), 1, self.eval_cfg).sort_values("prompt_index")
+        return float(self.reward_fn(list(prompts.messages), list(answers.text), list(prompts.safety)).float().mean())
+
+    def iteration(self, prompts: pd.DataFrame, step: int) -> dict[str, float]:
+        """One PPO iteration on ``prompts``; returns its metrics."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        messages = list(prompts.messages)
+        rollouts = self.engine.sample(messages, 1, replace(self.rollout_cfg, seed=cfg.seed * 1_000_003 + step))
+        rollouts = rollouts.sort_values("prompt_index").reset_index(drop=True)
+        t1 = time.perf_counter()
+        raw = self.reward_fn(messages, list(rollouts.text), list(prompts.safety)).float().cpu()
+        scores = whiten(raw)
+        t2 = time.perf_counter()
+        batch = make_batch([render_prompt(self.tokenizer, m) for m in messages],
+                           [torch.tensor(ids, dtype=torch.long) for ids in rollouts.token_ids],
+                           self.tokenizer.pad_token_id)
+        exp = make_experience(self.policy, self.reference, self.value, batch, scores, cfg, self.precision)
+        engine_logp = torch.zeros_like(exp.logp)
+        for i, lp in enumerate(rollouts.logprobs):
+            engine_logp[i, :len(lp)] = torch.tensor(list(lp), dtype=torch.float)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        stats = update(self.policy, self.value, self.opt_policy, self.opt_value, exp, cfg, self.precision, generator)
+        t3 = time.perf_counter()
+        mask = batch.mask
+        kl_per_answer = exp.kl.sum(-1)
+        return {"reward/raw_mean": float(raw.mean()), "reward/raw_std": float(raw.std(unbiased=False)),
+                "reward/whitened_mean": float(scores.mean()),
+                "reward/with_kl_mean": float(exp.rewards.sum(-1).mean()),
+                "kl/per_answer": float(kl_per_answer.mean()), "kl/per_token": float(exp.kl.sum() / mask.sum()),
+                "response_length": float(mask.sum(-1).mean()),
+                "rollout/logprob_gap": float(((engine_logp - exp.logp).abs() * mask).sum() / mask.sum()),
+                "value/mean": float((exp.values * mask).sum() / mask.sum()), **stats,
+                "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2}
+
+    # checkpoints ----------------------------------------------------------------------------------
+
+    def save(self, work_dir: Path, step: int, state: dict) -> None:
+        root = work_dir / "checkpoints"
+        tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save({"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                    "opt_policy": self.opt_policy.state_dict(), "opt_value": self.opt_value.state_dict(),
+                    **state}, tmp / "state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        os.replace(tmp, final)
+        for old in root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, ckpt: Path) -> dict:
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        self.policy.load_state_dict(state.pop("policy"))
+        self.value.load_state_dict(state.pop("value"))
+        self.opt_policy.load_state_dict(state.pop("opt_policy"))
+        self.opt_value.load_state_dict(state.pop("opt_value"))
+        return state
+
+
+def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: RewardFn, train_prompts: pd.DataFrame,
+            eval_prompts: pd.DataFrame, cfg: PPOConfig, sampling: SamplingConfig, work_dir: str | Path,
+            on_metrics: MetricsCallback | None = None, precision: str = "auto",
+            fail_after_steps: int | None = None) -> PPOResult:
+    """Train ``policy`` in place with PPO against ``reward_fn``; resumes from ``work_dir``'s checkpoint.
+
+    ``reference`` is the frozen pre-PPO policy; prompts are frames with ``messages`` and ``safety``.
+    """
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    work_dir = Path(work_dir)
+    run = PPORun(policy, tokenizer, reference, value_model, reward_fn, cfg, sampling, precision)
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is not None:
+        state = run.load(ckpt)
+        start = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+    else:
+        start = 0
+        first = run.evaluate(eval_prompts)
+        state = {"history": [{"step": 0, "reward": first}], "best": {"step": 0, "reward": first},
+                 "best_policy": _cpu_copy(policy), "since_best": 0, "kl_end": 0.0, "timings": []}
+    early_stopped, step = False, start
+    bar = tqdm(range(start, cfg.steps), desc="ppo", initial=start, total=cfg.steps)
+    for step in bar:
+        index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
+        metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
+        state["kl_end"] = metrics["kl/per_answer"]
+        state["timings"].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s")})
+        done = step + 1
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+            reward = run.evaluate(eval_prompts)
+            state["history"].append({"step": done, "reward": reward})
+            metrics["eval/reward"] = reward
+            if reward > state["best"]["reward"]:
+                state["best"], state["best_policy"], state["since_best"] = ({"step": done, "reward": reward},
+                                                                            _cpu_copy(policy), 0)
+            else:
+                state["since_best"] += 1
+            early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
+        if on_metrics is not None:
+            on_metrics(metrics, done)
+        bar.set_postfix(reward=f"{metrics['reward/raw_mean']:.3f}", kl=f"{metrics['kl/per_answer']:.3f}")
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and not early_stopped:
+            run.save(work_dir, done, state)
+        if fail_after_steps is not None and done == fail_after_steps:
+            raise InjectedFault(f"injected fault after PPO step {done} (fail_after_steps); rerun to resume")
+        if early_stopped:
+            break
+    bar.close()
+    policy.load_state_dict(state["best_policy"])  # the best-evaluated weights (the last ones if still improving)
+    timings = pd.DataFrame(state["timings"]).mean().to_dict() if state["timings"] else {}
+    return PPOResult(steps=step + 1 if cfg.steps > start else start, reward_start=state["history"][0]["reward"],
+                     reward_end=state["best"]["reward"], best_step=state["best"]["step"], kl_end=state["kl_end"],
+                     early_stopped=early_stopped, resumed_from_step=start, history=state["history"],
+                     timings={k.split("/")[1]: v for k, v in timings.items()})
+
+
+def _cpu_copy(model) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
