@@ -35,6 +35,7 @@ bench: install
 	$(PY) -m benchmarks.sft_throughput
 	$(PY) -m benchmarks.rm_throughput
 	$(PY) -m benchmarks.sampling_throughput
+	$(PY) -m benchmarks.ppo_step
 	$(PY) -m benchmarks.campaign_overhead
 
 clean:

@@ -24,9 +24,9 @@ from .layout import (campaign_dir, campaign_lock, iteration_dir, last_finished_i
 from .report import REPORT_DIR, publish_report
 from .summary import table
 
-TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo")
+TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo", "gatt")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
-         "search_temperature", "rejection_sample", "train_policy", "ppo", "evaluate")
+         "search_temperature", "rejection_sample", "train_policy", "ppo", "gatt", "evaluate")
 
 
 def check_fault(spec: str | None) -> None:

@@ -16,6 +16,7 @@ from typing import Callable
 
 from rlhf_core.errors import RLHFError
 
+from .cli_gatt import SUBCOMMANDS as GATT_SUBCOMMANDS
 from .cli_rm import SUBCOMMANDS as RM_SUBCOMMANDS
 
 
@@ -272,6 +273,7 @@ COMMANDS = {c.name: c for c in [
             "scorer.safety=runs/c/iter-1/rm-safety ppo.steps=20 campaign.name=c", cmd_ppo),
     # A two-word name ("rm train") is run as `rlhf rm train`: build_parser nests it under "rm".
     *(Command(f"rm {name}", summary, example, run) for name, summary, example, run in RM_SUBCOMMANDS),
+    *(Command(f"gatt {name}", summary, example, run) for name, summary, example, run in GATT_SUBCOMMANDS),
 ]}
 
 

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.evaluation import EvalConfig
+from rlhf_core.gatt import GAttConfig
 from rlhf_core.models import ModelConfig
 from rlhf_core.ppo import PPOConfig
 from rlhf_core.reward.train import RewardSection
@@ -39,7 +40,7 @@ class CampaignConfig:
     # PPO runs after train_policy in the iterations listed; null = the one before the last (so the last
     # rejection-sampling round samples from the PPO policy, as the paper's V5 did); [] = never.
     ppo_at: list[int] | None = None
-    gatt_from: int | None = None  # first iteration that runs Ghost Attention (its own issue: refused until then)
+    gatt_from: int | None = None  # Ghost Attention in this iteration and every later one (paper: from V3); null = never
 
     def ppo_iterations(self) -> list[int]:
         return sorted(self.ppo_at) if self.ppo_at is not None else ([self.iterations - 1] if self.iterations > 1 else [])
@@ -58,6 +59,18 @@ class PPOSection(PPOConfig):
     """The ``ppo`` group: the algorithm's settings (``rlhf_core.ppo.PPOConfig``) and the DAG's switch."""
 
     enabled: bool = True  # false: no iteration runs PPO, whatever campaign.ppo_at says
+
+
+def _gatt_train() -> SFTConfig:
+    return SFTConfig(epochs=1, batch_size=16, micro_batch_size=8, lr=1.0e-5, loss_mode="last", checkpoint_every=10)
+
+
+@dataclass
+class GAttSection(GAttConfig):
+    """The ``gatt`` group: dialogue synthesis and evaluation (``rlhf_core.gatt.GAttConfig``) and the
+    fine-tune on the dialogues (``gatt.train``, an SFT config; its loss is always on the last answer)."""
+
+    train: SFTConfig = field(default_factory=_gatt_train)
 
 
 @dataclass
@@ -108,6 +121,7 @@ class RootConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ppo: PPOSection = field(default_factory=PPOSection)
+    gatt: GAttSection = field(default_factory=GAttSection)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)

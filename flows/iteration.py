@@ -6,7 +6,7 @@
                         |
                  rejection_sample (pool: best of all iterations) -> train_policy
                                                                       |
-                                   ppo (campaign.ppo_at) -> [gatt slot] -> evaluate
+                 ppo (campaign.ppo_at) -> gatt (campaign.gatt_from) -> evaluate
 
 Every step is a task of ``tasks.steps``; this module only wires them: which output feeds which step,
 where each writes, and what the iteration carries forward (its labelled pairs, its candidates for the
@@ -143,8 +143,12 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                            sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.ppo, out_dir=str(here / "ppo"),
                            **common)
         policy = refs["ppo"]
-    # [Ghost Attention slot: campaign.gatt_from, refused until it lands.]
-    # 6. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
+    # 6. Ghost Attention from campaign.gatt_from on: the policy learns to keep the system instruction.
+    if runs_gatt(cfg, iteration):
+        refs["gatt"] = call(steps.gatt, [here / "gatt"], policy=policy, config=cfg.gatt, train=cfg.gatt.train,
+                            sampling=cfg.sampling, out_dir=str(here / "gatt"), **common)
+        policy = refs["gatt"]
+    # 7. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
     baselines = {"sft": st.sft, "previous": st.policy, **reference_refs(cfg)}
     refs["evaluate"] = call(steps.evaluate, [here / "evaluate"], policy=policy, baselines=baselines,
                             rms=rms, sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval,
@@ -184,6 +188,10 @@ def runs_ppo(cfg: RootConfig, iteration: int) -> bool:
     return cfg.ppo.enabled and iteration in cfg.campaign.ppo_iterations()
 
 
+def runs_gatt(cfg: RootConfig, iteration: int) -> bool:
+    return cfg.campaign.gatt_from is not None and iteration >= cfg.campaign.gatt_from
+
+
 def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
     """PPO's early-stopping prompts: held out from training, and disjoint from the win-rate prompts (the
     next ``ppo.eval_prompts`` of the evaluation set), so choosing when to stop does not select on them."""
@@ -199,6 +207,7 @@ def check_slots(cfg: RootConfig) -> None:
     if cfg.ppo.enabled and outside:
         raise ConfigError("campaign.ppo_at", f"iterations {outside} are outside 1..{cfg.campaign.iterations} "
                                              "(campaign.iterations)")
-    if cfg.campaign.gatt_from is not None:
-        raise ConfigError("campaign.gatt_from", "Ghost Attention is not part of the platform yet (its own issue); "
-                                                "set campaign.gatt_from=null")
+    cfg.gatt.validate()
+    if cfg.campaign.gatt_from is not None and not 1 <= cfg.campaign.gatt_from <= cfg.campaign.iterations:
+        raise ConfigError("campaign.gatt_from", f"{cfg.campaign.gatt_from} is outside 1..{cfg.campaign.iterations} "
+                                                "(campaign.iterations): no iteration would run Ghost Attention")

@@ -196,6 +196,30 @@ def plot_pool(iterations: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_gatt(runs: list[tuple[int, dict]], path: Path) -> None:
+    """Adherence to the system instruction per turn, before and after Ghost Attention (Table 30 as a plot);
+    dashed: held-out constraints (zero-shot)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for n, g in runs:
+        for model, style in (("before", ":"), ("after", "-")):
+            curve = {int(t): v for t, v in g["adherence_by_turn"][model].items()}
+            line, = ax.plot(sorted(curve), [curve[t] for t in sorted(curve)], linestyle=style, marker="o",
+                            label=f"V{n} {model} GAtt (seen constraints)")
+            zero = g.get("zero_shot_by_turn", {}).get(model)
+            if zero:
+                z = {int(t): v for t, v in zero.items()}
+                ax.plot(sorted(z), [z[t] for t in sorted(z)], linestyle="--", marker="x", color=line.get_color(),
+                        alpha=0.6, label=f"V{n} {model} GAtt (zero-shot constraints)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("turn of the dialogue")
+    ax.set_ylabel("share of answers following the system instruction")
+    ax.set_title("Ghost Attention: adherence per turn (Table 30)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------------
 # the document
 
@@ -329,8 +353,7 @@ def build(home: Path, plots: Path) -> Doc:
     doc.heading("PPO")
     _slot(doc, its, "ppo", "PPO did not run in this campaign (campaign.ppo_at is empty).")
     doc.heading("Ghost Attention adherence")
-    _slot(doc, its, "gatt", "Ghost Attention did not run in this campaign (campaign.gatt_from is unset): no "
-                            "adherence to report.")
+    _gatt(doc, its, plots)
 
     doc.heading("Example answers")
     examples = _examples(home, its)
@@ -356,6 +379,27 @@ def build(home: Path, plots: Path) -> Doc:
     doc.para("The resolved config:")
     doc.code(yaml.safe_dump(summary["config"], sort_keys=False))
     return doc
+
+
+def _gatt(doc: Doc, its: list[dict], plots: Path) -> None:
+    runs = [(it["iteration"], it["gatt"]) for it in its if it.get("gatt")]
+    if not runs:
+        doc.para("Ghost Attention did not run in this campaign (campaign.gatt_from is unset): no adherence to report.")
+        return
+    doc.para("Held-out dialogues, the instruction in the system message only; the model answers turn after turn "
+             "and the constraint's checker judges each answer. Share of dialogues whose answer at each turn follows "
+             "the instruction (Llama 2 Table 30 layout), before and after the GAtt fine-tune; zero-shot = constraints "
+             "never used in training (mean over turns).")
+    plot_gatt(runs, plots / "gatt_adherence.png")
+    doc.image("plots/gatt_adherence.png", "adherence per turn before and after Ghost Attention")
+    turns = sorted({int(t) for _, g in runs for t in g["adherence_by_turn"]["before"]})
+    rows = []
+    for n, g in runs:
+        for model in ("before", "after"):
+            curve = g["adherence_by_turn"][model]
+            rows.append([f"RLHF-V{n}", f"{model} GAtt"] + [pct(curve.get(str(t))) for t in turns]
+                        + [pct(g["zero_shot"][model]), g["n_dialogues"]])
+    doc.table(["iteration", "model"] + [f"turn {t}" for t in turns] + ["zero-shot", "training dialogues"], rows)
 
 
 def _num(x) -> str:

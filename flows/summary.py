@@ -8,7 +8,8 @@ Schema (the orchestration issue's; more fields are welcome)::
                      "temperature": {"chosen", "curve": {str(T): mean max-of-K reward}},
                      "rejection": {"k", "pool_size", "pool_mean_score", "pool_by_iteration", ...},
                      "ppo": {"steps", "reward_start", "reward_end", "kl_end", "early_stopped", ...} or null,
-                     "gatt": null,
+                     "gatt": {"adherence_by_turn": {"before": {turn: share}, "after": {...}},
+                              "zero_shot": {"before": share, "after": share}, "n_dialogues", ...} or null,
                      "win_rate": {"<baseline>/<judge>": {"judge", "win", "tie", "loss", "win_rate", "ci95", "n"}}}]}
 
 Accuracies are shares in [0, 1]; levels are named as in RECIPE.md (``significantly_better`` ...).
@@ -44,7 +45,7 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
     m = rs["metrics"]
     return {
         "iteration": iteration,
-        "policy_path": (refs.get("ppo") or refs["train_policy"])["path"],  # PPO's output when it ran
+        "policy_path": (refs.get("gatt") or refs.get("ppo") or refs["train_policy"])["path"],  # the last to run
         "reward_model_paths": {name: ref["path"] for name, ref in rms.items()},
         "mlflow_run_id": run_id,
         "wall_seconds": wall,
@@ -75,6 +76,10 @@ def progression_metrics(entry: dict) -> dict[str, float]:
         out["rejection/max_of_k_mean"] = entry["rejection"]["max_of_k_mean"]
     for t, value in entry["temperature"]["curve"].items():
         out[f"temperature/curve/T{t}"] = value
+    if entry.get("gatt"):
+        g = entry["gatt"]
+        out |= {f"gatt/adherence_mean/{k}": v for k, v in g["adherence_mean"].items()}
+        out |= {f"gatt/zero_shot/{k}": v for k, v in g["zero_shot"].items()}
     if entry.get("ppo"):
         out |= {f"ppo/{k}": entry["ppo"][k] for k in ("reward_start", "reward_end", "kl_end", "steps")}
     for name, rm in entry["reward"].items():

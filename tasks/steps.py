@@ -26,6 +26,7 @@ from prefect import task
 from rlhf_core.annotators import AnnotatorConfig
 from rlhf_core.artifacts import code_version, stable_hash
 from rlhf_core.evaluation import EvalConfig
+from rlhf_core.gatt import GAttConfig
 from rlhf_core.models import ModelConfig
 from rlhf_core.ppo import PPOConfig
 from rlhf_core.prompt_sets import PromptsConfig
@@ -273,6 +274,18 @@ def ppo(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsCo
     return _tracked("ppo", tracking, fault, {"ppo": config}, lambda f: {"ppo": (Path(out_dir), ppo_step(
         _model(model, policy), scorer_for(scorer, rms), prompts, eval_prompts, sampling, config, out_dir,
         fail_after_steps=f.after_steps if f is not None else None))})["ppo"]
+
+
+@step_task("gatt")
+def gatt(policy: Ref, model: ModelConfig, config: GAttConfig, train: SFTConfig, sampling: SamplingConfig,
+         out_dir: str, tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+    """Ghost Attention: dialogues with the instruction on every user turn, SFT on the last answer with the
+    instruction in the system message only, adherence per turn before and after."""
+    from rlhf_core.steps.gatt import gatt_step
+
+    core = GAttConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(GAttConfig)})
+    return _tracked("gatt", tracking, fault, {"gatt": core, "train": train}, lambda f: {"gatt": (
+        Path(out_dir), gatt_step(_model(model, policy), core, _failing(train, f), sampling, out_dir))})["gatt"]
 
 
 @step_task("evaluate")

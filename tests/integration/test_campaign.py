@@ -72,6 +72,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert set(states) == set(STEPS)
     assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
     assert len(states["ppo"]) == 1  # campaign.ppo_at defaults to the iteration before the last: V1
+    assert len(states["gatt"]) == 1  # smoke: campaign.gatt_from=2
     assert {s for v in states.values() for s in v} == {"Completed"}
 
     # summary.json: the schema scripts rely on, filled.
@@ -89,13 +90,19 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
                                                     "negligibly_better"}
         assert it["temperature"]["chosen"] in (0.7, 1.0) and set(it["temperature"]["curve"]) == {"0.7", "1.0"}
         assert it["rejection"]["k"] == 2 and it["rejection"]["pool_size"] == 8
-        assert it["gatt"] is None
+        if it["iteration"] == 2:  # Ghost Attention ran: its output is V2's policy
+            gatt = it["gatt"]
+            assert set(gatt["adherence_by_turn"]) == {"before", "after"}
+            assert set(gatt["adherence_by_turn"]["after"]) == {"1", "2"} and set(gatt["zero_shot"]) == {"before", "after"}
+            assert gatt["n_dialogues"] > 0 and it["policy_path"] == str(tmp_path / "c" / "iter-2" / "gatt")
+        else:
+            assert it["gatt"] is None
         if it["iteration"] == 1:  # PPO ran: V1's policy is its output, and the next iteration starts from it
             assert {"steps", "reward_start", "reward_end", "kl_end", "early_stopped"} <= set(it["ppo"])
             assert it["ppo"]["steps"] == 2 and it["policy_path"] == str(tmp_path / "c" / "iter-1" / "ppo")
             assert "ppo" in it["wall_seconds"]
         else:
-            assert it["ppo"] is None and it["policy_path"].endswith("iter-2/train_policy")
+            assert it["ppo"] is None
         for key in ("sft/gold", "sft/rm", "previous/gold", "previous/rm"):
             result = it["win_rate"][key]
             assert result["n"] == 8 and result["ci95"][0] <= result["win_rate"] <= result["ci95"][1]
@@ -116,7 +123,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert set(iterations) == {"SFT", "RLHF-V1", "RLHF-V2"}
     assert all(r.data.tags["mlflow.parentRunId"] == campaign[0].info.run_id for r in iterations.values())
     step_runs = [r for r in runs if r.data.tags.get("rlhf.kind") == "step"]
-    assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS) + 1  # + PPO in V1
+    assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS) + 2  # + PPO in V1, GAtt in V2
     assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["rlhf.kind"] == "iteration" for r in step_runs)
     assert {r.info.status for r in step_runs} == {"FINISHED"}
     history = client.get_metric_history(campaign[0].info.run_id, "temperature/chosen")
@@ -197,7 +204,8 @@ def test_report_of_the_smoke_campaign(smoke_run):
         assert f"## {section}\n" in md and f"<h2>{section}</h2>" in page, section
     plots = {p.name for p in (report / "plots").iterdir()}
     assert plots == {"win_rates.png", "helpful_vs_safety.png", "rm_accuracy.png", "temperature.png",
-                     "best_of_k.png", "pool.png"}
+                     "best_of_k.png", "pool.png", "gatt_adherence.png"}
+    assert "| RLHF-V2 | after GAtt |" in md and "| RLHF-V1 |" in md.split("## PPO")[1].split("##")[0]
     for name in plots:
         assert (report / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{name}" in md and f'src="plots/{name}"' in page

@@ -54,7 +54,8 @@ def test_resolved_config_round_trips():
 @pytest.mark.parametrize("args, key", [
     (["run", "experiment=smoke", "campaign.ppo_at=[3]"], "campaign.ppo_at"),  # only 2 iterations
     (["run", "experiment=smoke", "ppo.batch_size=10"], "ppo.batch_size"),  # not a multiple of mini_batch_size
-    (["run", "experiment=smoke", "campaign.gatt_from=1"], "campaign.gatt_from"),  # not part of the platform yet
+    (["run", "experiment=smoke", "campaign.gatt_from=5"], "campaign.gatt_from"),  # only 2 iterations
+    (["run", "experiment=smoke", "gatt.examples=all"], "gatt.examples"),
     (["run", "experiment=smoke", "debug.fail_at=nope"], "debug.fail_at"),
     (["run", "experiment=smoke", "debug.fail_at=annotate:2"], "debug.fail_at"),
     (["resume", "campaign.name=never-ran"], "campaign.name"),

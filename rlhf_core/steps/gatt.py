@@ -1,0 +1,162 @@
+"""The Ghost Attention step: a policy -> GAtt dialogues -> the policy fine-tuned on them, with adherence
+per turn measured before and after (``rlhf_core/gatt.py`` has the method).
+
+Three phases, each kept in the step's work dir (``.<name>.work``) so a failed run resumes where it was:
+``data/`` (the synthesised dialogues and the SFT rows), ``before.json`` (the input policy's adherence)
+and ``sft/`` (the fine-tune's checkpoints). The output directory is a model directory plus
+``dialogues.parquet``, ``gatt_sft.jsonl``, ``judgments.parquet`` (every evaluated answer, before and
+after), ``adherence.csv`` (Table 30's numbers) and ``manifest.json`` whose metrics hold
+``adherence_by_turn`` ``{"before": {turn: share}, "after": {...}}``, ``zero_shot`` (mean over turns,
+held-out constraints) with its per-turn curve, and ``n_dialogues`` / ``n_examples``.
+
+The ``rlhf gatt data|train|eval`` commands run the phases one at a time (:func:`build_data`,
+:func:`train_on`, :func:`evaluate_adherence`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..gatt import GAttConfig, adherence, draw_instructions, synthesize, training_examples, user_messages
+from ..models import ModelConfig, load_model
+from ..prompt_sets import PromptsConfig, load_prompt_set
+from ..sampling import SamplingConfig, TransformersBackend
+from ..sft import SFTConfig, run_sft
+from ..training import latest_checkpoint
+from .common import MetricsLog, log, model_input, run_step, work_dir_for
+
+
+def _users(cfg: GAttConfig, split: str, n_dialogues: int, turns: int, offset: int) -> list[list[str]]:
+    """User messages from the simulated rater's prompt sets: safe prompts only (an unsafe request wants
+    a refusal, which no persona instruction should override)."""
+    prompts = load_prompt_set(PromptsConfig(n=n_dialogues * turns, offset=cfg.prompt_offset + offset, split=split,
+                                            seed=cfg.seed, unsafe_share=0.0, lookalike_share=0.0))
+    return user_messages(prompts, n_dialogues, turns)
+
+
+def build_data(backend, cfg: GAttConfig, sampling: SamplingConfig, out: Path) -> pd.DataFrame:
+    """Synthesise the training dialogues into ``out`` (``dialogues.parquet``, ``gatt_sft.jsonl``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    users = _users(cfg, "train", cfg.n_dialogues, cfg.turns, 0)
+    dialogues = synthesize(backend, users, draw_instructions(cfg.n_dialogues, False, cfg, cfg.seed), cfg, sampling)
+    rows = training_examples(dialogues, cfg.examples)
+    dialogues.to_parquet(out / ".dialogues.parquet.tmp")
+    (out / ".gatt_sft.jsonl.tmp").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / ".dialogues.parquet.tmp").replace(out / "dialogues.parquet")
+    (out / ".gatt_sft.jsonl.tmp").replace(out / "gatt_sft.jsonl")
+    return dialogues
+
+
+def evaluate_adherence(backend, cfg: GAttConfig, sampling: SamplingConfig) -> tuple[dict, pd.DataFrame]:
+    """Adherence per turn on held-out dialogues: training constraints (``seen``) and held-out ones
+    (``zero_shot``); returns ``({"seen": {turn: share}, "zero_shot": {...}}, judgments)``."""
+    scfg = replace(sampling, temperature=cfg.eval_temperature, seed=cfg.seed,
+                   max_new_tokens=cfg.max_new_tokens or sampling.max_new_tokens)
+    sets = {"seen": (cfg.eval_dialogues, False, 1), "zero_shot": (cfg.eval_zero_shot, True, 2)}
+    curves, frames, offset = {}, [], 0
+    for name, (n, held_out, salt) in sets.items():
+        if n <= 0:
+            continue
+        users = _users(cfg, "eval", n, cfg.eval_turns, offset)
+        offset += n * cfg.eval_turns
+        curves[name], judged = adherence(backend, users, draw_instructions(n, held_out, cfg, cfg.seed + salt),
+                                         cfg.eval_turns, scfg)
+        frames.append(judged.assign(set=name))
+    return curves, pd.concat(frames, ignore_index=True)
+
+
+def train_on(model, tokenizer, rows: list[dict], train_cfg: SFTConfig, work: Path, on_metrics=None,
+             precision: str = "auto"):
+    """SFT on GAtt rows: only the last answer of each is a target (``loss_mode="last"``)."""
+    return run_sft(model, tokenizer, rows, replace(train_cfg, loss_mode="last"), work, on_metrics, desc="gatt",
+                   precision=precision)
+
+
+def _summary_metrics(before: dict, after: dict, dialogues: pd.DataFrame, n_examples: int) -> dict:
+    def mean(curve):
+        return float(np.mean(list(curve.values()))) if curve else None
+
+    def keyed(curve):  # turns as strings, as they read back from manifest.json
+        return {str(t): v for t, v in curve.items()} if curve is not None else None
+
+    kept = dialogues.answers.map(len)
+    return {"adherence_by_turn": {"before": keyed(before["seen"]), "after": keyed(after["seen"])},
+            "zero_shot": {"before": mean(before.get("zero_shot")), "after": mean(after.get("zero_shot"))},
+            "zero_shot_by_turn": {"before": keyed(before.get("zero_shot")), "after": keyed(after.get("zero_shot"))},
+            "adherence_mean": {"before": mean(before["seen"]), "after": mean(after["seen"])},
+            "n_dialogues": int((kept > 0).sum()), "n_dialogues_drawn": len(dialogues), "n_examples": n_examples,
+            "kept_turn_share": float(kept.sum() / (len(dialogues) * max(len(dialogues.users.iloc[0]), 1)))}
+
+
+def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sampling: SamplingConfig,
+              out_dir: str | Path, on_metrics: Callable[[dict, int], None] | None = None) -> dict:
+    """Ghost Attention on ``model_cfg``'s policy; returns the output's manifest."""
+    cfg.validate()
+    out_dir = Path(out_dir)
+    work = work_dir_for(out_dir)
+    config = {"model": asdict(model_cfg), "gatt": asdict(cfg), "train": asdict(replace(train_cfg, loss_mode="last",
+                                                                                         fail_after_steps=None)),
+              "sampling": asdict(sampling)}
+
+    def body(tmp: Path) -> dict:
+        model, tokenizer = load_model(model_cfg)
+        backend = TransformersBackend(model, tokenizer, model_cfg.precision)
+        # 1. Dialogues sampled with the instruction on every user turn (kept in the work dir).
+        data = work / "data"
+        if (data / "gatt_sft.jsonl").is_file():
+            dialogues = pd.read_parquet(data / "dialogues.parquet")
+        else:
+            dialogues = build_data(backend, cfg, sampling, data)
+        rows = [json.loads(line) for line in (data / "gatt_sft.jsonl").read_text().splitlines()]
+        log.info("gatt: %d of %d dialogues kept a followed answer (%d examples)", int((dialogues.answers.map(len) > 0)
+                 .sum()), len(dialogues), len(rows))
+        # 2. Adherence of the input policy.
+        if (work / "before.json").is_file():
+            before = {k: {int(t): s for t, s in v.items()} for k, v in json.loads((work / "before.json").read_text())
+                      .items()}
+            judged_before = pd.read_parquet(work / "before.parquet")
+        else:
+            before, judged_before = evaluate_adherence(backend, cfg, sampling)
+            judged_before.to_parquet(work / "before.parquet")
+            (work / "before.json").write_text(json.dumps(before))
+        # 3. SFT on the rows, the loss on the last answer only (resumes from its checkpoints).
+        resume = latest_checkpoint(work / "sft")
+        metrics_log = MetricsLog(work / "sft" / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
+                                 on_metrics)
+        if not rows:
+            raise ValueError("gatt: no dialogue kept a single answer that follows its instruction; raise gatt.k or "
+                             "gatt.n_dialogues, or check the model answers at all")
+        result, _ = train_on(model, tokenizer, rows, train_cfg, work / "sft", metrics_log, model_cfg.precision)
+        # 4. Adherence after, the outputs.
+        after, judged_after = evaluate_adherence(backend, cfg, sampling)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name in ("dialogues.parquet", "gatt_sft.jsonl"):
+            (tmp / name).write_bytes((data / name).read_bytes())
+        (tmp / "metrics.jsonl").write_text((work / "sft" / "metrics.jsonl").read_text())
+        pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
+                  ignore_index=True).to_parquet(tmp / "judgments.parquet")
+        pd.DataFrame([{"model": m, "set": s, "turn": t, "adherence": v}
+                      for m, curves in (("before", before), ("after", after)) for s, curve in curves.items()
+                      for t, v in curve.items()]).to_csv(tmp / "adherence.csv", index=False)
+        history = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        return {**_summary_metrics(before, after, dialogues, len(rows)), "steps": result.steps,
+                "resumed_from_step": result.resumed_from,
+                "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"]}
+
+    def summary(m: dict) -> str:
+        b, a = m["adherence_by_turn"]["before"], m["adherence_by_turn"]["after"]
+        per_turn = ", ".join(f"t{t} {100 * b[t]:.0f}->{100 * a[t]:.0f}%" for t in b)
+        zs = m["zero_shot"]
+        zero = (f"; zero-shot {100 * zs['before']:.0f} -> {100 * zs['after']:.0f}%" if zs["before"] is not None
+                else "")
+        return f"{m['n_examples']} examples from {m['n_dialogues']} dialogues; adherence {per_turn}{zero}"
+
+    return run_step("gatt", out_dir, config, {"model": model_input(model_cfg)}, body,
+                    f"{model_cfg.name_or_path}, {cfg.n_dialogues} dialogues x {cfg.turns} turns", summary)
