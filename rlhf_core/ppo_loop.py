@@ -55,7 +55,8 @@ class PPOResult:
     reward_start: float  # mean held-out reward of the initial policy
     reward_end: float  # of the returned (best-evaluated) policy
     best_step: int
-    kl_end: float  # mean per-answer KL to the reference (summed over tokens) in the last rollout batch
+    kl_end: float  # mean per-answer KL to the reference (summed over tokens) in the last rollout batch; a
+    # sample estimate (E[log pi - log pi_0] over sampled tokens), so near 0 it can come out slightly negative
     early_stopped: bool
     resumed_from_step: int
     history: list[dict] = field(default_factory=list)  # every held-out evaluation {"step", "reward"}
