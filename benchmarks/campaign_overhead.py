@@ -35,6 +35,7 @@ def main() -> None:
     import torch
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.campaign import run_campaign
     from flows.config import compose_config
@@ -52,7 +53,8 @@ def main() -> None:
     with get_client(sync_client=True) as client:
         for it in summary["iterations"]:
             name = f"bench-RLHF-V{it['iteration']}"
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+                                         sort=FlowRunSort.START_TIME_ASC, limit=10)
             run = min(runs, key=lambda r: r.start_time)  # the first, executing run
             flow_s = (run.end_time - run.start_time).total_seconds()
             core_s = sum(it["wall_seconds"].values())

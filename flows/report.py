@@ -412,7 +412,10 @@ def _slot(doc: Doc, its: list[dict], key: str, missing: str) -> None:
         doc.para(missing)
         return
     fields = sorted({k for _, m in ran for k, v in m.items() if isinstance(v, (int, float, bool, str))})
-    doc.table(["iteration"] + fields, [[f"RLHF-V{n}"] + [m.get(f, "-") for f in fields] for n, m in ran])
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else v
+
+    doc.table(["iteration"] + fields, [[f"RLHF-V{n}"] + [cell(m.get(f, "-")) for f in fields] for n, m in ran])
 
 
 def write_report(home: Path) -> Path:

@@ -61,7 +61,7 @@ def test_report_from_a_summary_with_optional_parts_missing(tmp_path):
     md = path.read_text()
     assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == list(SECTIONS)
     assert "No Safety RM in this campaign" in md and "not on disk" in md
-    assert "| RLHF-V2 | 0.4 | 0.1 | 12 |" in md  # the PPO slot's table, fields sorted
+    assert "| RLHF-V2 | 0.400 | 0.100 | 12 |" in md  # the PPO slot's table, fields sorted
     assert "| helpful | RLHF-V1 | 90.0% (n=5) | 70.0% (n=5) | 60.0% (n=5) | 50.0% (n=5) | 65.0% | 20 |" in md
     assert "| RLHF-V2 | 4 | 0.8 | 10 | 1.250 | 5 | 5 |" in md  # the pool by source iteration
     # CI lower end exactly at 50 % is not a win: the verdict does not round up.
