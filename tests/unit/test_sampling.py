@@ -80,3 +80,27 @@ def test_top_p_keeps_only_the_nucleus():
 def test_bad_sampling_config_names_the_key(backend):
     with pytest.raises(ConfigError, match="sampling.top_p"):
         backend.sample(PROMPTS, 1, SamplingConfig(top_p=0))
+
+
+def test_sampling_draws_follow_the_distribution():
+    # 40,000 draws at once: frequencies within 4 standard errors of the probabilities; zero weight never drawn
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    logits = torch.log(probs).expand(40_000, 4)
+    draws = _choose(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[1] == 0
+    assert torch.all((freq - probs).abs() <= 4 * torch.sqrt(probs * (1 - probs) / len(draws)) + 1e-9), freq
+    # temperature 2 flattens: p ** 0.5, renormalised
+    flat = probs.sqrt() / probs.sqrt().sum()
+    draws = _choose(logits, SamplingConfig(temperature=2.0), torch.Generator().manual_seed(1))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert torch.all((freq - flat).abs() <= 4 * torch.sqrt(flat * (1 - flat) / len(draws)) + 1e-9), freq
+
+
+def test_bf16_engine_samples_with_a_bf16_copy_and_leaves_the_model_alone():
+    model, tok = build_tiny_model(seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = TransformersBackend(model, tok, "bf16").sample(PROMPTS[:2], 2, SamplingConfig(max_new_tokens=4, seed=0))
+    assert len(out) == 4 and all(0 < n <= 4 for n in out.n_tokens)
+    assert next(model.parameters()).dtype == torch.float32  # the trained weights stay fp32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
