@@ -150,9 +150,10 @@ def synthesize(backend, users: list[list[str]], instructions: pd.DataFrame, cfg:
             break
         chats = [with_instruction(users[i][:turn + 1], answers[i], instructions.iloc[i].instruction) for i in alive]
         samples = backend.sample(chats, cfg.k, replace(scfg, seed=cfg.seed * 1009 + turn))
+        by_chat = samples.groupby("prompt_index").text.apply(list)  # rows come sorted by (prompt, sample)
         still = []
         for j, i in enumerate(alive):
-            texts = list(samples[samples.prompt_index == j].sort_values("sample_index").text)
+            texts = by_chat[j]
             constraint = instructions.iloc[i]
             follows = [check_constraint(t, constraint) for t in texts]
             shares[i].append(float(np.mean(follows)))

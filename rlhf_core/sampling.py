@@ -109,21 +109,20 @@ class TransformersBackend:
         # of autocast casting every fp32 weight at every decode step (a quarter of the decode time). A copy
         # per call, so a policy being trained (PPO) is always sampled with its current weights.
         bf16_copy = self.precision == "bf16" and self.device.type == "cpu"
-        self._decoder = copy.deepcopy(self.model).to(torch.bfloat16) if bf16_copy else self.model
-        self._autocast = "fp32" if bf16_copy else self.precision  # the copy is bf16 already: no autocast
+        decoder = copy.deepcopy(self.model).to(torch.bfloat16) if bf16_copy else self.model
+        cast = "fp32" if bf16_copy else self.precision  # the copy is bf16 already: no autocast
         encoded = [render_prompt(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         rows = []
         for b, start in enumerate(range(0, len(order), cfg.batch_prompts)):
             chunk = order[start:start + cfg.batch_prompts]
             generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + b)
-            rows += self._sample_batch([encoded[i] for i in chunk], chunk, k, cfg, generator)
+            rows += self._sample_batch(decoder, cast, [encoded[i] for i in chunk], chunk, k, cfg, generator)
         self.model.train(was_training)
-        self._decoder = None
         frame = pd.DataFrame(rows).sort_values(["prompt_index", "sample_index"], kind="stable")
         return frame.reset_index(drop=True)
 
-    def _sample_batch(self, encoded, prompt_indices, k, cfg, generator) -> list[dict]:
+    def _sample_batch(self, decoder, cast: str, encoded, prompt_indices, k, cfg, generator) -> list[dict]:
         rows = [(ids, torch.ones_like(ids), torch.zeros_like(ids, dtype=torch.bool)) for ids in encoded]
         input_ids, attention_mask, _ = pad_batch(rows, self.tokenizer.pad_token_id, side="left")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
@@ -131,8 +130,8 @@ class TransformersBackend:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        with autocast(self._autocast, self.device):
-            out = self._decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+        with autocast(cast, self.device):
+            out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
         # 1. Prefill once per prompt, then give each of the k samples its own copy of the cache.
         cache = out.past_key_values
@@ -163,8 +162,8 @@ class TransformersBackend:
                 active, chosen = active[keep], chosen[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(keep), 1)], dim=-1)
-            with autocast(self._autocast, self.device):
-                out = self._decoder(input_ids=chosen[:, None], attention_mask=attention_mask,
+            with autocast(cast, self.device):
+                out = decoder(input_ids=chosen[:, None], attention_mask=attention_mask,
                                     position_ids=next_position, past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1].float()
             next_position = next_position + 1
