@@ -21,6 +21,7 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -80,6 +81,24 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
     """Autocast context for a resolved precision (a no-op context for fp32)."""
     device = torch.device(device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextmanager
+def contiguous_head_input(model):
+    """Make the LM head's input contiguous while inside the block.
+
+    With ``logits_to_keep`` transformers slices the last hidden states (``h[:, -n:]``), a non-contiguous
+    ``(b, n, d)`` view. ``torch.matmul`` then cannot fold it into one ``(b*n, d)`` matrix and runs a
+    batched matmul against the head's ``(d, vocab)`` weight expanded ``b`` times, materialising ``b``
+    copies of it: on this CPU a 16-prompt prefill's head took 1.0 s in bf16 instead of 4 ms (49k x 576
+    weights copied 16 times). A pre-hook that calls ``.contiguous()`` (a copy of ``b x n x d`` values)
+    avoids it, for any architecture and with autograd."""
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield model
+    finally:
+        handle.remove()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ rather than ``generate`` per prompt:
 
 - prompts are sorted by length and left-padded in batches of ``batch_prompts``;
 - each prompt is prefilled **once** and its KV cache repeated K times (``batch_repeat_interleave``);
-- rows that hit a stop token leave the batch (``batch_select_indices``), so a long straggler does not
-  keep finished rows computing;
-- the LM head runs on the last position only; per-token log-probs of the chosen tokens under the model's
-  own distribution (temperature 1, no top-p) are kept, since PPO needs ``log pi(a|s)``.
+- rows that hit a stop token leave the batch (``batch_select_indices``) once they are 1/16 of it, so a
+  long straggler does not keep finished rows computing, and the cache is not copied for every single one;
+- the KV cache appends in place into preallocated room (``_roomy_cache_class``) instead of ``torch.cat``;
+- on bf16 CPUs the decode runs on a bf16 copy of the weights made once per call (not autocast per step);
+- the LM head runs on the last position only (with a contiguous input: ``contiguous_head_input``);
+  per-token log-probs of the chosen tokens under the model's own distribution (temperature 1, no top-p)
+  are kept, since PPO needs ``log pi(a|s)``; draws invert the CDF in two levels (``_draw``).
 
 Reproducible: a batch's random draws come from a ``torch.Generator`` seeded with ``(seed, batch)``, so the
 same prompts, config and seed give the same samples. ``temperature=0`` is greedy.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol, Sequence
 
 import pandas as pd
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from .chat import Message, pad_batch, render_prompt
 from .errors import ConfigError
-from .models import autocast, resolve_precision
+from .models import autocast, contiguous_head_input, resolve_precision
 
 
 @dataclass
@@ -66,29 +70,100 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One index per row of ``(b, v)`` non-negative weights, by inverting the CDF with one uniform per row.
-
-    Exact like ``torch.multinomial``, but ``multinomial`` draws ``v`` exponentials per row (a 49k-token
-    vocabulary made it a fifth of the decode time); this is one cumulative sum and a binary search. ``u``
-    lies in (0, 1], so a zero-weight token is never chosen."""
-    cdf = probs.cumsum(-1)
-    u = (1 - torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+_BLOCK = 256  # vocabulary block of the two-level draw
+_RETIRE_SHARE = 1 / 16  # stopped rows leave the batch once they are this share of it (1/16 measured best)
 
 
-def _choose(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
-    """Next tokens ``(b,)`` from last-position logits ``(b, v)``: greedy, or temperature + top-p."""
+def _draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``(b, v)`` non-negative weights (unnormalised), by inverting the CDF.
+
+    Exact like ``torch.multinomial``, which draws ``v`` exponentials per row (with a 49k-token vocabulary
+    that was a fifth of the decode time). Here one uniform per row goes through the CDF in two levels: the
+    cumulative sums of blocks of ``_BLOCK`` weights choose a block, then the cumulative sum inside that
+    block alone chooses the token, so no full-vocabulary cumulative sum is needed (``cumsum`` does not
+    vectorise well; over 49k it cost as much as a softmax). ``u`` lies in (0, total], and each level
+    picks the first entry whose running sum reaches it, so a zero-weight token is never chosen."""
+    b, v = weights.shape
+    blocks = (F.pad(weights, (0, -v % _BLOCK)) if v % _BLOCK else weights).view(b, -1, _BLOCK)
+    block_cdf = blocks.sum(-1).cumsum(-1)
+    u = (1 - torch.rand(b, 1, generator=generator, device=weights.device, dtype=weights.dtype)) * block_cdf[:, -1:]
+    block = torch.searchsorted(block_cdf, u).clamp(max=block_cdf.shape[1] - 1)
+    below = torch.where(block > 0, block_cdf.gather(-1, (block - 1).clamp(min=0)), torch.zeros_like(u))
+    inner_cdf = blocks.gather(1, block[:, :, None].expand(b, 1, _BLOCK)).squeeze(1).cumsum(-1)
+    # the block's own running sum may round a hair below block_cdf's: never step past its last token
+    inside = torch.searchsorted(inner_cdf, torch.minimum(u - below, inner_cdf[:, -1:]))
+    return (block * _BLOCK + inside).squeeze(-1)
+
+
+def _choose(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens ``(b,)`` from last-position logits ``(b, v)`` (greedy, or temperature + top-p), and
+    their log-probs under the model's own distribution (temperature 1, no top-p), which PPO needs.
+
+    Few passes over the ``(b, v)`` logits, each of them memory-bound: shift by the row maximum, one
+    ``exp`` (shared by the draw and the log-normaliser at temperature 1), the block sums of ``_draw``."""
+    shifted = logits - logits.amax(-1, keepdim=True)  # <= 0, so exp never overflows
+    weights = shifted.exp()
+    log_total = weights.sum(-1, keepdim=True).log()
     if cfg.temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)
-    if cfg.top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= cfg.top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        return order.gather(-1, _draw(sorted_probs, generator)[:, None]).squeeze(-1)
-    return _draw(probs, generator)
+        chosen = shifted.argmax(-1)
+    else:
+        if cfg.temperature != 1:
+            weights = (shifted / cfg.temperature).exp()
+        if cfg.top_p < 1:
+            sorted_weights, order = weights.sort(dim=-1, descending=True)
+            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+            mass = sorted_weights.cumsum(-1)
+            drop = mass - sorted_weights >= cfg.top_p * mass[:, -1:]
+            chosen = order.gather(-1, _draw(sorted_weights.masked_fill(drop, 0.0), generator)[:, None]).squeeze(-1)
+        else:
+            chosen = _draw(weights, generator)
+    return chosen, (shifted.gather(-1, chosen[:, None]) - log_total).squeeze(-1)
+
+
+@lru_cache(maxsize=1)
+def _roomy_cache_class():
+    """A ``DynamicCache`` whose layers append in place (defined on first use: transformers loads lazily).
+
+    transformers' ``DynamicLayer`` appends each decode step with ``torch.cat``, copying the layer's whole
+    cache every step (a tenth of the decode time here). These layers keep keys and values as views of
+    buffers with room for ``ROOM`` more positions, and write new positions into the room; selecting rows
+    (retiring finished samples) keeps the room. Anything else that replaces the tensors (repeating rows)
+    leaves compact tensors, and the next append moves them into a new buffer. The views differ from compact tensors only in their strides, which SDPA
+    and the eager attention take as they are."""
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        ROOM = 64
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized or self.keys.numel() == 0:
+                return super().update(key_states, value_states, *args, **kwargs)
+            length, new = self.keys.shape[-2], key_states.shape[-2]
+            buffers = getattr(self, "_buffers", None)
+            if (buffers is None or buffers[0].data_ptr() != self.keys.data_ptr()
+                    or buffers[0].shape[:2] != self.keys.shape[:2] or length + new > buffers[0].shape[-2]):
+                buffers = tuple(t.new_empty((*t.shape[:2], length + new + self.ROOM, t.shape[-1]))
+                                for t in (self.keys, self.values))
+                buffers[0][..., :length, :], buffers[1][..., :length, :] = self.keys, self.values
+                self._buffers = buffers
+            buffers[0][..., length:length + new, :] = key_states
+            buffers[1][..., length:length + new, :] = value_states
+            self.keys, self.values = buffers[0][..., :length + new, :], buffers[1][..., :length + new, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            buffers = getattr(self, "_buffers", None)
+            if buffers is None or buffers[0].data_ptr() != self.keys.data_ptr():
+                return super().batch_select_indices(indices)
+            length = self.keys.shape[-2]  # keep the room: the rows left go on appending in place
+            self._buffers = tuple(t[indices] for t in buffers)
+            self.keys, self.values = self._buffers[0][..., :length, :], self._buffers[1][..., :length, :]
+
+    class RoomyCache(DynamicCache):
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=RoomyLayer)
+
+    return RoomyCache
 
 
 class TransformersBackend:
@@ -127,12 +202,10 @@ class TransformersBackend:
         input_ids, attention_mask, _ = pad_batch(rows, self.tokenizer.pad_token_id, side="left")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        with autocast(cast, self.device):
+        cache = _roomy_cache_class()()
+        with autocast(cast, self.device), contiguous_head_input(decoder):
             out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         # 1. Prefill once per prompt, then give each of the k samples its own copy of the cache.
         cache = out.past_key_values
         cache.batch_repeat_interleave(k)
@@ -141,30 +214,35 @@ class TransformersBackend:
         next_position = positions[:, -1:].repeat_interleave(k, dim=0) + 1
         n = logits.shape[0]
         active = torch.arange(n, device=self.device)  # row of the full batch held by each cache row
+        finished = torch.zeros(n, dtype=torch.bool, device=self.device)  # per cache row: stopped already
         tokens = [[] for _ in range(n)]
         logprobs = [[] for _ in range(n)]
         stopped = [False] * n
-        # 2. Decode: choose, record log pi(token), retire rows that stopped, step the rest.
+        # 2. Decode: choose, record log pi(token) of the rows still running, retire stopped rows, step.
         for step in range(cfg.max_new_tokens):
-            chosen = _choose(logits, cfg, generator)
-            chosen_logprobs = F.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+            chosen, chosen_logprobs = _choose(logits, cfg, generator)
             is_stop = torch.isin(chosen, self.stop_ids)
-            for row, token, logprob, stop in zip(active.tolist(), chosen.tolist(), chosen_logprobs.tolist(),
-                                                 is_stop.tolist()):
-                tokens[row].append(token)
-                logprobs[row].append(logprob)
-                stopped[row] = stop
-            keep = (~is_stop).nonzero().squeeze(-1)
-            if keep.numel() == 0 or step == cfg.max_new_tokens - 1:
+            for row, token, logprob, stop, done in zip(active.tolist(), chosen.tolist(), chosen_logprobs.tolist(),
+                                                       is_stop.tolist(), finished.tolist()):
+                if not done:
+                    tokens[row].append(token)
+                    logprobs[row].append(logprob)
+                    stopped[row] = stop
+            finished |= is_stop
+            n_finished = int(finished.sum())
+            if n_finished == len(finished) or step == cfg.max_new_tokens - 1:
                 break
-            if keep.numel() < active.numel():
+            # Retiring rows copies the whole KV cache; stopped rows are only carried until they are a
+            # sizeable share of the batch (their tokens are ignored meanwhile).
+            if n_finished >= max(1, _RETIRE_SHARE * len(finished)):
+                keep = (~finished).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
-                active, chosen = active[keep], chosen[keep]
+                active, chosen, finished = active[keep], chosen[keep], finished[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(keep), 1)], dim=-1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=-1)
             with autocast(cast, self.device):
                 out = decoder(input_ids=chosen[:, None], attention_mask=attention_mask,
-                                    position_ids=next_position, past_key_values=cache, use_cache=True)
+                              position_ids=next_position, past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1].float()
             next_position = next_position + 1
         # 3. Rows: text without the stop token; ids and log-probs with it.

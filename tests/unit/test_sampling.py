@@ -42,15 +42,28 @@ def test_same_seed_same_samples_other_seed_other_samples(backend):
     assert sorted(zip(a.prompt_index, a.sample_index)) == [(p, s) for p in range(6) for s in range(3)]
 
 
-def test_logprobs_match_a_separate_forward_pass(backend):
-    samples = backend.sample(PROMPTS, 2, SamplingConfig(temperature=1.0, max_new_tokens=10, seed=1))
+def assert_logprobs_match_a_separate_forward_pass(backend, samples, atol=1e-4):
     for row in samples.itertuples():
         prompt = render_prompt(backend.tokenizer, PROMPTS[row.prompt_index])
         full = torch.cat([prompt, torch.tensor(row.token_ids)])
         with torch.no_grad():
             logp = torch.log_softmax(backend.model(full[None]).logits[0, :-1].float(), -1)
         expected = logp[len(prompt) - 1:].gather(-1, torch.tensor(row.token_ids)[:, None]).squeeze(-1)
-        assert torch.allclose(expected, torch.tensor(row.logprobs), atol=1e-4)
+        assert torch.allclose(expected, torch.tensor(row.logprobs), atol=atol)
+
+
+def test_logprobs_match_a_separate_forward_pass(backend):
+    samples = backend.sample(PROMPTS, 2, SamplingConfig(temperature=1.0, max_new_tokens=10, seed=1))
+    assert_logprobs_match_a_separate_forward_pass(backend, samples)
+
+
+def test_long_answers_outgrow_the_cache_room_and_retire_rows_on_the_way(backend):
+    # 150 new tokens: the in-place KV cache moves to bigger buffers twice (room 64), while rows stop
+    # and leave the batch along the way; every log-prob must still be the model's for the prefix
+    samples = backend.sample(PROMPTS, 4, SamplingConfig(temperature=1.0, max_new_tokens=150, seed=3))
+    lengths = sorted(samples.n_tokens)
+    assert lengths[0] < 64 and lengths[-1] == 150 and (samples.stop_reason == "stop").sum() >= 4, lengths
+    assert_logprobs_match_a_separate_forward_pass(backend, samples)
 
 
 def test_stop_reasons():
@@ -71,9 +84,9 @@ def test_stop_reasons():
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     gen = torch.Generator().manual_seed(0)
-    draws = {int(_choose(logits, SamplingConfig(top_p=0.7), gen)) for _ in range(200)}
+    draws = {int(_choose(logits, SamplingConfig(top_p=0.7), gen)[0]) for _ in range(200)}
     assert draws == {0, 1}  # 0.5 + 0.3 >= 0.7: tokens 2 and 3 never drawn
-    draws = {int(_choose(logits, SamplingConfig(top_p=0.4), gen)) for _ in range(50)}
+    draws = {int(_choose(logits, SamplingConfig(top_p=0.4), gen)[0]) for _ in range(50)}
     assert draws == {0}
 
 
@@ -86,15 +99,32 @@ def test_sampling_draws_follow_the_distribution():
     # 40,000 draws at once: frequencies within 4 standard errors of the probabilities; zero weight never drawn
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
     logits = torch.log(probs).expand(40_000, 4)
-    draws = _choose(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0))
+    draws, logprobs = _choose(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     assert freq[1] == 0
     assert torch.all((freq - probs).abs() <= 4 * torch.sqrt(probs * (1 - probs) / len(draws)) + 1e-9), freq
     # temperature 2 flattens: p ** 0.5, renormalised
     flat = probs.sqrt() / probs.sqrt().sum()
-    draws = _choose(logits, SamplingConfig(temperature=2.0), torch.Generator().manual_seed(1))
+    draws, logprobs = _choose(logits, SamplingConfig(temperature=2.0), torch.Generator().manual_seed(1))
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     assert torch.all((freq - flat).abs() <= 4 * torch.sqrt(flat * (1 - flat) / len(draws)) + 1e-9), freq
+    # the log-probs are the model's own (temperature 1), whatever the sampling temperature
+    assert torch.allclose(logprobs, torch.log(probs)[draws])
+
+
+def test_draws_across_vocabulary_blocks_follow_the_distribution():
+    # a vocabulary of 1,000 (not a multiple of the 256-token block), the mass spread over four blocks,
+    # in the first and last tokens of blocks where a rounding slip would pick a zero-weight neighbour
+    probs = torch.zeros(1000)
+    probs[[0, 255, 256, 511, 700, 999]] = torch.tensor([0.05, 0.15, 0.2, 0.1, 0.3, 0.2])
+    logits = torch.log(probs).expand(40_000, 1000)
+    draws, logprobs = _choose(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(2))
+    freq = torch.bincount(draws, minlength=1000).float() / len(draws)
+    assert freq[probs == 0].sum() == 0
+    assert torch.all((freq - probs).abs() <= 4 * torch.sqrt(probs * (1 - probs) / len(draws)) + 1e-9)
+    assert torch.allclose(logprobs, torch.log(probs)[draws])
+    greedy, greedy_logprobs = _choose(logits[:3], SamplingConfig(temperature=0), torch.Generator())
+    assert greedy.tolist() == [700] * 3 and torch.allclose(greedy_logprobs, torch.log(torch.tensor(0.3)))
 
 
 def test_bf16_engine_samples_with_a_bf16_copy_and_leaves_the_model_alone():
