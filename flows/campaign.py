@@ -64,10 +64,14 @@ def iteration_zero(cfg, ids: TrackingIds, fault: steps.Fault | None) -> Campaign
                tracking=t, fault=fault)
     seed = call(steps.seed_pairs, [here / "seed_pairs"], reward=cfg.reward, out_dir=str(here / "seed_pairs"),
                 tracking=t, fault=fault)
-    if cfg.tracking.register_models:
-        mlt.register(ids.uri, f"{cfg.campaign.name}-policy", Path(sft["path"]), run_id, 0)
-    mlt.finish_run(ids.uri, run_id)
+    mlt.RECORDER.submit(_record_zero, ids, run_id, cfg.campaign.name, sft, cfg.tracking.register_models)
     return CampaignState(sft=sft, seed=seed, policy=sft)
+
+
+def _record_zero(ids: TrackingIds, run_id: str, campaign: str, sft: dict, register: bool) -> None:
+    if register:
+        mlt.register(ids.uri, f"{campaign}-policy", Path(sft["path"]), run_id, 0)
+    mlt.finish_run(ids.uri, run_id)
 
 
 @flow(name="rlhf-campaign", flow_run_name="{campaign_name}")
@@ -75,10 +79,13 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
     """SFT -> RLHF-V1 -> ... -> RLHF-V<upto> (default ``campaign.iterations``); writes and returns the
     campaign's ``summary.json``."""
     cfg = config_from_dict(config)
+    resolved = to_dict(cfg)
     check_slots(cfg)
     check_fault(cfg.debug.fail_at)
     home, last = campaign_dir(cfg), upto or cfg.campaign.iterations
-    with campaign_lock(home):
+    # MLflow writes run on the tracking thread, overlapping the steps and the next iterations; flushed
+    # before the report, and on failure (flushed())
+    with campaign_lock(home), mlt.flushed():
         # 0. The resolved config (what `rlhf resume` reruns) and the campaign's MLflow run.
         _write_config(cfg, home)
         ids = open_tracking(cfg, home)
@@ -87,11 +94,11 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
         state = iteration_zero(cfg, ids, fault)
         summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
                    "code_version": code_version(), "campaign_dir": str(home), "tracking_uri": ids.uri,
-                   "mlflow_run_id": ids.campaign_run_id, "config": to_dict(cfg),
+                   "mlflow_run_id": ids.campaign_run_id, "config": resolved,
                    "sft": {"policy_path": state.sft["path"], "metrics": state.sft["metrics"]}, "iterations": []}
         # 2. RLHF-V1..V<last>, each a subflow; the summary is rewritten after each.
         for n in range(1, last + 1):
-            out = iteration_flow(config=to_dict(cfg), iteration=n, state=state.__dict__, ids=ids.__dict__,
+            out = iteration_flow(config=resolved, iteration=n, state=state.__dict__, ids=ids.__dict__,
                                  campaign_name=cfg.campaign.name, fault=cfg.debug.fail_at)
             state = CampaignState(**out["state"])
             summary["iterations"].append(out["entry"])
@@ -99,6 +106,7 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
         if summary["iterations"]:
             summary["report"] = str(home / REPORT_DIR / "report.md")
         write_json_atomic(home / "summary.json", summary)
+        mlt.RECORDER.flush()  # every iteration's records are in MLflow before the report is attached
         mlt.log_outputs(ids.uri, ids.campaign_run_id, home, [home / "summary.json"])
         if summary["iterations"]:
             report(str(home))

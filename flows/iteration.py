@@ -15,6 +15,7 @@ pool, its policy).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,11 +57,24 @@ class Labels(RunInput):
     labels_path: str
 
 
-def call(task, out_dirs: list[Path], **params):
-    """Run ``task``; when one of its outputs is missing on disk (deleted by hand), skip Prefect's cached
-    result and rerun it, so a cached reference never points at nothing."""
-    refresh = not all(finished(d) for d in out_dirs)
-    return task.with_options(refresh_cache=True)(**params) if refresh else task(**params)
+def call(task, out_dirs: list[Path], tracking: mlt.Tracking, **params):
+    """Run ``task`` and record it in its MLflow run (on the tracking thread, overlapping what comes next):
+    a RUNNING run while a step computes, then its params, metrics and artifacts, or FAILED. When one of
+    its outputs is missing on disk (deleted by hand), Prefect's cached result is skipped and the step
+    reruns, so a cached reference never points at nothing."""
+    fresh = not all(finished(d) for d in out_dirs)
+    started = time.time()
+    if fresh:
+        mlt.RECORDER.submit(mlt.start_step, tracking, task.name, started)
+    try:
+        result = (task.with_options(refresh_cache=True) if fresh else task)(**params)
+    except BaseException:
+        mlt.RECORDER.submit(mlt.fail_step, tracking, task.name, started, time.time())
+        raise
+    outputs = {task.name: result} if "path" in result else result
+    mlt.RECORDER.submit(mlt.record_step, tracking, task.name, steps.tracked_params(task.name, params), outputs,
+                        started, time.time())
+    return result
 
 
 def _per_iteration(path: str | None, iteration: int) -> str | None:
@@ -118,8 +132,9 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     labelled = st.labelled + [refs["annotate"]]
     # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
     rm_names = ["helpful", "safety"] if cfg.reward.train_safety else ["helpful"]
-    refs["train_reward_models"] = call(steps.train_reward_models, [here / f"rm-{n}" for n in rm_names], init=st.sft,
-                                       reward=cfg.reward, seed=st.seed, labelled=labelled, out_root=str(here), **common)
+    refs["train_reward_models"] = call(steps.train_reward_models, [here / f"rm-{n}" for n in rm_names],
+                                       init=st.sft, reward=cfg.reward, seed=st.seed, labelled=labelled,
+                                       out_root=str(here), **common)
     rms = refs["train_reward_models"]
     refs["eval_reward_models"] = call(steps.eval_reward_models, [here / f"rm-{n}-eval" for n in rm_names], rms=rms,
                                       reward=cfg.reward, out_root=str(here), **common)
@@ -128,13 +143,14 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     refs["search_temperature"] = call(steps.search_temperature, [here / "search_temperature"], policy=st.policy,
                                       rms=rms, prompts=rs_prompts, out_dir=str(here / "search_temperature"),
                                       **sampling, **common)
-    refs["rejection_sample"] = call(steps.rejection_sample, [here / "rejection_sample"], policy=st.policy, rms=rms,
-                                    search=refs["search_temperature"], previous=st.candidates, prompts=rs_prompts,
-                                    iteration=iteration, out_dir=str(here / "rejection_sample"), **sampling, **common)
+    refs["rejection_sample"] = call(steps.rejection_sample, [here / "rejection_sample"], policy=st.policy,
+                                    rms=rms, search=refs["search_temperature"], previous=st.candidates,
+                                    prompts=rs_prompts, iteration=iteration,
+                                    out_dir=str(here / "rejection_sample"), **sampling, **common)
     # 4. The new policy: fine-tuned on the pool.
     refs["train_policy"] = call(steps.train_policy, [here / "train_policy"], policy=st.policy,
-                                pool=refs["rejection_sample"], config=cfg.train_policy, student=cfg.rejection.student,
-                                out_dir=str(here / "train_policy"), **common)
+                                pool=refs["rejection_sample"], config=cfg.train_policy,
+                                student=cfg.rejection.student, out_dir=str(here / "train_policy"), **common)
     policy = refs["train_policy"]
     # 5. PPO on the new policy (campaign.ppo_at), KL-anchored to it; its output becomes the iteration's policy.
     if runs_ppo(cfg, iteration):
@@ -155,7 +171,7 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                             out_dir=str(here / "evaluate"), **common)
 
     entry = iteration_entry(iteration, refs, run_id)
-    record(track_ids, t, entry, refs, policy, cfg.tracking.register_models, campaign_name)
+    mlt.RECORDER.submit(record, track_ids, t, entry, refs, policy, cfg.tracking.register_models, campaign_name)
     state_out = CampaignState(sft=st.sft, seed=st.seed, policy=policy, labelled=labelled,
                               candidates=st.candidates + [refs["rejection_sample"]])
     return {"entry": entry, "state": state_out.__dict__}

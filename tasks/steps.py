@@ -1,10 +1,14 @@
 """One Prefect task per step of an RLHF iteration: thin adapters over ``rlhf_core.steps``.
 
 Each task takes config dataclasses and the *references* of its upstream outputs, runs the core step
-(which writes ``<campaign>/iter-<n>/<step>/`` atomically with a ``manifest.json``), logs it to its own
-MLflow run nested under the iteration's run, and returns a reference to its output::
+(which writes ``<campaign>/iter-<n>/<step>/`` atomically with a ``manifest.json``) and returns a
+reference to its output::
 
-    {"step": name, "path": "/abs/out/dir", "key": "<manifest key>", "metrics": {...}, "run_id": "<mlflow>"}
+    {"step": name, "path": "/abs/out/dir", "key": "<manifest key>", "metrics": {...}}
+
+Tracking is not done here: the flow that calls a task (``flows.iteration.call``) records it in its own
+MLflow run nested under the iteration's, on the tracking thread (``tasks.tracking.Recorder``), so it
+overlaps the next step's compute, and it records cached steps too if they were never recorded.
 
 Caching (DESIGN.md "Cache keys"): the Prefect cache key hashes the task's name, its parameters (config
 sections and upstream references, whose ``key`` pins their own inputs) and the code version -- but not
@@ -38,10 +42,8 @@ from rlhf_core.sft import SFTConfig
 from rlhf_core.steps.sft import DataConfig
 from rlhf_core.training import InjectedFault
 
-from . import tracking as mlt
-
-Ref = dict  # {"step", "path", "key", "metrics", "run_id"}: what a task returns
-NOT_KEYED = {"tracking", "fault"}  # parameters left out of the cache key
+Ref = dict  # {"step", "path", "key", "metrics"}: what a task returns
+NOT_KEYED = {"fault"}  # parameters left out of the cache key
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,20 @@ def _identity(value):
     return _plain(value)
 
 
+def _holds_refs(value) -> bool:
+    if isinstance(value, dict):
+        return {"step", "path", "key"} <= value.keys() or (bool(value) and all(map(_holds_refs, value.values())))
+    return isinstance(value, list) and all(map(_holds_refs, value))
+
+
+def tracked_params(step: str, parameters: dict) -> dict:
+    """What a step's MLflow run shows as params: the config sections and values the task was called with
+    (``config`` named after the step); upstream references (in the step's manifest) and the fault switch
+    are left out."""
+    return {step if name == "config" else name: _plain(value) for name, value in parameters.items()
+            if name not in NOT_KEYED and not _holds_refs(value)}
+
+
 def cache_key(context, parameters: dict) -> str:
     keyed = {k: _identity(v) for k, v in parameters.items() if k not in NOT_KEYED}
     return f"{context.task.name}-{stable_hash({'params': keyed, 'code': code_version()})}"
@@ -94,33 +110,19 @@ def step_task(name: str):
                 retry_delay_seconds=10, retry_condition_fn=io_only)
 
 
-def _ref(step: str, manifest: dict, out_dir: Path, run_id: str) -> Ref:
-    return {"step": step, "path": str(out_dir), "key": manifest["key"], "metrics": manifest["metrics"],
-            "run_id": run_id}
+def _ref(step: str, manifest: dict, out_dir: Path) -> Ref:
+    return {"step": step, "path": str(out_dir), "key": manifest["key"], "metrics": manifest["metrics"]}
 
 
-def _tracked(step: str, tracking: mlt.Tracking, fault: Fault | None, params: dict,
+def _outputs(step: str, fault: Fault | None,
              body: Callable[[Fault | None], dict[str, tuple[Path, dict]]]) -> dict[str, Ref]:
-    """Run ``body`` in the step's MLflow run; ``body(fault) -> {name: (out_dir, manifest)}``.
-
-    The fault applies when it names this step: at the start, or handed to the body to stop training."""
-    run_id = mlt.step_run(tracking, step)
+    """Run ``body(fault) -> {name: (out_dir, manifest)}`` and return its outputs' references. The fault
+    applies when it names this step: at the start, or handed to the body to stop training."""
     mine = fault if fault is not None and fault.step == step else None
-    try:
-        if mine is not None and mine.after_steps is None:
-            raise InjectedFault(f"{step}: injected fault (debug.fail_at={step}); rerun without it to continue")
-        outputs = body(mine)
-    except BaseException:
-        mlt.finish_run(tracking.uri, run_id, "FAILED")
-        raise
-    mlt.log_params(tracking.uri, run_id, {k: _plain(v) for k, v in params.items()})
-    for name, (out_dir, manifest) in outputs.items():
-        prefix = f"{name}/" if len(outputs) > 1 else ""
-        mlt.log_metrics(tracking.uri, run_id, {f"{prefix}{k}": v for k, v in mlt.numeric(manifest["metrics"]).items()})
-        mlt.log_history(tracking.uri, run_id, out_dir / "metrics.jsonl", f"{prefix}train/")
-        mlt.log_outputs(tracking.uri, run_id, out_dir)
-    mlt.finish_run(tracking.uri, run_id)
-    return {name: _ref(step, manifest, out_dir, run_id) for name, (out_dir, manifest) in outputs.items()}
+    if mine is not None and mine.after_steps is None:
+        raise InjectedFault(f"{step}: injected fault (debug.fail_at={step}); rerun without it to continue")
+    outputs = body(mine)
+    return {name: _ref(step, manifest, out_dir) for name, (out_dir, manifest) in outputs.items()}
 
 
 def _failing(cfg: SFTConfig, fault: Fault | None) -> SFTConfig:
@@ -142,19 +144,19 @@ def scorer_for(base: ScorerConfig, rms: dict[str, Ref]) -> ScorerConfig:
 
 @step_task("sft")
 def sft(model: ModelConfig, data: DataConfig, config: SFTConfig, out_dir: str,
-        tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+        fault: Fault | None = None) -> Ref:
     from rlhf_core.steps.sft import sft_step
 
-    return _tracked("sft", tracking, fault, {"model": model, "data": data, "sft": config}, lambda f: {
+    return _outputs("sft", fault, lambda f: {
         "sft": (Path(out_dir), sft_step(model, data, _failing(config, f), out_dir))})["sft"]
 
 
 @step_task("seed_pairs")
-def seed_pairs(reward: RewardSection, out_dir: str, tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+def seed_pairs(reward: RewardSection, out_dir: str, fault: Fault | None = None) -> Ref:
     from rlhf_core.steps.pairs import seed_pairs_step
 
-    return _tracked("seed_pairs", tracking, fault, {"helpful": reward.helpful, "safety": reward.safety},
-                    lambda f: {"seed_pairs": (Path(out_dir), seed_pairs_step(reward, out_dir))})["seed_pairs"]
+    return _outputs("seed_pairs", fault, lambda f: {
+        "seed_pairs": (Path(out_dir), seed_pairs_step(reward, out_dir))})["seed_pairs"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,21 +165,18 @@ def seed_pairs(reward: RewardSection, out_dir: str, tracking: mlt.Tracking, faul
 
 @step_task("collect_pairs")
 def collect_pairs(policy: Ref, model: ModelConfig, prompts: PromptsConfig, sampling: SamplingConfig,
-                  temperatures: list[float], iteration: int, out_dir: str, tracking: mlt.Tracking,
-                  fault: Fault | None = None) -> Ref:
+                  temperatures: list[float], iteration: int, out_dir: str, fault: Fault | None = None) -> Ref:
     from rlhf_core.steps.rejection import collect_pairs_step
 
-    params = {"prompts": prompts, "sampling": sampling, "temperatures": temperatures}
-    return _tracked("collect_pairs", tracking, fault, params, lambda f: {"pairs": (Path(out_dir), collect_pairs_step(
+    return _outputs("collect_pairs", fault, lambda f: {"pairs": (Path(out_dir), collect_pairs_step(
         _model(model, policy), prompts, sampling, temperatures, iteration, out_dir))})["pairs"]
 
 
 @step_task("annotate")
-def annotate(pairs: Ref, annotator: AnnotatorConfig, out_dir: str, tracking: mlt.Tracking,
-             fault: Fault | None = None) -> Ref:
+def annotate(pairs: Ref, annotator: AnnotatorConfig, out_dir: str, fault: Fault | None = None) -> Ref:
     from rlhf_core.steps.pairs import annotate_step
 
-    return _tracked("annotate", tracking, fault, {"annotator": annotator}, lambda f: {"labelled": (
+    return _outputs("annotate", fault, lambda f: {"labelled": (
         Path(out_dir), annotate_step(Path(pairs["path"]) / "pairs.parquet", annotator, out_dir))})["labelled"]
 
 
@@ -190,7 +189,7 @@ def rm_data(reward: RewardSection, name: str, seed: Ref, labelled: list[Ref]) ->
 
 @step_task("train_reward_models")
 def train_reward_models(init: Ref, model: ModelConfig, reward: RewardSection, seed: Ref, labelled: list[Ref],
-                        out_root: str, tracking: mlt.Tracking, fault: Fault | None = None) -> dict[str, Ref]:
+                        out_root: str, fault: Fault | None = None) -> dict[str, Ref]:
     """The Helpfulness and (unless ``reward.train_safety`` is off) Safety RMs, from the SFT checkpoint."""
     from rlhf_core.steps.reward import rm_train_step
 
@@ -201,12 +200,12 @@ def train_reward_models(init: Ref, model: ModelConfig, reward: RewardSection, se
             _model(model, init), rm_data(reward, name, seed, labelled), _failing(reward.train, f),
             Path(out_root) / f"rm-{name}", name=name)) for name in names}
 
-    return _tracked("train_reward_models", tracking, fault, {"reward": reward.train}, body)
+    return _outputs("train_reward_models", fault, body)
 
 
 @step_task("eval_reward_models")
 def eval_reward_models(rms: dict[str, Ref], model: ModelConfig, reward: RewardSection, out_root: str,
-                       tracking: mlt.Tracking, fault: Fault | None = None) -> dict[str, Ref]:
+                       fault: Fault | None = None) -> dict[str, Ref]:
     """Each RM's accuracy per preference level on held-out pairs (``reward.eval_data``, or simulated-rater
     pairs on the held-out prompt phrasings)."""
     from rlhf_core.steps.reward import rm_eval_step
@@ -220,18 +219,16 @@ def eval_reward_models(rms: dict[str, Ref], model: ModelConfig, reward: RewardSe
                                                model.precision, synthetic))
         return out
 
-    return _tracked("eval_reward_models", tracking, fault, {"eval_data": reward.eval_data,
-                                                            "n_eval_synthetic": reward.n_eval_synthetic}, body)
+    return _outputs("eval_reward_models", fault, body)
 
 
 @step_task("search_temperature")
 def search_temperature(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig,
                        sampling: SamplingConfig, rejection: RejectionConfig, scorer: ScorerConfig, out_dir: str,
-                       tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+                       fault: Fault | None = None) -> Ref:
     from rlhf_core.steps.rejection import search_temperature_step
 
-    params = {"sampling": sampling, "rejection": rejection, "scorer": scorer}
-    return _tracked("search_temperature", tracking, fault, params, lambda f: {"search": (
+    return _outputs("search_temperature", fault, lambda f: {"search": (
         Path(out_dir), search_temperature_step(_model(model, policy), prompts, sampling, rejection,
                                                scorer_for(scorer, rms), out_dir))})["search"]
 
@@ -239,63 +236,61 @@ def search_temperature(policy: Ref, rms: dict[str, Ref], model: ModelConfig, pro
 @step_task("rejection_sample")
 def rejection_sample(policy: Ref, rms: dict[str, Ref], search: Ref, previous: list[Ref], model: ModelConfig,
                      prompts: PromptsConfig, sampling: SamplingConfig, rejection: RejectionConfig,
-                     scorer: ScorerConfig, iteration: int, out_dir: str, tracking: mlt.Tracking,
-                     fault: Fault | None = None) -> Ref:
+                     scorer: ScorerConfig, iteration: int, out_dir: str, fault: Fault | None = None) -> Ref:
     """K samples per prompt at the temperature the search chose; the pool over all iterations."""
     from rlhf_core.steps.rejection import rejection_sample_step
 
     chosen = replace(sampling, temperature=search["metrics"]["chosen"])
     history = [str(Path(r["path"]) / "candidates.parquet") for r in previous]
-    params = {"sampling": chosen, "rejection": rejection, "scorer": scorer}
-    return _tracked("rejection_sample", tracking, fault, params, lambda f: {"rs": (
+    return _outputs("rejection_sample", fault, lambda f: {"rs": (
         Path(out_dir), rejection_sample_step(_model(model, policy), prompts, chosen, rejection,
                                              scorer_for(scorer, rms), iteration, history, out_dir))})["rs"]
 
 
 @step_task("train_policy")
 def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, student: str | None, out_dir: str,
-                 tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+                 fault: Fault | None = None) -> Ref:
     """Fine-tune the policy (or ``rejection.student``) on the pool's best answers (rejection-sampling SFT)."""
     from rlhf_core.steps.sft import sft_step
 
     start = replace(model, name_or_path=student) if student else _model(model, policy)
     data = DataConfig(path=str(Path(pool["path"]) / "pool_sft.jsonl"))
-    return _tracked("train_policy", tracking, fault, {"train_policy": config, "student": student}, lambda f: {
+    return _outputs("train_policy", fault, lambda f: {
         "policy": (Path(out_dir), sft_step(start, data, _failing(config, f), out_dir))})["policy"]
 
 
 @step_task("ppo")
 def ppo(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig, eval_prompts: PromptsConfig,
-        sampling: SamplingConfig, scorer: ScorerConfig, config: PPOConfig, out_dir: str, tracking: mlt.Tracking,
+        sampling: SamplingConfig, scorer: ScorerConfig, config: PPOConfig, out_dir: str,
         fault: Fault | None = None) -> Ref:
     """PPO of the iteration's policy against its reward models (KL to the pre-PPO policy)."""
     from rlhf_core.steps.ppo import ppo_step
 
-    return _tracked("ppo", tracking, fault, {"ppo": config}, lambda f: {"ppo": (Path(out_dir), ppo_step(
+    return _outputs("ppo", fault, lambda f: {"ppo": (Path(out_dir), ppo_step(
         _model(model, policy), scorer_for(scorer, rms), prompts, eval_prompts, sampling, config, out_dir,
         fail_after_steps=f.after_steps if f is not None else None))})["ppo"]
 
 
 @step_task("gatt")
 def gatt(policy: Ref, model: ModelConfig, config: GAttConfig, train: SFTConfig, sampling: SamplingConfig,
-         out_dir: str, tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+         out_dir: str, fault: Fault | None = None) -> Ref:
     """Ghost Attention: dialogues with the instruction on every user turn, SFT on the last answer with the
     instruction in the system message only, adherence per turn before and after."""
     from rlhf_core.steps.gatt import gatt_step
 
     core = GAttConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(GAttConfig)})
-    return _tracked("gatt", tracking, fault, {"gatt": core, "train": train}, lambda f: {"gatt": (
+    return _outputs("gatt", fault, lambda f: {"gatt": (
         Path(out_dir), gatt_step(_model(model, policy), core, _failing(train, f), sampling, out_dir))})["gatt"]
 
 
 @step_task("evaluate")
 def evaluate(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model: ModelConfig,
              sampling: SamplingConfig, scorer: ScorerConfig, config: EvalConfig, out_dir: str,
-             tracking: mlt.Tracking, fault: Fault | None = None) -> Ref:
+             fault: Fault | None = None) -> Ref:
     """Win rates of the new policy against each baseline, judged by the gold rater and the RMs."""
     from rlhf_core.steps.evaluate import evaluate_step
 
     others = {name: _model(model, ref) for name, ref in baselines.items()}
-    return _tracked("evaluate", tracking, fault, {"eval": config}, lambda f: {"evaluate": (
+    return _outputs("evaluate", fault, lambda f: {"evaluate": (
         Path(out_dir), evaluate_step(_model(model, policy), others, None, sampling, scorer_for(scorer, rms), config,
                                      out_dir))})["evaluate"]

@@ -7,24 +7,39 @@ that show progress across iterations (RM accuracy per level, chosen temperature,
 score, win rates) are logged on the campaign run with ``step=iteration``, so the UI plots RLHF-V1..Vn.
 
 Runs are found again by their tags, so a rerun or a resumed campaign logs into the same runs instead of
-piling up new ones: a step that was cached is not logged twice, a step that failed and resumed finishes
-the run it started.
+piling up new ones: a step already recorded for the same output (tag ``rlhf.key``) is not logged twice, a
+step that failed and resumed finishes the run it started, a step rerun for a changed config gets a new run.
+
+Writes go through :class:`Recorder`: one background thread that performs them in submission order, so a
+step's bookkeeping (its run, params, metrics, history and artifacts: several SQLite transactions) and an
+iteration's (progression metrics, model registry) run while the next step computes instead of adding to
+the wall time. The campaign flow flushes it before attaching its report and when anything fails, so when
+a campaign run returns every record is in MLflow, and a tracking error fails the run instead of vanishing
+(the outputs stay; a rerun records what is missing, since recording checks what a finished run holds).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import queue
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
+
+from rlhf_core.artifacts import stable_hash
 
 KIND, CAMPAIGN, ITERATION, STEP = "rlhf.kind", "rlhf.campaign", "rlhf.iteration", "rlhf.step"
+KEY = "rlhf.key"  # on a step run: the outputs it records (their manifest keys, hashed)
 PARENT = "mlflow.parentRunId"
 # Small step outputs worth a look in the UI; models are registered by path, not copied.
 ARTIFACT_SUFFIXES = (".json", ".jsonl", ".csv", ".md", ".yaml", ".png", ".html")
 ARTIFACT_MAX_BYTES = 20 << 20
+log = logging.getLogger("rlhf")
 
 
 @dataclass(frozen=True)
@@ -84,10 +99,133 @@ def iteration_run(uri: str, experiment: str, campaign: str, campaign_run_id: str
                                                        PARENT: campaign_run_id})
 
 
-def step_run(tracking: Tracking, step: str) -> str:
-    return find_or_create_run(tracking.uri, tracking.experiment_id, step,
-                              {KIND: "step", CAMPAIGN: tracking.campaign, ITERATION: str(tracking.iteration),
-                               STEP: step, PARENT: tracking.parent_run_id})
+class TrackingError(RuntimeError):
+    """Writing to MLflow failed (the step outputs are fine; rerun the campaign to record them)."""
+
+
+class Recorder:
+    """Performs tracking writes on one background thread, in the order they were submitted.
+
+    ``submit(fn, *args)`` returns at once; ``flush()`` waits until everything submitted so far is done
+    and raises :class:`TrackingError` for the first write that failed since the last flush."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._errors: list[tuple[str, BaseException]] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable, *args, **kwargs) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="rlhf-tracking", daemon=True)
+                self._thread.start()
+        self._queue.put((fn, args, kwargs))
+
+    def _work(self) -> None:
+        while True:
+            fn, args, kwargs = self._queue.get()
+            try:
+                fn(*args, **kwargs)
+            except Exception as err:  # kept for flush(), which raises it in the flow's thread
+                self._errors.append((fn.__name__, err))
+            finally:
+                self._queue.task_done()
+
+    def flush(self, raise_errors: bool = True) -> None:
+        self._queue.join()
+        errors, self._errors = self._errors, []
+        for name, err in errors:
+            log.warning("tracking: %s failed: %s: %s", name, type(err).__name__, err)
+        if errors and raise_errors:
+            name, err = errors[0]
+            raise TrackingError(f"writing to MLflow failed in {name} ({type(err).__name__}: {err}); the step "
+                                "outputs are intact: fix the tracking store and rerun the campaign to record "
+                                "them") from err
+
+
+RECORDER = Recorder()
+
+
+@contextmanager
+def flushed() -> Iterator[None]:
+    """Flush the recorder when the block ends; if the block fails, its error wins over a tracking error."""
+    try:
+        yield
+    except BaseException:
+        RECORDER.flush(raise_errors=False)
+        raise
+    RECORDER.flush()
+
+
+def _step_tags(tracking: Tracking, step: str) -> dict[str, str]:
+    return {KIND: "step", CAMPAIGN: tracking.campaign, ITERATION: str(tracking.iteration), STEP: step,
+            PARENT: tracking.parent_run_id}
+
+
+def _step_runs(tracking: Tracking, step: str) -> list:
+    """This step's runs in this iteration, newest first."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in _step_tags(tracking, step).items())
+    return _client(tracking.uri).search_runs([tracking.experiment_id], filter_string=query, max_results=20,
+                                             order_by=["start_time DESC"])
+
+
+def _open_attempt(tracking: Tracking, step: str, started: float, runs: list, tags: dict | None = None):
+    """The run of an unfinished attempt at this step (a failure, an interruption), or a new one."""
+    unfinished = next((r for r in runs if r.info.status != "FINISHED"), None)
+    if unfinished is not None:
+        return unfinished
+    return _client(tracking.uri).create_run(tracking.experiment_id, start_time=int(started * 1000), run_name=step,
+                                            tags=_step_tags(tracking, step) | (tags or {}))
+
+
+def start_step(tracking: Tracking, step: str, started: float) -> None:
+    """A RUNNING run for a step that is about to compute (shows in the UI while it does)."""
+    run = _open_attempt(tracking, step, started, _step_runs(tracking, step))
+    if run.info.status != "RUNNING":
+        _client(tracking.uri).update_run(run.info.run_id, status="RUNNING")
+
+
+def fail_step(tracking: Tracking, step: str, started: float, ended: float) -> None:
+    run = _open_attempt(tracking, step, started, _step_runs(tracking, step))
+    _client(tracking.uri).set_terminated(run.info.run_id, "FAILED", end_time=int(ended * 1000))
+
+
+def record_step(tracking: Tracking, step: str, params: dict, outputs: dict[str, dict], started: float,
+                ended: float) -> None:
+    """A finished step's run: params (the config it ran with), final metrics, the training history of
+    each output's ``metrics.jsonl`` and its small files as artifacts; ``outputs`` maps a name to a step
+    reference (``{"path", "key", "metrics"}``), metrics prefixed ``<name>/`` when there are several.
+    Skipped when a finished run already records these very outputs (a cached rerun). A handful of
+    store calls: one search, one run created (or an unfinished attempt's reused), the params, metrics and
+    history in as few batches as MLflow allows, the artifacts, the end."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    key = stable_hash(sorted(ref["key"] for ref in outputs.values()))[:16]
+    runs = _step_runs(tracking, step)
+    if any(r.info.status == "FINISHED" and r.data.tags.get(KEY) == key for r in runs):
+        return
+    client = _client(tracking.uri)
+    run = _open_attempt(tracking, step, started, runs, {KEY: key})
+    have = run.data.params
+    params_ = [Param(k, v if isinstance(v, str) else json.dumps(v))
+               for k, v in flatten(params).items() if k not in have]
+    now, metrics = int(time.time() * 1000), []
+    for name, ref in outputs.items():
+        prefix = f"{name}/" if len(outputs) > 1 else ""
+        metrics += [Metric(f"{prefix}{k}", v, now, 0) for k, v in numeric(ref["metrics"]).items()]
+        metrics += _history(Path(ref["path"]) / "metrics.jsonl", f"{prefix}train/", now)
+    tags = [RunTag(KEY, key)] if run.data.tags.get(KEY) != key else []
+    # MLflow's limits per batch: 1000 metrics, 100 params, 100 tags, 1000 entries in all
+    while params_ or metrics or tags:
+        batch_params, params_ = params_[:100], params_[100:]
+        room = 1000 - len(batch_params) - len(tags)
+        batch_metrics, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run.info.run_id, metrics=batch_metrics, params=batch_params, tags=tags)
+        tags = []
+    for ref in outputs.values():
+        log_outputs(tracking.uri, run.info.run_id, Path(ref["path"]))
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=int(ended * 1000))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -145,20 +283,18 @@ def log_metrics_once(uri: str, run_id: str, metrics: dict[str, float], step: int
     client.set_tag(run_id, tag, digest)
 
 
-def log_history(uri: str, run_id: str, history: Path, prefix: str = "train/") -> None:
-    """A step's ``metrics.jsonl`` (one line per optimizer step) as metric histories."""
+def _history(history: Path, prefix: str, now: int) -> list:
+    """A step's ``metrics.jsonl`` (one line per optimizer step) as MLflow metrics with their steps."""
     if not history.is_file():
-        return
+        return []
     from mlflow.entities import Metric
 
-    now, batch = int(time.time() * 1000), []
+    batch = []
     for line in history.read_text().splitlines():
         row = json.loads(line)
         batch += [Metric(f"{prefix}{k}", float(v), now, int(row["step"])) for k, v in row.items()
                   if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
-    client = _client(uri)
-    for i in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[i:i + 1000])
+    return batch
 
 
 def log_outputs(uri: str, run_id: str, out_dir: Path, files: Iterable[Path] | None = None) -> None:

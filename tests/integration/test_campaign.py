@@ -162,6 +162,14 @@ def test_fault_mid_training_then_resume(tmp_path):
     work = tmp_path / "f" / "iter-1" / ".train_policy.work" / "checkpoints"
     assert [p.name for p in work.iterdir()] == ["step-1"]
     assert not (tmp_path / "f" / "iter-1" / "train_policy").exists()  # nothing half-written
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("f").experiment_id
+
+    def train_policy_runs():
+        return client.search_runs([experiment], "tags.`rlhf.step` = 'train_policy' and tags.`rlhf.iteration` = '1'")
+
+    [failed] = train_policy_runs()  # recorded as FAILED before the error reached us
+    assert failed.info.status == "FAILED" and not failed.data.metrics
 
     t0 = datetime.now(timezone.utc)
     assert main(["resume", f"campaign.root={tmp_path}", "campaign.name=f"]) == 0  # the stored config, minus the fault
@@ -178,6 +186,9 @@ def test_fault_mid_training_then_resume(tmp_path):
     assert sorted(p.name for p in (tmp_path / "f" / "iter-1" / "train_policy").iterdir()) == \
         sorted(p.name for p in (tmp_path / "f" / "iter-2" / "train_policy").iterdir())
     assert [it["iteration"] for it in summary["iterations"]] == [1, 2] and summary["config"]["debug"]["fail_at"] is None
+    [resumed] = train_policy_runs()  # the failed attempt's run, finished by the resumed step
+    assert resumed.info.run_id == failed.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.metrics["resumed_from_step"] == 1 and resumed.data.tags["rlhf.key"]
     assert set(summary["iterations"][0]) >= {"iteration", "policy_path", "mlflow_run_id", "wall_seconds", "reward",
                                                "temperature", "rejection", "ppo", "gatt", "win_rate"}
 

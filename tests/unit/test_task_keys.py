@@ -1,26 +1,27 @@
-"""The tasks' cache keys: what makes a rerun a cache hit and what makes it rerun."""
+"""The tasks' cache keys (what makes a rerun a cache hit and what makes it rerun), the params a step's
+MLflow run shows, and the tracking thread's ordering and error reporting."""
 
 from types import SimpleNamespace
 
 from rlhf_core.sft import SFTConfig
-from tasks.steps import Fault, cache_key, io_only
-from tasks.tracking import Tracking
+import pytest
+
+from rlhf_core.sampling import SamplingConfig
+from tasks.steps import Fault, cache_key, io_only, tracked_params
+from tasks.tracking import Recorder, TrackingError
 
 CTX = SimpleNamespace(task=SimpleNamespace(name="train_policy"))
-REF = {"step": "rejection_sample", "path": "/c/iter-1/rejection_sample", "key": "k1", "metrics": {"wall_seconds": 3.0},
-       "run_id": "r1"}
+REF = {"step": "rejection_sample", "path": "/c/iter-1/rejection_sample", "key": "k1", "metrics": {"wall_seconds": 3.0}}
 
 
 def key(**changes):
-    params = {"policy": REF, "config": SFTConfig(), "out_dir": "/c/iter-1/train_policy",
-              "tracking": Tracking("sqlite:///x.db", "1", "c", "run-a", 1), "fault": None}
+    params = {"policy": REF, "config": SFTConfig(), "out_dir": "/c/iter-1/train_policy", "fault": None}
     return cache_key(CTX, params | changes)
 
 
-def test_same_inputs_same_key_whatever_the_run_that_observes_them():
-    assert key() == key(tracking=Tracking("sqlite:///y.db", "2", "c", "run-b", 1))
+def test_same_inputs_same_key_whatever_the_run_that_observed_them():
     assert key() == key(fault=Fault("train_policy", 1))  # a fault changes when a run stops, not its output
-    assert key() == key(policy=REF | {"metrics": {"wall_seconds": 9.0}, "run_id": "r2"})
+    assert key() == key(policy=REF | {"metrics": {"wall_seconds": 9.0}})
 
 
 def test_config_upstream_output_and_task_change_the_key():
@@ -41,3 +42,30 @@ def test_only_io_errors_are_retried():
     state = lambda error: SimpleNamespace(result=lambda raise_on_failure: error)  # noqa: E731
     assert io_only(None, None, state(OSError("disk full")))
     assert not io_only(None, None, state(ValueError("bad data")))
+
+
+def test_tracked_params_are_the_config_without_references():
+    params = {"policy": REF, "rms": {"helpful": REF, "safety": REF}, "previous": [], "history": [REF],
+              "config": SFTConfig(lr=3e-5), "sampling": SamplingConfig(), "temperatures": [0.7, 1.0],
+              "iteration": 2, "out_dir": "/c/iter-2/x", "fault": Fault("x")}
+    tracked = tracked_params("train_policy", params)
+    assert set(tracked) == {"train_policy", "sampling", "temperatures", "iteration", "out_dir"}
+    assert tracked["train_policy"]["lr"] == 3e-5 and tracked["sampling"]["top_p"] == 1.0
+
+
+def test_recorder_runs_writes_in_order_and_reports_failures_at_flush():
+    recorder, done = Recorder(), []
+    for i in range(50):
+        recorder.submit(done.append, i)
+    recorder.flush()
+    assert done == list(range(50))
+
+    def broken(path):
+        raise OSError(f"{path} is read-only")
+
+    recorder.submit(broken, "/store")
+    recorder.submit(done.append, "after")  # later writes still happen
+    with pytest.raises(TrackingError, match="broken.*OSError: /store is read-only.*rerun the campaign"):
+        recorder.flush()
+    assert done[-1] == "after"
+    recorder.flush()  # the error was reported once
