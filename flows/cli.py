@@ -48,6 +48,7 @@ def _prefect_env(cfg) -> None:
     os.environ.setdefault("PREFECT_HOME", home)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite file needs the directory
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rlhf")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # rlhf lines outside a flow run
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a local server
     # The first start in a fresh PREFECT_HOME creates its database: allow more than the default 20 s on 2 cores.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -113,8 +114,9 @@ def cmd_serve(overrides: list[str]) -> int:
         raise ConfigError("orchestration.cron", "say when to run the next iteration: orchestration.cron='0 3 * * 1', "
                                                 "orchestration.interval=<seconds> or orchestration.watch=<directory>")
     _prefect_env(cfg)
-    from .serve import serve
+    from .serve import check_schedule, serve
 
+    check_schedule(o.cron, o.interval)  # before a server starts
     serve(cfg, overrides)
     return 0
 

@@ -93,6 +93,7 @@ class OrchestrationConfig:
     interval: float | None = None  # `rlhf serve`: ... or every this many seconds
     watch: str | None = None  # `rlhf serve`: ... or when a new labels file lands in this directory
     poll_seconds: float = 30.0  # how often `watch` looks for new files
+    max_runs: int | None = None  # `rlhf serve` without a Prefect server: stop after this many scheduled runs
     pause_for_labels: bool = False  # annotator=human: pause the flow run (resume it with the labels path in
     # the Prefect UI) instead of polling for annotator.labels_path; needs a Prefect server
 

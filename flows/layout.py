@@ -86,5 +86,5 @@ def read_summary(directory: Path) -> dict | None:
 
 def last_finished_iteration(directory: Path) -> int:
     """The highest n whose ``iter-<n>/evaluate`` finished (0: only SFT or nothing)."""
-    done = [int(p.parent.name.split("-")[1]) for p in directory.glob("iter-*/evaluate/" + MANIFEST)]
+    done = [int(p.parent.parent.name.split("-")[1]) for p in directory.glob("iter-*/evaluate/" + MANIFEST)]
     return max(done, default=0)

@@ -1,9 +1,13 @@
 """``rlhf serve``: a campaign's next iteration on a schedule, or whenever a new file lands.
 
-- ``orchestration.cron`` / ``orchestration.interval``: a Prefect deployment of ``next_iteration_flow``
-  served from this process (``flow.serve``); each scheduled run performs the campaign's next iteration,
-  and shows up in the Prefect UI with its task states. With ``PREFECT_API_URL`` pointing at a server
-  (docker/), the deployment lives there.
+- ``orchestration.cron`` / ``orchestration.interval``: each scheduled run performs the campaign's next
+  iteration (``next_iteration_flow``), and shows up in the Prefect UI with its task states.
+  With ``PREFECT_API_URL`` pointing at a Prefect server (docker/), this is a deployment served from this
+  process (``flow.serve``) whose schedule the server keeps. Without one, Prefect's ephemeral server
+  cannot schedule anything ("Cannot schedule flows on an ephemeral server"), so the schedule runs in
+  this process instead (:func:`schedule`): the first interval run at once, cron runs at the cron's times
+  (local time), a run that outlasts its slot skips the slots it missed (no backlog, no overlap);
+  ``orchestration.max_runs`` stops after that many runs (default: until stopped).
 - ``orchestration.watch=<dir>``: poll the directory (``orchestration.poll_seconds``) and run the next
   iteration whenever a file appears or changes there -- typically the labels directory of a human
   annotator whose ``labels_path`` is ``<dir>/iter-{iteration}.jsonl``. An iteration whose labels are
@@ -15,24 +19,85 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
-from rlhf_core.errors import RLHFError
+from rlhf_core.errors import ConfigError, RLHFError
 
 log = logging.getLogger("rlhf")
 
 
 def serve(cfg, overrides: list[str]) -> None:
+    from prefect.settings import get_current_settings
+
     from .campaign import next_iteration_flow
 
     o = cfg.orchestration
+    run = lambda: next_iteration_flow(overrides=overrides)  # noqa: E731
     if o.watch:
-        watch(Path(o.watch), o.poll_seconds, lambda: next_iteration_flow(overrides=overrides))
+        watch(Path(o.watch), o.poll_seconds, run)
         return
-    name = f"{cfg.campaign.name}-next-iteration"
-    log.info("serving deployment %s (%s); Ctrl-C to stop", name, f"cron {o.cron}" if o.cron else f"every {o.interval} s")
-    next_iteration_flow.serve(name=name, cron=o.cron, interval=o.interval, parameters={"overrides": overrides})
+    when = f"cron {o.cron}" if o.cron else f"every {o.interval} s"
+    if get_current_settings().api.url:
+        name = f"{cfg.campaign.name}-next-iteration"
+        log.info("serving deployment %s (%s) on %s; Ctrl-C to stop", name, when, get_current_settings().api.url)
+        next_iteration_flow.serve(name=name, cron=o.cron, interval=o.interval, parameters={"overrides": overrides})
+        return
+    log.info("no Prefect server (PREFECT_API_URL unset): running the schedule (%s) in this process; Ctrl-C "
+             "to stop", when)
+    schedule(ticks(o.cron, o.interval, time.time()), run, o.max_runs)
+
+
+def ticks(cron: str | None, interval: float | None, start: float) -> Iterator[float]:
+    """The times (epoch seconds) of the scheduled runs: ``start`` and every ``interval`` seconds after it,
+    or the cron expression's times after ``start`` in local time."""
+    if cron:
+        from prefect._vendor.croniter import croniter  # the parser Prefect's own scheduler uses
+
+        times = croniter(cron, datetime.fromtimestamp(start))
+        while True:
+            yield times.get_next(float)
+    n = 0
+    while True:
+        yield start + n * interval
+        n += 1
+
+
+def check_schedule(cron: str | None, interval: float | None) -> None:
+    """A clear error for a schedule that cannot run, before anything starts."""
+    if interval is not None and interval <= 0:
+        raise ConfigError("orchestration.interval", f"must be > 0 seconds, got {interval}")
+    if cron:
+        from prefect._vendor.croniter import CroniterError, croniter
+
+        try:
+            croniter(cron, datetime.now())
+        except (CroniterError, ValueError) as err:
+            raise ConfigError("orchestration.cron", f"{cron!r} is not a cron expression ({err}); e.g. '0 3 * * 1' "
+                                                    "is Mondays at 03:00") from err
+
+
+def schedule(times: Iterable[float], run: Callable[[], object], max_runs: int | None = None,
+             clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Call ``run`` at each of ``times``; returns how many runs there were. Slots that passed while a run
+    was going are skipped. A run that stops on a user-facing error (labels not in yet) is logged and the
+    schedule goes on; anything else ends it."""
+    runs = 0
+    for at in times:
+        if max_runs is not None and runs >= max_runs:
+            break
+        now = clock()
+        if runs and at < now:
+            continue  # missed while the previous run was going
+        sleep(max(0.0, at - now))
+        runs += 1
+        log.info("schedule: run %d%s", runs, f" of {max_runs}" if max_runs else "")
+        try:
+            run()
+        except RLHFError as err:
+            log.info("schedule: the run stopped: %s; waiting for the next slot", err)
+    return runs
 
 
 def snapshot(directory: Path) -> dict[str, float]:
