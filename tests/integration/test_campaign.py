@@ -5,13 +5,17 @@ the campaign lock."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import datetime, timezone
+
+import pandas as pd
 
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterName, FlowRunFilterStartTime, TaskRunFilter,
+                                             TaskRunFilterFlowRunId)
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.testing.utilities import prefect_test_harness
 
@@ -191,6 +195,46 @@ def test_fault_mid_training_then_resume(tmp_path):
     assert resumed.data.metrics["resumed_from_step"] == 1 and resumed.data.tags["rlhf.key"]
     assert set(summary["iterations"][0]) >= {"iteration", "policy_path", "mlflow_run_id", "wall_seconds", "reward",
                                                "temperature", "rejection", "ppo", "gatt", "win_rate"}
+
+
+def test_human_labels_through_a_paused_flow_run(tmp_path):
+    """annotator=human with orchestration.pause_for_labels: the iteration exports the pairs and pauses; a
+    person labels them and resumes the run with the labels file's path (what the Prefect UI's resume form
+    sends); the flow validates the labels and goes on."""
+    export, labels = tmp_path / "to_label.jsonl", tmp_path / "labels.jsonl"
+    cfg = smoke(tmp_path, "h", "annotator=human", f"annotator.export_path={export}",
+                "orchestration.pause_for_labels=true", "annotator.timeout_seconds=300", "campaign.iterations=1",
+                "campaign.gatt_from=null")
+    outcome: dict = {}
+
+    def campaign():
+        try:
+            outcome["summary"] = run_campaign(cfg)
+        except BaseException as err:  # noqa: BLE001 -- handed to the test's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=campaign, daemon=True)  # a failed test must not wait for the pause
+    worker.start()
+    deadline = time.monotonic() + 300
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["h-RLHF-V1"])),
+                                         sort=FlowRunSort.START_TIME_ASC, limit=10)
+            paused = [r for r in runs if r.state is not None and r.state.is_paused()]
+            if paused:
+                break
+            assert worker.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.5)
+        assert not (tmp_path / "h" / "iter-1" / "train_reward_models").exists()  # nothing past annotate yet
+        to_label = pd.read_json(export, lines=True)
+        assert len(to_label) == cfg.collect.n_prompts and set(to_label["preferred"]) == {""}
+        to_label.assign(preferred="a", level="better").to_json(labels, orient="records", lines=True)
+        client.resume_flow_run(paused[0].id, run_input={"labels_path": str(labels)})
+    worker.join(timeout=300)
+    assert "error" not in outcome, outcome
+    assert [it["iteration"] for it in outcome["summary"]["iterations"]] == [1]
+    labelled = pd.read_parquet(tmp_path / "h" / "iter-1" / "annotate" / "pairs.parquet")
+    assert list(labelled["chosen"]) == list(to_label["response_a"]) and set(labelled["level"]) == {"better"}
 
 
 def test_second_run_on_a_locked_campaign_refuses(tmp_path):
