@@ -74,8 +74,9 @@ def main() -> None:
             run = min(runs, key=lambda r: r.start_time)  # the first, executing run
             flow_s = (run.end_time - run.start_time).total_seconds()
             core_s, run_step_s = core_seconds[f"iter-{it['iteration']}"], sum(it["wall_seconds"].values())
-            shares[str(it["iteration"])] = {"flow_s": flow_s, "core_s": core_s, "outside_core_share": 1 - core_s / flow_s,
-                                            "run_step_s": run_step_s, "run_step_share": 1 - run_step_s / flow_s}
+            shares[str(it["iteration"])] = {"flow_s": flow_s, "core_s": core_s,
+                                            "outside_core_share": 1 - core_s / flow_s, "run_step_s": run_step_s,
+                                            "run_step_share": 1 - run_step_s / flow_s}
     result = {"first_s": first, "rerun_s": rerun, "speedup": first / rerun, "iterations": shares,
               "machine": {"python": sys.version.split()[0], "cpu": platform.processor() or platform.machine(),
                           "cores": os.cpu_count()}}

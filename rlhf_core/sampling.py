@@ -128,8 +128,8 @@ def _roomy_cache_class():
     cache every step (a tenth of the decode time here). These layers keep keys and values as views of
     buffers with room for ``ROOM`` more positions, and write new positions into the room; selecting rows
     (retiring finished samples) keeps the room. Anything else that replaces the tensors (repeating rows)
-    leaves compact tensors, and the next append moves them into a new buffer. The views differ from compact tensors only in their strides, which SDPA
-    and the eager attention take as they are."""
+    leaves compact tensors, and the next append moves them into a new buffer. The views differ from
+    compact tensors only in their strides, which SDPA and the eager attention take as they are."""
     from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
     class RoomyLayer(DynamicLayer):
