@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .models import autocast, contiguous_head_input
+from .models import autocast
 
 
 @dataclass
@@ -231,7 +231,7 @@ def answer_logprobs(model: nn.Module, batch: Batch, precision: str,
                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token ``log pi(a_j | s_j)`` ``(b, L)`` of the answers (and the policy's entropy there)."""
     length = batch.mask.shape[1]
-    with autocast(precision, batch.input_ids.device), contiguous_head_input(model):
+    with autocast(precision, batch.input_ids.device):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids, use_cache=False, logits_to_keep=length + 1).logits
     logits = logits[:, :length].float()  # the position before each answer token predicts it
