@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -34,7 +35,7 @@ def serve(cfg, overrides: list[str]) -> None:
     from .campaign import next_iteration_flow
 
     o = cfg.orchestration
-    run = lambda: next_iteration_flow(overrides=overrides)  # noqa: E731
+    run = partial(next_iteration_flow, overrides=overrides)
     if o.watch:
         watch(Path(o.watch), o.poll_seconds, run)
         return

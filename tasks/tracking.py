@@ -199,7 +199,7 @@ def record_step(tracking: Tracking, step: str, params: dict, outputs: dict[str, 
     Skipped when a finished run already records these very outputs (a cached rerun). A handful of
     store calls: one search, one run created (or an unfinished attempt's reused), the params, metrics and
     history in as few batches as MLflow allows, the artifacts, the end."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, RunTag
 
     key = stable_hash(sorted(ref["key"] for ref in outputs.values()))[:16]
     runs = _step_runs(tracking, step)
@@ -207,9 +207,7 @@ def record_step(tracking: Tracking, step: str, params: dict, outputs: dict[str, 
         return
     client = _client(tracking.uri)
     run = _open_attempt(tracking, step, started, runs, {KEY: key})
-    have = run.data.params
-    params_ = [Param(k, v if isinstance(v, str) else json.dumps(v))
-               for k, v in flatten(params).items() if k not in have]
+    params_ = _new_params(params, run.data.params)
     now, metrics = int(time.time() * 1000), []
     for name, ref in outputs.items():
         prefix = f"{name}/" if len(outputs) > 1 else ""
@@ -248,14 +246,17 @@ def numeric(tree: dict, sep: str = "/") -> dict[str, float]:
 
 def log_params(uri: str, run_id: str, params: dict) -> None:
     """Flattened params; MLflow params are write-once, so a rerun only adds missing keys."""
-    from mlflow.entities import Param
-
     client = _client(uri)
-    have = client.get_run(run_id).data.params
-    new = [Param(k, json.dumps(v) if not isinstance(v, str) else v)
-           for k, v in flatten(params).items() if k not in have]
+    new = _new_params(params, client.get_run(run_id).data.params)
     for i in range(0, len(new), 100):  # MLflow's batch limit
         client.log_batch(run_id, params=new[i:i + 100])
+
+
+def _new_params(params: dict, have: dict) -> list:
+    """``params`` flattened into MLflow params (non-strings as JSON), leaving out the keys a run already has."""
+    from mlflow.entities import Param
+
+    return [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in flatten(params).items() if k not in have]
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
