@@ -58,20 +58,20 @@ def open_tracking(cfg, home: Path) -> TrackingIds:
 def iteration_zero(cfg, ids: TrackingIds, fault: steps.Fault | None) -> CampaignState:
     """SFT of the base model and the RMs' seed pairs."""
     here = iteration_dir(cfg, 0)
-    run_id = mlt.iteration_run(ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0)
-    t = mlt.Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run_id, 0)
+    run = mlt.RECORDER.submit(mlt.iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0)
+    t = mlt.Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
     sft = call(steps.sft, [here / "sft"], model=cfg.model, data=cfg.data, config=cfg.sft, out_dir=str(here / "sft"),
                tracking=t, fault=fault)
     seed = call(steps.seed_pairs, [here / "seed_pairs"], reward=cfg.reward, out_dir=str(here / "seed_pairs"),
                 tracking=t, fault=fault)
-    mlt.RECORDER.submit(_record_zero, ids, run_id, cfg.campaign.name, sft, cfg.tracking.register_models)
+    mlt.RECORDER.submit(_record_zero, ids, t, cfg.campaign.name, sft, cfg.tracking.register_models)
     return CampaignState(sft=sft, seed=seed, policy=sft)
 
 
-def _record_zero(ids: TrackingIds, run_id: str, campaign: str, sft: dict, register: bool) -> None:
+def _record_zero(ids: TrackingIds, t: mlt.Tracking, campaign: str, sft: dict, register: bool) -> None:
     if register:
-        mlt.register(ids.uri, f"{campaign}-policy", Path(sft["path"]), run_id, 0)
-    mlt.finish_run(ids.uri, run_id)
+        mlt.register(ids.uri, f"{campaign}-policy", Path(sft["path"]), t.parent_run_id, 0)
+    mlt.finish_run(ids.uri, t.parent_run_id)
 
 
 @flow(name="rlhf-campaign", flow_run_name="{campaign_name}")

@@ -111,9 +111,9 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     cfg = config_from_dict(config)
     st, track_ids = CampaignState(**state), TrackingIds(**ids)
     here = iteration_dir(cfg, iteration)
-    run_id = mlt.iteration_run(track_ids.uri, track_ids.experiment_id, campaign_name, track_ids.campaign_run_id,
-                               iteration)
-    t = mlt.Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run_id, iteration)
+    run = mlt.RECORDER.submit(mlt.iteration_run, track_ids.uri, track_ids.experiment_id, campaign_name,
+                              track_ids.campaign_run_id, iteration)
+    t = mlt.Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run, iteration)
     f = steps.Fault.parse(fault)
     common = {"model": cfg.model, "tracking": t, "fault": f}
     rs_prompts = replace(cfg.prompts, n=cfg.rejection.n_prompts)
@@ -170,7 +170,7 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                             rms=rms, sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval,
                             out_dir=str(here / "evaluate"), **common)
 
-    entry = iteration_entry(iteration, refs, run_id)
+    entry = iteration_entry(iteration, refs, t.parent_run_id)  # created on the tracking thread long since
     mlt.RECORDER.submit(record, track_ids, t, entry, refs, policy, cfg.tracking.register_models, campaign_name)
     state_out = CampaignState(sft=st.sft, seed=st.seed, policy=policy, labelled=labelled,
                               candidates=st.candidates + [refs["rejection_sample"]])

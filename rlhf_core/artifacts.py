@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,9 +51,12 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@cache
 def code_version() -> str:
     """``<package version>+<hash of the source>``: changes whenever the algorithm's code changes, with or
-    without git."""
+    without git. Computed once per process (reading the sources took ~15 ms, and every step's cache key
+    asks for it): a process runs the code it imported when it started, so a source file edited while
+    ``rlhf serve`` is up counts from the next process on, which is when it takes effect."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -26,6 +26,7 @@ import math
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,26 @@ log = logging.getLogger("rlhf")
 
 @dataclass(frozen=True)
 class Tracking:
-    """Where a step logs: plain strings, so it crosses threads, processes and Prefect's parameter store."""
+    """Where a step logs. ``parent`` is the run the step's own run nests under (the iteration's): its id,
+    or the :class:`Recorder`'s future of it, so creating the iteration's run does not hold up the flow
+    either (read ``parent_run_id`` on the tracking thread, where FIFO order has resolved it already)."""
 
     uri: str
     experiment_id: str
     campaign: str
-    parent_run_id: str  # the run the step's own run nests under (the iteration's)
+    parent: str | Future
     iteration: int
+
+    @property
+    def parent_run_id(self) -> str:
+        if isinstance(self.parent, str):
+            return self.parent
+        try:
+            return self.parent.result()
+        except Exception as err:
+            raise TrackingError(f"the MLflow run of iteration {self.iteration} could not be created "
+                                f"({type(err).__name__}: {err}); the step outputs are intact: fix the tracking "
+                                "store and rerun the campaign to record them") from err
 
     def client(self):
         from mlflow import MlflowClient
@@ -106,8 +120,9 @@ class TrackingError(RuntimeError):
 class Recorder:
     """Performs tracking writes on one background thread, in the order they were submitted.
 
-    ``submit(fn, *args)`` returns at once; ``flush()`` waits until everything submitted so far is done
-    and raises :class:`TrackingError` for the first write that failed since the last flush."""
+    ``submit(fn, *args)`` returns at once, with a future of ``fn``'s result; ``flush()`` waits until
+    everything submitted so far is done and raises :class:`TrackingError` for the first write that failed
+    since the last flush."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
@@ -115,20 +130,23 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable, *args, **kwargs) -> None:
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="rlhf-tracking", daemon=True)
                 self._thread.start()
-        self._queue.put((fn, args, kwargs))
+        done: Future = Future()
+        self._queue.put((fn, args, kwargs, done))
+        return done
 
     def _work(self) -> None:
         while True:
-            fn, args, kwargs = self._queue.get()
+            fn, args, kwargs, done = self._queue.get()
             try:
-                fn(*args, **kwargs)
+                done.set_result(fn(*args, **kwargs))
             except Exception as err:  # kept for flush(), which raises it in the flow's thread
                 self._errors.append((fn.__name__, err))
+                done.set_exception(err)
             finally:
                 self._queue.task_done()
 

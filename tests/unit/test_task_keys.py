@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_core.sampling import SamplingConfig
 from tasks.steps import Fault, cache_key, io_only, tracked_params
-from tasks.tracking import Recorder, TrackingError
+from tasks.tracking import Recorder, Tracking, TrackingError
 
 CTX = SimpleNamespace(task=SimpleNamespace(name="train_policy"))
 REF = {"step": "rejection_sample", "path": "/c/iter-1/rejection_sample", "key": "k1", "metrics": {"wall_seconds": 3.0}}
@@ -69,3 +69,20 @@ def test_recorder_runs_writes_in_order_and_reports_failures_at_flush():
         recorder.flush()
     assert done[-1] == "after"
     recorder.flush()  # the error was reported once
+
+
+def test_a_run_created_on_the_tracking_thread_is_the_parent_of_later_writes():
+    recorder = Recorder()
+    run = recorder.submit(lambda: "run-7")
+    t = Tracking("sqlite:///x.db", "0", "camp", run, 1)
+    seen = recorder.submit(lambda: t.parent_run_id)  # what a step's record reads, after the run was made
+    assert seen.result(timeout=10) == "run-7" and t.parent_run_id == "run-7"
+
+    def unreachable():
+        raise ConnectionError("tracking server down")
+
+    failed = Tracking("http://mlflow:5000", "0", "camp", recorder.submit(unreachable), 2)
+    with pytest.raises(TrackingError, match="iteration 2 could not be created.*tracking server down"):
+        failed.parent_run_id
+    with pytest.raises(TrackingError, match="unreachable"):
+        recorder.flush()
