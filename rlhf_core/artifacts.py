@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
-_CODE_ROOTS = ("rlhf_core", "tasks", "flows")
+# The code that computes step outputs: the algorithm and the tasks that call it. The orchestration
+# around them (flows/: the DAG's wiring, the CLI, reports; tasks/tracking.py) is left out: whatever it
+# decides reaches a step as parameters, which are in the step's key themselves, so fixing a report or
+# the CLI reruns no training.
+_STEP_CODE = ("rlhf_core", "tasks/steps.py")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -51,24 +55,30 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def source_digest(root: Path, parts: tuple[str, ...]) -> str:
+    """Hash of the Python files under ``root/<part>`` (a directory or one file), with their paths."""
+    digest_ = hashlib.sha256()
+    for part in parts:
+        path = root / part
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest_.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return digest_.hexdigest()[:12]
+
+
 @cache
 def code_version() -> str:
-    """``<package version>+<hash of the source>``: changes whenever the algorithm's code changes, with or
-    without git. Computed once per process (reading the sources took ~15 ms, and every step's cache key
-    asks for it): a process runs the code it imported when it started, so a source file edited while
-    ``rlhf serve`` is up counts from the next process on, which is when it takes effect."""
+    """``<package version>+<hash of the step code>``: changes whenever the code that computes step outputs
+    changes (``_STEP_CODE``), with or without git. Computed once per process (reading the sources took
+    ~15 ms, and every step's cache key asks for it): a process runs the code it imported when it
+    started, so a source file edited while ``rlhf serve`` is up counts from the next process on, which is
+    when it takes effect."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         base = version("rlhf-platform")
     except PackageNotFoundError:
         base = "0+unknown"
-    root = Path(__file__).resolve().parent.parent
-    digest_ = hashlib.sha256()
-    for name in _CODE_ROOTS:
-        for file in sorted((root / name).rglob("*.py")):
-            digest_.update(file.read_bytes())
-    return f"{base}+{digest_.hexdigest()[:12]}"
+    return f"{base}+{source_digest(Path(__file__).resolve().parent.parent, _STEP_CODE)}"
 
 
 def step_key(config: dict, inputs: dict[str, str]) -> str:
