@@ -128,22 +128,35 @@ def _write_config(cfg, home: Path) -> None:
 
 def run_campaign(cfg, upto: int | None = None) -> dict:
     """Run (or rerun, or resume) the campaign ``cfg`` describes, up to iteration ``upto``."""
-    with _no_heartbeats_on_an_ephemeral_server():
+    with _ephemeral_server_settings():
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
 
 
+# The ephemeral server's task-run recorder writes task runs from the client's events in batches (every
+# 0.5 s or 100 events) instead of one SQLite transaction per event. Per event, its commits kept landing
+# inside the server's creation of a subflow's parent task run, a read-then-write transaction that SQLite
+# then fails at once ("database is locked", not covered by busy_timeout); the server answers 503 and the
+# client backs off 2 s or more: cached reruns of the smoke campaign took 3.4-10.8 s instead of ~2 s
+# (benchmarks/README.md). Defaults only: PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_* set by the user win.
+EPHEMERAL_RECORDER = {"server.services.task_run_recorder.batch_size": 100,
+                      "server.services.task_run_recorder.read_batch_size": 100,
+                      "server.services.task_run_recorder.flush_interval": 0.5}
+
+
 @contextmanager
-def _no_heartbeats_on_an_ephemeral_server() -> Iterator[None]:
-    """Flow-run heartbeats let a Prefect server notice runs whose worker died. The ephemeral server lives
-    and dies with this process, so there they only cost a wait of up to 1 s at the end of every flow run
-    (the heartbeat thread sleeps in 1 s steps and is joined): most of an iteration's orchestration
-    overhead on small steps. With a server (PREFECT_API_URL set) they stay on."""
+def _ephemeral_server_settings() -> Iterator[None]:
+    """Settings for Prefect's ephemeral server, which starts inside this block on the first flow run (a
+    server already running keeps its own). Flow-run heartbeats let a Prefect server notice runs whose
+    worker died; the ephemeral server lives and dies with this process, so there they only cost a wait of
+    up to 1 s at the end of every flow run (the heartbeat thread sleeps in 1 s steps and is joined): most
+    of an iteration's orchestration overhead on small steps. The task-run recorder batches its writes
+    (``EPHEMERAL_RECORDER``). With a server (PREFECT_API_URL set) nothing changes."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
     if get_current_settings().api.url:
         yield
         return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}, set_defaults=EPHEMERAL_RECORDER):
         yield
 
 
