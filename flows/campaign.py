@@ -128,7 +128,7 @@ def _write_config(cfg, home: Path) -> None:
 
 def run_campaign(cfg, upto: int | None = None) -> dict:
     """Run (or rerun, or resume) the campaign ``cfg`` describes, up to iteration ``upto``."""
-    with _ephemeral_server_settings():
+    with ephemeral_server_settings():
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
 
 
@@ -144,7 +144,7 @@ EPHEMERAL_RECORDER = {"server.services.task_run_recorder.batch_size": 100,
 
 
 @contextmanager
-def _ephemeral_server_settings() -> Iterator[None]:
+def ephemeral_server_settings() -> Iterator[None]:
     """Settings for Prefect's ephemeral server, which starts inside this block on the first flow run (a
     server already running keeps its own). Flow-run heartbeats let a Prefect server notice runs whose
     worker died; the ephemeral server lives and dies with this process, so there they only cost a wait of

@@ -4,7 +4,7 @@ against the user's own settings."""
 
 from prefect.settings import get_current_settings, temporary_settings
 
-from flows.campaign import EPHEMERAL_RECORDER, _ephemeral_server_settings
+from flows.campaign import EPHEMERAL_RECORDER, ephemeral_server_settings
 
 
 def _recorder():
@@ -15,7 +15,7 @@ def _recorder():
 def test_on_the_ephemeral_server_no_heartbeats_and_batched_task_run_records():
     before = _recorder()
     with temporary_settings(restore_defaults={"api.url"}):
-        with _ephemeral_server_settings():
+        with ephemeral_server_settings():
             assert get_current_settings().flows.heartbeat_frequency is None
             assert _recorder() == {k.rsplit(".", 1)[1]: v for k, v in EPHEMERAL_RECORDER.items()}
             # what the server subprocess is started with
@@ -27,12 +27,12 @@ def test_on_the_ephemeral_server_no_heartbeats_and_batched_task_run_records():
 def test_the_users_recorder_settings_win(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "1")
     with temporary_settings(restore_defaults={"api.url"}):
-        with _ephemeral_server_settings():
+        with ephemeral_server_settings():
             assert _recorder()["batch_size"] == 1 and _recorder()["flush_interval"] == 0.5
 
 
 def test_with_a_prefect_server_nothing_changes():
     with temporary_settings(updates={"api.url": "http://prefect:4200/api", "flows.heartbeat_frequency": 30}):
         before = _recorder()
-        with _ephemeral_server_settings():
+        with ephemeral_server_settings():
             assert get_current_settings().flows.heartbeat_frequency == 30 and _recorder() == before
