@@ -29,13 +29,13 @@ from rlhf_core.errors import ConfigError, RLHFError
 log = logging.getLogger("rlhf")
 
 
-def _next_iteration(flow_, overrides: list[str]):
+def _next_iteration(overrides: list[str]):
     """One scheduled run, with the settings a campaign run uses on the ephemeral server (no heartbeats,
     batched task-run records; ``flows.campaign.ephemeral_server_settings``)."""
-    from .campaign import ephemeral_server_settings
+    from .campaign import ephemeral_server_settings, next_iteration_flow
 
     with ephemeral_server_settings():
-        return flow_(overrides=overrides)
+        return next_iteration_flow(overrides=overrides)
 
 
 def serve(cfg, overrides: list[str]) -> None:
@@ -44,7 +44,7 @@ def serve(cfg, overrides: list[str]) -> None:
     from .campaign import next_iteration_flow
 
     o = cfg.orchestration
-    run = partial(_next_iteration, next_iteration_flow, overrides)
+    run = partial(_next_iteration, overrides)
     if o.watch:
         watch(Path(o.watch), o.poll_seconds, run)
         return
