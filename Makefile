@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench ui clean
+.PHONY: install demo test test-fast lint bench ui clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ ui: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): unused and undefined names, likely bugs, import order, line length.
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -10,9 +10,9 @@ in a temp dir. Figures:
   the same call again (every step Cached); ``speedup`` is their ratio;
 - ``outside_core_share``: per iteration, 1 - (time spent in calls into ``rlhf_core``) / (the iteration
   flow run's wall time from Prefect). The time in ``rlhf_core`` is measured around each task's call of its
-  core step (``tasks.steps._outputs``, wrapped here: the step with its cache check, input digests and
+  core step (``rlhf.tasks.steps._outputs``, wrapped here: the step with its cache check, input digests and
   manifest); the remainder is Prefect (flow and task runs, cache keys, result persistence), the flow's
-  own code, and whatever MLflow work is not overlapped by the tracking thread (tasks.tracking.Recorder).
+  own code, and whatever MLflow work is not overlapped by the tracking thread (rlhf.tracking.Recorder).
   ``run_step_share`` is the older, stricter figure: only the steps' own ``wall_seconds`` (measured inside
   ``run_step``, without digests and manifests) count as core.
 The tiny model makes the core steps as short as they get, so this share is an upper bound: on a real
@@ -41,12 +41,12 @@ def main() -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    import tasks.steps
-    from flows.campaign import run_campaign
-    from flows.config import compose_config
+    from rlhf.flows.campaign import run_campaign
+    from rlhf.flows.config import compose_config
+    from rlhf.tasks import steps
 
     core_seconds: dict[str, float] = {}  # per iteration directory name ("iter-1")
-    outputs = tasks.steps._outputs
+    outputs = steps._outputs
 
     def timed_outputs(step, fault, body):
         started = time.perf_counter()
@@ -55,7 +55,7 @@ def main() -> None:
         core_seconds[where] = core_seconds.get(where, 0.0) + time.perf_counter() - started
         return refs
 
-    tasks.steps._outputs = timed_outputs
+    steps._outputs = timed_outputs
     torch.set_num_threads(1)
     cfg = compose_config(["experiment=smoke", f"campaign.root={tmp}", "campaign.name=bench"])
     started = time.perf_counter()

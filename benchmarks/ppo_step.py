@@ -5,7 +5,7 @@ GAE, one gradient step per mini-batch for policy and value model).
 ``python -m benchmarks.ppo_step`` builds the policy and the frozen reference from the embedded model, a
 reward model from the same backbone (an untrained head: the scores' values do not change the cost), the
 value model from that RM, and runs ``warmup + timed`` PPO iterations on simulated-rater training prompts
-with ``rlhf_core.ppo_loop.PPORun.iteration`` -- the code the ``ppo`` step runs. Each precision the CPU
+with ``rlhf.core.ppo_loop.PPORun.iteration`` -- the code the ``ppo`` step runs. Each precision the CPU
 offers (fp32, and bf16 autocast where it is fast) is measured in the same run, alternating iterations,
 so background load hits both alike.
 
@@ -26,12 +26,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from benchmarks.sft_throughput import machine_info  # noqa: E402
-from rlhf_core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
-from rlhf_core.ppo import PPOConfig, ValueModel  # noqa: E402
-from rlhf_core.ppo_loop import PPORun  # noqa: E402
-from rlhf_core.prompt_sets import PromptsConfig, load_prompt_set  # noqa: E402
-from rlhf_core.reward.model import reward_model_from_policy, score  # noqa: E402
-from rlhf_core.sampling import SamplingConfig  # noqa: E402
+from rlhf.core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
+from rlhf.core.ppo import PPOConfig, ValueModel  # noqa: E402
+from rlhf.core.ppo_loop import PPORun  # noqa: E402
+from rlhf.core.prompt_sets import PromptsConfig, load_prompt_set  # noqa: E402
+from rlhf.core.reward.model import reward_model_from_policy, score  # noqa: E402
+from rlhf.core.sampling import SamplingConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "ppo_step.json"
 

@@ -5,7 +5,7 @@ SmolLM2-135M-Instruct twice, the two loops alternating optimizer steps (``Turns`
 ``benchmarks/sft_throughput.py``: only one computes at a time, so background load on a shared machine hits
 both alike):
 
-- **ours**: :func:`rlhf_core.reward.train.train_reward_model` on the shared ``train()`` loop (backbone
+- **ours**: :func:`rlhf.core.reward.train.train_reward_model` on the shared ``train()`` loop (backbone
   without the LM head + scalar head, chosen and rejected in one forward pass, length-grouped batches);
 - **trl**: ``trl.RewardTrainer`` on ``AutoModelForSequenceClassification`` (num_labels=1), whose collator
   also stacks chosen and rejected into one forward pass.
@@ -39,11 +39,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from benchmarks.sft_throughput import Turns, machine_info, run_in_turns  # noqa: E402
-from rlhf_core.models import ModelConfig, embedded_model_dir, load_model  # noqa: E402
-from rlhf_core.reward import train as rm_train  # noqa: E402
-from rlhf_core.reward.model import reward_model_from_policy  # noqa: E402
-from rlhf_core.reward.synthetic import make_demo_pairs  # noqa: E402
-from rlhf_core.training import warmup_steps_for  # noqa: E402
+from rlhf.core.models import ModelConfig, embedded_model_dir, load_model  # noqa: E402
+from rlhf.core.reward import train as rm_train  # noqa: E402
+from rlhf.core.reward.model import reward_model_from_policy  # noqa: E402
+from rlhf.core.reward.synthetic import make_demo_pairs  # noqa: E402
+from rlhf.core.training import warmup_steps_for  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "rm_throughput.json"
 
@@ -106,7 +106,7 @@ def run_ours(turns: Turns, pairs, bench: BenchConfig) -> dict:
     if not (len(batches) == len(losses) == result.steps == bench.total_steps):
         raise RuntimeError(f"ours: expected {bench.total_steps} steps of one batch, got {len(batches)} batches")
     return {
-        "label": "ours: rlhf_core.reward.train.train_reward_model (shared train() loop)",
+        "label": "ours: rlhf.core.reward.train.train_reward_model (shared train() loop)",
         "model": "backbone (model.base_model, no LM head) + nn.Linear(hidden, 1), reward at the last non-pad token",
         "batching": "length-grouped (sorted within chunks of 16 batches, batches shuffled)",
         "optimizer": {"lr": cfg.lr, "betas": [cfg.adam_beta1, cfg.adam_beta2], "eps": cfg.adam_eps,

@@ -2,7 +2,7 @@
 
 32 chat prompts x K=4 samples x up to 64 new tokens on the embedded SmolLM2-135M-Instruct.
 Baseline: ``model.generate(..., num_return_sequences=K)`` per prompt, fp32 (what a user writes first).
-Engine: ``rlhf_core.sampling.TransformersBackend`` (one batch of prompts x K, shared prefill, finished
+Engine: ``rlhf.core.sampling.TransformersBackend`` (one batch of prompts x K, shared prefill, finished
 rows retired), at the precision ``auto`` resolves to on this machine.
 Figure: generated tokens per second (stop tokens included, padding excluded), and the ratio.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from rlhf_core.chat import render_prompt
-from rlhf_core.models import ModelConfig, cpu_has_fast_bf16, load_model, resolve_precision
-from rlhf_core.rater import make_prompts
-from rlhf_core.sampling import SamplingConfig, TransformersBackend, stop_token_ids
+from rlhf.core.chat import render_prompt
+from rlhf.core.models import ModelConfig, cpu_has_fast_bf16, load_model, resolve_precision
+from rlhf.core.rater import make_prompts
+from rlhf.core.sampling import SamplingConfig, TransformersBackend, stop_token_ids
 
 N_PROMPTS, K, MAX_NEW = 32, 4, 64
 OUT = Path(__file__).parent / "results" / "sampling_throughput.json"

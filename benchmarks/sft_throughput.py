@@ -3,7 +3,7 @@
 ``python -m benchmarks.sft_throughput`` (``make bench``) fine-tunes a fresh copy of the embedded
 SmolLM2-135M-Instruct twice in one process:
 
-- **ours**: :func:`rlhf_core.sft.run_sft` on the shared ``train()`` loop (length-grouped batches, LM head
+- **ours**: :func:`rlhf.core.sft.run_sft` on the shared ``train()`` loop (length-grouped batches, LM head
   only on target positions);
 - **trl**: ``trl.SFTTrainer`` with ``assistant_only_loss=True`` (SmolLM2's ChatML template carries no
   ``{% generation %}`` markers and TRL cannot patch it, so the benchmark gives TRL the same template with
@@ -11,7 +11,7 @@ SmolLM2-135M-Instruct twice in one process:
 
 Both see the first 64 conversations of ``rlhf_core/assets/sft_demo.jsonl``, batch 8 without accumulation,
 max length 256, the same precision (``--precision``; default bf16 autocast on CPUs with AMX/AVX512-BF16,
-fp32 elsewhere), AdamW with the Llama 2 SFT settings of :class:`rlhf_core.training.TrainConfig`,
+fp32 elsewhere), AdamW with the Llama 2 SFT settings of :class:`rlhf.core.training.TrainConfig`,
 no gradient checkpointing, no checkpoints written. Each runs ``warmup + timed`` optimizer steps (2 + 8 by
 default); the first ``warmup`` steps are excluded. Throughput counts only real (non-pad) tokens.
 
@@ -45,10 +45,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from rlhf_core import sft  # noqa: E402
-from rlhf_core.data import load_conversations, tokenize_conversations  # noqa: E402
-from rlhf_core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
-from rlhf_core.training import _param_groups, warmup_steps_for  # noqa: E402
+from rlhf.core import sft  # noqa: E402
+from rlhf.core.data import load_conversations, tokenize_conversations  # noqa: E402
+from rlhf.core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
+from rlhf.core.training import param_groups, warmup_steps_for  # noqa: E402
 
 DATA = Path(sft.__file__).parent / "assets" / "sft_demo.jsonl"
 RESULTS = Path(__file__).parent / "results" / "sft_throughput.json"
@@ -275,13 +275,13 @@ def run_ours(turns: Turns, conversations: list[dict], bench: BenchConfig) -> dic
     if not (len(batches) == len(losses) == result.steps == bench.total_steps):
         raise RuntimeError(f"ours: expected {bench.total_steps} steps with one batch each, got {len(batches)} "
                            f"batches and {len(losses)} steps")
-    decay, no_decay = _param_groups(model, cfg.weight_decay)
+    decay, no_decay = param_groups(model, cfg.weight_decay)
     del model
     return {
-        "label": "ours: rlhf_core.sft.run_sft (shared train() loop)",
+        "label": "ours: rlhf.core.sft.run_sft (shared train() loop)",
         "batching": "length-grouped (sorted within chunks of 16 batches, batches shuffled)",
         "lm_head": "on target positions only",
-        "loss": "assistant tokens only (rlhf_core.chat loss_mask)",
+        "loss": "assistant tokens only (rlhf.core.chat loss_mask)",
         "optimizer": {"class": "torch.optim.AdamW", "lr": cfg.lr, "betas": [cfg.adam_beta1, cfg.adam_beta2],
                       "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
                       "schedule": f"linear warm-up {warmup_steps_for(cfg, bench.total_steps)} step(s) "

@@ -8,23 +8,47 @@ checkpoints, and runs only what a changed config touches. One run at a time per 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 from prefect import flow, task
 
-from rlhf_core.artifacts import code_version
-from rlhf_core.errors import ConfigError
-from tasks import steps
-from tasks import tracking as mlt
+from rlhf.core.artifacts import code_version
+from rlhf.core.errors import ConfigError
+from rlhf.record.layout import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    campaign_dir,
+    campaign_lock,
+    iteration_dir,
+    last_finished_iteration,
+    read_summary,
+    write_config,
+    write_summary,
+)
+from rlhf.record.report import REPORT_DIR, write_report
+from rlhf.record.summary import table
+from rlhf.tasks import steps
+from rlhf.tracking import (
+    CAMPAIGN,
+    KIND,
+    RECORDER,
+    Tracking,
+    experiment_id,
+    find_or_create_run,
+    finish_run,
+    flushed,
+    iteration_run,
+    log_dir,
+    log_outputs,
+    log_params,
+    register,
+    tracking_uri,
+)
 
 from .config import compose_config, config_from_dict, to_dict, to_yaml
+from .environment import ephemeral_server_settings
 from .iteration import CampaignState, TrackingIds, call, check_slots, iteration_flow
-from .layout import (campaign_dir, campaign_lock, iteration_dir, last_finished_iteration, write_json_atomic)
-from .report import REPORT_DIR, publish_report
-from .summary import table
 
 TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo", "gatt")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
@@ -46,32 +70,31 @@ def check_fault(spec: str | None) -> None:
 def open_tracking(cfg, home: Path) -> TrackingIds:
     """The campaign's experiment and run (found again on reruns), with the resolved config attached."""
     root = Path(cfg.campaign.root).resolve()
-    uri = mlt.tracking_uri(cfg.tracking.uri, root)
+    uri = tracking_uri(cfg.tracking.uri, root)
     artifacts = Path(cfg.tracking.artifact_root) if cfg.tracking.artifact_root else root / "mlartifacts"
-    experiment = mlt.experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, artifacts)
-    run_id = mlt.find_or_create_run(uri, experiment, "campaign", {mlt.KIND: "campaign", mlt.CAMPAIGN: cfg.campaign.name})
-    mlt.log_params(uri, run_id, to_dict(cfg) | {"code_version": code_version()})
-    mlt.log_outputs(uri, run_id, home, [home / "config.yaml"])
+    experiment = experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, artifacts)
+    run_id = find_or_create_run(uri, experiment, "campaign", {KIND: "campaign", CAMPAIGN: cfg.campaign.name})
+    log_params(uri, run_id, to_dict(cfg) | {"code_version": code_version()})
+    log_outputs(uri, run_id, home, [home / CONFIG_FILE])
     return TrackingIds(uri, experiment, run_id)
 
 
-def iteration_zero(cfg, ids: TrackingIds, fault: steps.Fault | None) -> CampaignState:
+def iteration_zero(cfg, ids: TrackingIds, fault: str | None) -> CampaignState:
     """SFT of the base model and the RMs' seed pairs."""
-    here = iteration_dir(cfg, 0)
-    run = mlt.RECORDER.submit(mlt.iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0)
-    t = mlt.Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
-    sft = call(steps.sft, [here / "sft"], model=cfg.model, data=cfg.data, config=cfg.sft, out_dir=str(here / "sft"),
-               tracking=t, fault=fault)
-    seed = call(steps.seed_pairs, [here / "seed_pairs"], reward=cfg.reward, out_dir=str(here / "seed_pairs"),
-                tracking=t, fault=fault)
-    mlt.RECORDER.submit(_record_zero, ids, t, cfg.campaign.name, sft, cfg.tracking.register_models)
+    run = RECORDER.submit(iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0)
+    tracking = Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
+    common = {"tracking": tracking, "retries": cfg.orchestration, "here": str(iteration_dir(cfg, 0)),
+              "fault": steps.Fault.parse(fault)}
+    sft = call(steps.sft, model=cfg.model, data=cfg.data, config=cfg.sft, **common)
+    seed = call(steps.seed_pairs, reward=cfg.reward, **common)
+    RECORDER.submit(_record_zero, ids, tracking, cfg.campaign.name, sft, cfg.tracking.register_models)
     return CampaignState(sft=sft, seed=seed, policy=sft)
 
 
-def _record_zero(ids: TrackingIds, t: mlt.Tracking, campaign: str, sft: dict, register: bool) -> None:
-    if register:
-        mlt.register(ids.uri, f"{campaign}-policy", Path(sft["path"]), t.parent_run_id, 0)
-    mlt.finish_run(ids.uri, t.parent_run_id)
+def _record_zero(ids: TrackingIds, tracking: Tracking, campaign: str, sft: dict, register_models: bool) -> None:
+    if register_models:
+        register(ids.uri, f"{campaign}-policy", Path(sft["path"]), tracking.parent_run_id, 0)
+    finish_run(ids.uri, tracking.parent_run_id)
 
 
 @flow(name="rlhf-campaign", flow_run_name="{campaign_name}")
@@ -85,13 +108,12 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
     home, last = campaign_dir(cfg), upto or cfg.campaign.iterations
     # MLflow writes run on the tracking thread, overlapping the steps and the next iterations; flushed
     # before the report, and on failure (flushed())
-    with campaign_lock(home), mlt.flushed():
+    with campaign_lock(home), flushed():
         # 0. The resolved config (what `rlhf resume` reruns) and the campaign's MLflow run.
-        _write_config(cfg, home)
+        write_config(home, to_yaml(cfg))
         ids = open_tracking(cfg, home)
-        fault = steps.Fault.parse(cfg.debug.fail_at)
         # 1. Iteration 0: SFT and the seed pairs.
-        state = iteration_zero(cfg, ids, fault)
+        state = iteration_zero(cfg, ids, cfg.debug.fail_at)
         summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
                    "code_version": code_version(), "campaign_dir": str(home), "tracking_uri": ids.uri,
                    "mlflow_run_id": ids.campaign_run_id, "config": resolved,
@@ -102,15 +124,16 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
                                  campaign_name=cfg.campaign.name, fault=cfg.debug.fail_at)
             state = CampaignState(**out["state"])
             summary["iterations"].append(out["entry"])
-            write_json_atomic(home / "summary.json", summary)
+            write_summary(home, summary)
+        # 3. The summary, and the report attached to the campaign's MLflow run.
         if summary["iterations"]:
             summary["report"] = str(home / REPORT_DIR / "report.md")
-        write_json_atomic(home / "summary.json", summary)
-        mlt.RECORDER.flush()  # every iteration's records are in MLflow before the report is attached
-        mlt.log_outputs(ids.uri, ids.campaign_run_id, home, [home / "summary.json"])
+        write_summary(home, summary)
+        RECORDER.flush()  # every iteration's records are in MLflow before the report is attached
+        log_outputs(ids.uri, ids.campaign_run_id, home, [home / SUMMARY_FILE])
         if summary["iterations"]:
             report(str(home))
-        mlt.finish_run(ids.uri, ids.campaign_run_id)
+        finish_run(ids.uri, ids.campaign_run_id)
     return summary
 
 
@@ -120,10 +143,14 @@ def report(home: str) -> str:
     return str(publish_report(Path(home)))
 
 
-def _write_config(cfg, home: Path) -> None:
-    tmp = home / ".config.yaml.tmp"
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(home / "config.yaml")
+def publish_report(home: Path) -> Path:
+    """Write the campaign's report and attach it to the campaign's MLflow run (artifacts under
+    ``report/``); returns the path of ``report.md``."""
+    path = write_report(home)
+    summary = read_summary(home)
+    if summary.get("tracking_uri") and summary.get("mlflow_run_id"):
+        log_dir(summary["tracking_uri"], summary["mlflow_run_id"], path.parent, REPORT_DIR)
+    return path
 
 
 def run_campaign(cfg, upto: int | None = None) -> dict:
@@ -132,37 +159,9 @@ def run_campaign(cfg, upto: int | None = None) -> dict:
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
 
 
-# The ephemeral server's task-run recorder writes task runs from the client's events in batches (every
-# 0.5 s or 100 events) instead of one SQLite transaction per event. Per event, its commits kept landing
-# inside the server's creation of a subflow's parent task run, a read-then-write transaction that SQLite
-# then fails at once ("database is locked", not covered by busy_timeout); the server answers 503 and the
-# client backs off 2 s or more: cached reruns of the smoke campaign took 3.4-10.8 s instead of ~2 s
-# (benchmarks/README.md). Defaults only: PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_* set by the user win.
-EPHEMERAL_RECORDER = {"server.services.task_run_recorder.batch_size": 100,
-                      "server.services.task_run_recorder.read_batch_size": 100,
-                      "server.services.task_run_recorder.flush_interval": 0.5}
-
-
-@contextmanager
-def ephemeral_server_settings() -> Iterator[None]:
-    """Settings for Prefect's ephemeral server, which starts inside this block on the first flow run (a
-    server already running keeps its own). Flow-run heartbeats let a Prefect server notice runs whose
-    worker died; the ephemeral server lives and dies with this process, so there they only cost a wait of
-    up to 1 s at the end of every flow run (the heartbeat thread sleeps in 1 s steps and is joined): most
-    of an iteration's orchestration overhead on small steps. The task-run recorder batches its writes
-    (``EPHEMERAL_RECORDER``). With a server (PREFECT_API_URL set) nothing changes."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
-
-    if get_current_settings().api.url:
-        yield
-        return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}, set_defaults=EPHEMERAL_RECORDER):
-        yield
-
-
 def stored_config(root: str, name: str):
     """The resolved config a campaign last ran with, without its fault switch (``rlhf resume``)."""
-    path = Path(root).resolve() / name / "config.yaml"
+    path = Path(root).resolve() / name / CONFIG_FILE
     if not path.is_file():
         raise ConfigError("campaign.name", f"no campaign {name!r} under {Path(root).resolve()} (no {path}); "
                                            "start it with `rlhf run campaign.name=...`")
@@ -185,6 +184,6 @@ def next_iteration_flow(overrides: list[str]) -> dict:
 def end_of_run_report(summary: dict) -> str:
     """The per-iteration table and where to look next."""
     home = summary["campaign_dir"]
-    return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/summary.json\n"
+    return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/{SUMMARY_FILE}\n"
             f"report: {summary.get('report', '-')} (and report.html beside it)\n"
             f"MLflow: `rlhf ui campaign.root={Path(home).parent}` (experiment {summary['experiment']!r})")

@@ -18,19 +18,19 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlhf_core.annotators import AnnotatorConfig
-from rlhf_core.errors import ConfigError
-from rlhf_core.evaluation import EvalConfig
-from rlhf_core.gatt import GAttConfig
-from rlhf_core.models import ModelConfig
-from rlhf_core.ppo import PPOConfig
-from rlhf_core.reward.train import RewardSection
-from rlhf_core.prompt_sets import PromptsConfig
-from rlhf_core.rejection import RejectionConfig
-from rlhf_core.sampling import SamplingConfig
-from rlhf_core.scorers import ScorerConfig
-from rlhf_core.sft import SFTConfig
-from rlhf_core.steps.sft import DataConfig
+from rlhf.core.annotators import AnnotatorConfig
+from rlhf.core.errors import ConfigError
+from rlhf.core.evaluation import EvalConfig
+from rlhf.core.gatt import GAttConfig
+from rlhf.core.models import ModelConfig
+from rlhf.core.ppo import PPOConfig
+from rlhf.core.prompt_sets import PromptsConfig
+from rlhf.core.rejection import RejectionConfig
+from rlhf.core.reward.train import RewardSection
+from rlhf.core.sampling import SamplingConfig
+from rlhf.core.scorers import ScorerConfig
+from rlhf.core.sft import SFTConfig
+from rlhf.core.steps.sft import DataConfig
 
 
 @dataclass
@@ -46,7 +46,9 @@ class CampaignConfig:
     gatt_from: int | None = None  # Ghost Attention in this iteration and every later one (paper: from V3); null = never
 
     def ppo_iterations(self) -> list[int]:
-        return sorted(self.ppo_at) if self.ppo_at is not None else ([self.iterations - 1] if self.iterations > 1 else [])
+        if self.ppo_at is not None:
+            return sorted(self.ppo_at)
+        return [self.iterations - 1] if self.iterations > 1 else []
 
 
 @dataclass
@@ -59,7 +61,7 @@ class CollectConfig:
 
 @dataclass
 class PPOSection(PPOConfig):
-    """The ``ppo`` group: the algorithm's settings (``rlhf_core.ppo.PPOConfig``) and the DAG's switch."""
+    """The ``ppo`` group: the algorithm's settings (``rlhf.core.ppo.PPOConfig``) and the DAG's switch."""
 
     enabled: bool = True  # false: no iteration runs PPO, whatever campaign.ppo_at says
 
@@ -70,7 +72,7 @@ def _gatt_train() -> SFTConfig:
 
 @dataclass
 class GAttSection(GAttConfig):
-    """The ``gatt`` group: dialogue synthesis and evaluation (``rlhf_core.gatt.GAttConfig``) and the
+    """The ``gatt`` group: dialogue synthesis and evaluation (``rlhf.core.gatt.GAttConfig``) and the
     fine-tune on the dialogues (``gatt.train``, an SFT config; its loss is always on the last answer)."""
 
     train: SFTConfig = field(default_factory=_gatt_train)
@@ -133,6 +135,13 @@ class RootConfig:
     io: IOConfig = field(default_factory=IOConfig)
 
 
+def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
+    """PPO's early-stopping prompts: held out from training, and disjoint from the win-rate prompts (the
+    next ``ppo.eval_prompts`` of the evaluation set), so choosing when to stop does not select on them."""
+    return PromptsConfig(path=cfg.eval.prompts_path, n=cfg.ppo.eval_prompts, offset=cfg.eval.n_prompts,
+                         split=cfg.eval.split, seed=cfg.eval.seed)
+
+
 def _register() -> None:
     ConfigStore.instance().store(name="base_config", node=RootConfig)
 
@@ -141,7 +150,7 @@ def compose_config(overrides: list[str] | None = None):
     """The composed config as a ``RootConfig`` dataclass; bad overrides raise :class:`ConfigError`."""
     _register()
     try:
-        with initialize_config_module(config_module="conf", version_base="1.3"):
+        with initialize_config_module(config_module="rlhf.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides or []))
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as err:

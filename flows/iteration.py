@@ -1,4 +1,4 @@
-"""The RLHF-Vn iteration as one Prefect flow (DESIGN.md "The iteration DAG")::
+"""The RLHF-Vn iteration as one Prefect flow (docs/design.md#the-iteration-dag)::
 
     collect_pairs -> annotate -> train_reward_models -> eval_reward_models
                                         |
@@ -8,9 +8,9 @@
                                                                       |
                  ppo (campaign.ppo_at) -> gatt (campaign.gatt_from) -> evaluate
 
-Every step is a task of ``tasks.steps``; this module only wires them: which output feeds which step,
-where each writes, and what the iteration carries forward (its labelled pairs, its candidates for the
-pool, its policy).
+Every step is a task of ``rlhf.tasks.steps``; this module only wires them: which output feeds which
+step and what the iteration carries forward (its labelled pairs, its candidates for the pool, its
+policy). Where each step writes is its output contract's business (``rlhf.core.steps.outputs``).
 """
 
 from __future__ import annotations
@@ -22,20 +22,29 @@ from pathlib import Path
 from prefect import flow, pause_flow_run
 from prefect.input import RunInput
 
-from rlhf_core.annotators import AnnotatorConfig
-from rlhf_core.errors import ConfigError
-from rlhf_core.prompt_sets import PromptsConfig
-from tasks import steps
-from tasks import tracking as mlt
+from rlhf.core.annotators import AnnotatorConfig
+from rlhf.core.errors import ConfigError
+from rlhf.record.layout import finished, iteration_dir
+from rlhf.record.summary import iteration_entry, progression_metrics
+from rlhf.tasks import steps
+from rlhf.tracking import (
+    RECORDER,
+    Tracking,
+    fail_step,
+    finish_run,
+    iteration_run,
+    log_metrics_once,
+    record_step,
+    register,
+    start_step,
+)
 
-from .config import RootConfig, config_from_dict
-from .layout import finished, iteration_dir
-from .summary import iteration_entry, progression_metrics
+from .config import OrchestrationConfig, RootConfig, config_from_dict, ppo_eval_prompts
 
 
 @dataclass
 class CampaignState:
-    """What one iteration hands the next: step references (``tasks.steps.Ref``)."""
+    """What one iteration hands the next: step references (``rlhf.tasks.steps.Ref``)."""
 
     sft: dict
     seed: dict
@@ -57,23 +66,27 @@ class Labels(RunInput):
     labels_path: str
 
 
-def call(task, out_dirs: list[Path], tracking: mlt.Tracking, **params):
+def call(task, tracking: Tracking, retries: OrchestrationConfig, **params):
     """Run ``task`` and record it in its MLflow run (on the tracking thread, overlapping what comes next):
-    a RUNNING run while a step computes, then its params, metrics and artifacts, or FAILED. When one of
-    its outputs is missing on disk (deleted by hand), Prefect's cached result is skipped and the step
-    reruns, so a cached reference never points at nothing."""
-    fresh = not all(finished(d) for d in out_dirs)
+    a RUNNING run while a step computes, then its params, metrics and artifacts, or FAILED. Failures on
+    I/O are retried as ``orchestration.io_retries`` / ``retry_delay_seconds`` say. When one of its
+    outputs is missing on disk (deleted by hand), Prefect's cached result is skipped and the step reruns,
+    so a cached reference never points at nothing."""
+    fresh = not all(finished(d) for d in steps.output_dirs(task.name, params))
+    options = {"retries": retries.io_retries, "retry_delay_seconds": retries.retry_delay_seconds}
+    if fresh:
+        options["refresh_cache"] = True
     started = time.time()
     if fresh:
-        mlt.RECORDER.submit(mlt.start_step, tracking, task.name, started)
+        RECORDER.submit(start_step, tracking, task.name, started)
     try:
-        result = (task.with_options(refresh_cache=True) if fresh else task)(**params)
+        result = task.with_options(**options)(**params)
     except BaseException:
-        mlt.RECORDER.submit(mlt.fail_step, tracking, task.name, started, time.time())
+        RECORDER.submit(fail_step, tracking, task.name, started, time.time())
         raise
     outputs = {task.name: result} if "path" in result else result
-    mlt.RECORDER.submit(mlt.record_step, tracking, task.name, steps.tracked_params(task.name, params), outputs,
-                        started, time.time())
+    RECORDER.submit(record_step, tracking, task.name, steps.tracked_params(task.name, params),
+                              outputs, started, time.time())
     return result
 
 
@@ -91,10 +104,9 @@ def annotator_for(cfg: RootConfig, iteration: int, here: Path, pairs: dict) -> A
                         export_path=_per_iteration(annotator.export_path, iteration)
                         or str(here / "to_label.jsonl"))
     if annotator.name == "human" and cfg.orchestration.pause_for_labels:
-        from rlhf_core.annotators import FileAnnotator, read_pairs
+        from rlhf.core.annotators import FileAnnotator, read_pairs
 
-        FileAnnotator(annotator.export_path).export(read_pairs(Path(pairs["path"]) / "pairs.parquet"),
-                                                    annotator.export_path)
+        FileAnnotator(annotator.export_path).export(read_pairs(pairs["files"]["pairs"]), annotator.export_path)
         given = pause_flow_run(wait_for_input=Labels.with_initial_data(
             description=f"Label the pairs in {annotator.export_path}, then give the labels file's path.",
             labels_path=annotator.labels_path or ""), timeout=int(annotator.timeout_seconds))
@@ -109,13 +121,12 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     rejection sampling into the all-iterations pool, the policy fine-tuned on it, win rates measured.
     Returns ``{"entry": summary entry, "state": CampaignState for the next iteration}``."""
     cfg = config_from_dict(config)
-    st, track_ids = CampaignState(**state), TrackingIds(**ids)
+    carried, track_ids = CampaignState(**state), TrackingIds(**ids)
     here = iteration_dir(cfg, iteration)
-    run = mlt.RECORDER.submit(mlt.iteration_run, track_ids.uri, track_ids.experiment_id, campaign_name,
-                              track_ids.campaign_run_id, iteration)
-    t = mlt.Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run, iteration)
-    f = steps.Fault.parse(fault)
-    common = {"model": cfg.model, "tracking": t, "fault": f}
+    run = RECORDER.submit(iteration_run, track_ids.uri, track_ids.experiment_id, campaign_name,
+                                    track_ids.campaign_run_id, iteration)
+    tracking = Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run, iteration)
+    common = {"tracking": tracking, "retries": cfg.orchestration, "here": str(here), "fault": steps.Fault.parse(fault)}
     rs_prompts = replace(cfg.prompts, n=cfg.rejection.n_prompts)
     # New prompts each iteration, after the rejection-sampling prompts (the paper's weekly batches).
     new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts,
@@ -123,72 +134,64 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     refs: dict = {}
 
     # 1. Pairs from the current policy, labelled.
-    refs["collect_pairs"] = call(steps.collect_pairs, [here / "collect_pairs"], policy=st.policy,
-                                 prompts=new_prompts, sampling=cfg.sampling, temperatures=cfg.collect.temperatures,
-                                 iteration=iteration, out_dir=str(here / "collect_pairs"), **common)
+    refs["collect_pairs"] = call(steps.collect_pairs, policy=carried.policy, model=cfg.model, prompts=new_prompts,
+                                 sampling=cfg.sampling, temperatures=cfg.collect.temperatures, iteration=iteration,
+                                 **common)
     annotator = annotator_for(cfg, iteration, here, refs["collect_pairs"])
-    refs["annotate"] = call(steps.annotate, [here / "annotate"], pairs=refs["collect_pairs"], annotator=annotator,
-                            out_dir=str(here / "annotate"), tracking=t, fault=f)
-    labelled = st.labelled + [refs["annotate"]]
+    refs["annotate"] = call(steps.annotate, pairs=refs["collect_pairs"], annotator=annotator, **common)
+    labelled = carried.labelled + [refs["annotate"]]
     # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
-    rm_names = ["helpful", "safety"] if cfg.reward.train_safety else ["helpful"]
-    refs["train_reward_models"] = call(steps.train_reward_models, [here / f"rm-{n}" for n in rm_names],
-                                       init=st.sft, reward=cfg.reward, seed=st.seed, labelled=labelled,
-                                       out_root=str(here), **common)
-    rms = refs["train_reward_models"]
-    refs["eval_reward_models"] = call(steps.eval_reward_models, [here / f"rm-{n}-eval" for n in rm_names], rms=rms,
-                                      reward=cfg.reward, out_root=str(here), **common)
+    rms = refs["train_reward_models"] = call(steps.train_reward_models, init=carried.sft, model=cfg.model,
+                                             reward=cfg.reward, seed=carried.seed, labelled=labelled, **common)
+    refs["eval_reward_models"] = call(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward, **common)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
-    sampling = {"sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
-    refs["search_temperature"] = call(steps.search_temperature, [here / "search_temperature"], policy=st.policy,
-                                      rms=rms, prompts=rs_prompts, out_dir=str(here / "search_temperature"),
+    sampling = {"model": cfg.model, "sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
+    refs["search_temperature"] = call(steps.search_temperature, policy=carried.policy, rms=rms, prompts=rs_prompts,
                                       **sampling, **common)
-    refs["rejection_sample"] = call(steps.rejection_sample, [here / "rejection_sample"], policy=st.policy,
-                                    rms=rms, search=refs["search_temperature"], previous=st.candidates,
-                                    prompts=rs_prompts, iteration=iteration,
-                                    out_dir=str(here / "rejection_sample"), **sampling, **common)
+    refs["rejection_sample"] = call(steps.rejection_sample, policy=carried.policy, rms=rms,
+                                    search=refs["search_temperature"], previous=carried.candidates,
+                                    prompts=rs_prompts, iteration=iteration, **sampling, **common)
     # 4. The new policy: fine-tuned on the pool.
-    refs["train_policy"] = call(steps.train_policy, [here / "train_policy"], policy=st.policy,
-                                pool=refs["rejection_sample"], config=cfg.train_policy,
-                                student=cfg.rejection.student, out_dir=str(here / "train_policy"), **common)
-    policy = refs["train_policy"]
+    policy = refs["train_policy"] = call(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
+                                         model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student,
+                                         **common)
     # 5. PPO on the new policy (campaign.ppo_at), KL-anchored to it; its output becomes the iteration's policy.
     if runs_ppo(cfg, iteration):
-        refs["ppo"] = call(steps.ppo, [here / "ppo"], policy=policy, rms=rms,
-                           prompts=replace(cfg.prompts, n=cfg.ppo.n_prompts), eval_prompts=ppo_eval_prompts(cfg),
-                           sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.ppo, out_dir=str(here / "ppo"),
-                           **common)
-        policy = refs["ppo"]
+        policy = refs["ppo"] = call(steps.ppo, policy=policy, rms=rms, model=cfg.model,
+                                    prompts=replace(cfg.prompts, n=cfg.ppo.n_prompts),
+                                    eval_prompts=ppo_eval_prompts(cfg), sampling=cfg.sampling, scorer=cfg.scorer,
+                                    config=cfg.ppo, **common)
     # 6. Ghost Attention from campaign.gatt_from on: the policy learns to keep the system instruction.
     if runs_gatt(cfg, iteration):
-        refs["gatt"] = call(steps.gatt, [here / "gatt"], policy=policy, config=cfg.gatt, train=cfg.gatt.train,
-                            sampling=cfg.sampling, out_dir=str(here / "gatt"), **common)
-        policy = refs["gatt"]
+        policy = refs["gatt"] = call(steps.gatt, policy=policy, model=cfg.model, config=cfg.gatt,
+                                     train=cfg.gatt.train, sampling=cfg.sampling, **common)
     # 7. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
-    baselines = {"sft": st.sft, "previous": st.policy, **reference_refs(cfg)}
-    refs["evaluate"] = call(steps.evaluate, [here / "evaluate"], policy=policy, baselines=baselines,
-                            rms=rms, sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval,
-                            out_dir=str(here / "evaluate"), **common)
+    baselines = {"sft": carried.sft, "previous": carried.policy, **reference_refs(cfg)}
+    refs["evaluate"] = call(steps.evaluate, policy=policy, baselines=baselines, rms=rms, model=cfg.model,
+                            sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval, **common)
 
-    entry = iteration_entry(iteration, refs, t.parent_run_id)  # created on the tracking thread long since
-    mlt.RECORDER.submit(record, track_ids, t, entry, refs, policy, cfg.tracking.register_models, campaign_name)
-    state_out = CampaignState(sft=st.sft, seed=st.seed, policy=policy, labelled=labelled,
-                              candidates=st.candidates + [refs["rejection_sample"]])
-    return {"entry": entry, "state": state_out.__dict__}
+    entry = iteration_entry(iteration, refs, tracking.parent_run_id)  # created on the tracking thread long since
+    RECORDER.submit(record, track_ids, tracking, entry, refs, policy, cfg.tracking.register_models,
+                              campaign_name)
+    carried_out = CampaignState(sft=carried.sft, seed=carried.seed, policy=policy, labelled=labelled,
+                                candidates=carried.candidates + [refs["rejection_sample"]])
+    return {"entry": entry, "state": carried_out.__dict__}
 
 
-def record(ids: TrackingIds, t: mlt.Tracking, entry: dict, refs: dict, policy: dict, register: bool,
+def record(ids: TrackingIds, tracking: Tracking, entry: dict, refs: dict, policy: dict, register_models: bool,
            campaign: str) -> None:
     """Progression metrics on the campaign and iteration runs (``step=iteration``), the models in the
     registry, and the iteration run closed."""
     metrics = progression_metrics(entry)
-    for run in (ids.campaign_run_id, t.parent_run_id):
-        mlt.log_metrics_once(t.uri, run, metrics, step=t.iteration)
-    if register:
-        mlt.register(t.uri, f"{campaign}-policy", Path(policy["path"]), t.parent_run_id, t.iteration)
+    for run in (ids.campaign_run_id, tracking.parent_run_id):
+        log_metrics_once(tracking.uri, run, metrics, step=tracking.iteration)
+    if register_models:
+        register(tracking.uri, f"{campaign}-policy", Path(policy["path"]), tracking.parent_run_id,
+                           tracking.iteration)
         for name, ref in refs["train_reward_models"].items():
-            mlt.register(t.uri, f"{campaign}-rm-{name}", Path(ref["path"]), t.parent_run_id, t.iteration)
-    mlt.finish_run(t.uri, t.parent_run_id)
+            register(tracking.uri, f"{campaign}-rm-{name}", Path(ref["path"]), tracking.parent_run_id,
+                               tracking.iteration)
+    finish_run(tracking.uri, tracking.parent_run_id)
 
 
 def reference_refs(cfg: RootConfig) -> dict[str, dict]:
@@ -196,7 +199,7 @@ def reference_refs(cfg: RootConfig) -> dict[str, dict]:
     clash = sorted(set(cfg.eval.references) & {"sft", "previous", "model"})
     if clash:
         raise ConfigError("eval.references", f"{clash} are built-in baseline names; name the reference otherwise")
-    return {name: {"step": "reference", "path": path, "key": f"reference:{path}", "metrics": {}}
+    return {name: {"step": "reference", "path": path, "key": f"reference:{path}", "metrics": {}, "files": {}}
             for name, path in cfg.eval.references.items()}
 
 
@@ -206,13 +209,6 @@ def runs_ppo(cfg: RootConfig, iteration: int) -> bool:
 
 def runs_gatt(cfg: RootConfig, iteration: int) -> bool:
     return cfg.campaign.gatt_from is not None and iteration >= cfg.campaign.gatt_from
-
-
-def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
-    """PPO's early-stopping prompts: held out from training, and disjoint from the win-rate prompts (the
-    next ``ppo.eval_prompts`` of the evaluation set), so choosing when to stop does not select on them."""
-    return PromptsConfig(path=cfg.eval.prompts_path, n=cfg.ppo.eval_prompts, offset=cfg.eval.n_prompts,
-                         split=cfg.eval.split, seed=cfg.eval.seed)
 
 
 def check_slots(cfg: RootConfig) -> None:

@@ -24,15 +24,16 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from rlhf_core.errors import ConfigError, RLHFError
+from rlhf.core.errors import ConfigError, RLHFError
 
 log = logging.getLogger("rlhf")
 
 
 def _next_iteration(overrides: list[str]):
     """One scheduled run, with the settings a campaign run uses on the ephemeral server (no heartbeats,
-    batched task-run records; ``flows.campaign.ephemeral_server_settings``)."""
-    from .campaign import ephemeral_server_settings, next_iteration_flow
+    batched task-run records; ``rlhf.flows.environment.ephemeral_server_settings``)."""
+    from .campaign import next_iteration_flow
+    from .environment import ephemeral_server_settings
 
     with ephemeral_server_settings():
         return next_iteration_flow(overrides=overrides)
@@ -43,20 +44,21 @@ def serve(cfg, overrides: list[str]) -> None:
 
     from .campaign import next_iteration_flow
 
-    o = cfg.orchestration
+    orchestration = cfg.orchestration
     run = partial(_next_iteration, overrides)
-    if o.watch:
-        watch(Path(o.watch), o.poll_seconds, run)
+    if orchestration.watch:
+        watch(Path(orchestration.watch), orchestration.poll_seconds, run)
         return
-    when = f"cron {o.cron}" if o.cron else f"every {o.interval} s"
+    when = f"cron {orchestration.cron}" if orchestration.cron else f"every {orchestration.interval} s"
     if get_current_settings().api.url:
         name = f"{cfg.campaign.name}-next-iteration"
         log.info("serving deployment %s (%s) on %s; Ctrl-C to stop", name, when, get_current_settings().api.url)
-        next_iteration_flow.serve(name=name, cron=o.cron, interval=o.interval, parameters={"overrides": overrides})
+        next_iteration_flow.serve(name=name, cron=orchestration.cron, interval=orchestration.interval,
+                                  parameters={"overrides": overrides})
         return
     log.info("no Prefect server (PREFECT_API_URL unset): running the schedule (%s) in this process; Ctrl-C "
              "to stop", when)
-    schedule(ticks(o.cron, o.interval, time.time()), run, o.max_runs)
+    schedule(ticks(orchestration.cron, orchestration.interval, time.time()), run, orchestration.max_runs)
 
 
 def ticks(cron: str | None, interval: float | None, start: float) -> Iterator[float]:

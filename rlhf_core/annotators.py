@@ -1,7 +1,7 @@
 """Annotators turn pairs of answers into labelled preferences (chosen, rejected, level).
 
 One interface, three implementations:
-- ``SimulatedAnnotator``: the gold judge + levels + rater noise (``rlhf_core.rater``); the default.
+- ``SimulatedAnnotator``: the gold judge + levels + rater noise (``rlhf.core.rater``); the default.
 - ``FileAnnotator``: export the pairs to a CSV/JSONL file, people fill in ``preferred`` ("a"
   or "b") and ``level``, import it back with every problem reported at once.
 - ``HumanAnnotator``: the same, and it waits for the labels file to appear (the flow pauses).
@@ -17,20 +17,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import random
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from rlhf_core.errors import ConfigError, DataError, DataErrors, RLHFError
-from rlhf_core.rater.gold import gold_score
-from rlhf_core.rater.levels import LEVELS, RaterConfig, decide
+from rlhf.core.artifacts import atomic_file, iter_jsonl, write_jsonl
+from rlhf.core.errors import ConfigError, DataError, DataErrors, RLHFError
+from rlhf.core.rater.gold import gold_score
+from rlhf.core.rater.levels import LEVELS, RaterConfig, decide
 
 PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "response_a", "response_b", "instructions",
                 "safety", "source", "iteration"]
@@ -108,29 +106,9 @@ class SimulatedAnnotator(Annotator):
         return pd.DataFrame(rows)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temp file in the same directory, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _json_default(value):
     """numpy scalars and arrays (as read from Parquet) to plain Python."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
-
-
-def _write_jsonl(frame: pd.DataFrame, path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for record in frame.to_dict("records"):
-            f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def _checked_suffix(path, allowed: tuple[str, ...]) -> Path:
@@ -144,28 +122,21 @@ def _checked_suffix(path, allowed: tuple[str, ...]) -> Path:
 def write_frame(frame: pd.DataFrame, path) -> Path:
     """Write ``frame`` atomically as Parquet, JSONL or CSV, chosen by the suffix."""
     path = _checked_suffix(path, (".parquet", ".jsonl", ".csv"))
-    writers = {".parquet": lambda p: frame.to_parquet(p, index=False),
-               ".jsonl": lambda p: _write_jsonl(frame, p),
-               ".csv": lambda p: frame.to_csv(p, index=False)}
-    return _atomic_write(path, writers[path.suffix])
+    if path.suffix == ".jsonl":
+        write_jsonl(path, frame.to_dict("records"), ensure_ascii=False, default=_json_default)
+        return path
+    with atomic_file(path) as tmp:
+        (frame.to_parquet if path.suffix == ".parquet" else frame.to_csv)(tmp, index=False)
+    return path
 
 
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[DataError]]:
     records, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except ValueError as err:
-                errors.append(DataError(path, f"not valid JSON ({err})", line=line,
-                                        hint="fix the line or remove it"))
-                continue
-            if isinstance(record, dict):
-                records.append((line, record))
-            else:
-                errors.append(DataError(path, "expected a JSON object", line=line))
+    for line, record in iter_jsonl(path, errors.append):
+        if isinstance(record, dict):
+            records.append((line, record))
+        else:
+            errors.append(DataError(path, "expected a JSON object", line=line))
     return records, errors
 
 

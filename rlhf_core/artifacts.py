@@ -1,9 +1,14 @@
-"""Step outputs on disk: atomic directories, ``manifest.json``, digests and the code version.
+"""Files on disk: atomic directories and files, JSON and JSONL, ``manifest.json``, digests and the code
+version.
 
-Contract (DESIGN.md): a step writes ``<campaign_dir>/iter-<n>/<step>/`` atomically — everything goes to a
-temp dir next to it, renamed into place only when complete — with a ``manifest.json`` naming its inputs
-and their digests, its config, its metrics and the code version. A step's *key* hashes its config, its
-inputs' digests and the code version: same key, same output.
+Outputs are written through :func:`atomic_dir` (a directory) or :func:`atomic_file` (one file, also under
+:func:`write_text`, :func:`write_json` and :func:`write_jsonl`), so a crash never leaves half of one; JSONL
+is read through :func:`iter_jsonl`, so a bad line is reported as ``file:line``.
+
+Contract (docs/design.md#the-step-contract): a step writes ``<campaign_dir>/iter-<n>/<step>/``
+atomically — everything goes to a temp dir next to it, renamed into place only when complete — with a
+``manifest.json`` naming its inputs and their digests, its config, its metrics and the code version. A
+step's *key* hashes its config, its inputs' digests and the code version: same key, same output.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import DataError
 
 MANIFEST = "manifest.json"
-# The code that computes step outputs: the algorithm and the tasks that call it. The orchestration
-# around them (flows/: the DAG's wiring, the CLI, reports; tasks/tracking.py) is left out: whatever it
-# decides reaches a step as parameters, which are in the step's key themselves, so fixing a report or
-# the CLI reruns no training.
-_STEP_CODE = ("rlhf_core", "tasks/steps.py")
+# The code that computes step outputs is this package, the algorithm (the Prefect tasks add their own
+# module's digest to their cache keys: rlhf.tasks.steps). The orchestration around it (flows, CLI,
+# reports, tracking) is left out: whatever it decides reaches a step as parameters, which are in the
+# step's key themselves, so fixing a report or the CLI reruns no training.
+CORE_DIR = Path(__file__).resolve().parent
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -55,20 +63,21 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def source_digest(root: Path, parts: tuple[str, ...]) -> str:
-    """Hash of the Python files under ``root/<part>`` (a directory or one file), with their paths."""
+def source_digest(path: Path) -> str:
+    """Hash of the Python files under ``path`` (a directory or one file), with their paths relative to
+    it (so the same code hashes the same from a source checkout and from an installed wheel)."""
+    path = Path(path)
+    root = path if path.is_dir() else path.parent
     digest_ = hashlib.sha256()
-    for part in parts:
-        path = root / part
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest_.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        digest_.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
     return digest_.hexdigest()[:12]
 
 
 @cache
 def code_version() -> str:
-    """``<package version>+<hash of the step code>``: changes whenever the code that computes step outputs
-    changes (``_STEP_CODE``), with or without git. Computed once per process (reading the sources took
+    """``<package version>+<hash of the core's sources>``: changes whenever the code that computes step
+    outputs changes, with or without git. Computed once per process (reading the sources took
     ~15 ms, and every step's cache key asks for it): a process runs the code it imported when it
     started, so a source file edited while ``rlhf serve`` is up counts from the next process on, which is
     when it takes effect."""
@@ -78,7 +87,7 @@ def code_version() -> str:
         base = version("rlhf-platform")
     except PackageNotFoundError:
         base = "0+unknown"
-    return f"{base}+{source_digest(Path(__file__).resolve().parent.parent, _STEP_CODE)}"
+    return f"{base}+{source_digest(CORE_DIR)}"
 
 
 def step_key(config: dict, inputs: dict[str, str]) -> str:
@@ -87,14 +96,21 @@ def step_key(config: dict, inputs: dict[str, str]) -> str:
 
 
 @contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
+def atomic_dir(final: str | Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename (an older
-    ``final`` is removed only after the new one is in place). On error the temp dir is removed."""
+    ``final`` is removed only after the new one is in place). On error the temp dir is removed.
+
+    ``replace=False`` is for a cache any process may fill with the same content: an existing non-empty
+    ``final`` (another process was first) is kept, the temp dir removed and ``OSError`` raised.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        if not replace:
+            os.replace(tmp, final)  # fails on a non-empty directory: the first writer's copy stays
+            return
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -107,15 +123,76 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` for the caller to write; on success it is renamed to ``path`` in
+    one step, so a reader (or a rerun after a crash) sees the old file or the whole new one, never half of
+    it. On error the temp file is removed. The temp file is created by the writer, with the usual
+    permissions (``mkstemp`` would make it private to the owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically as UTF-8, without newline translation: the same bytes on every platform."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """Write JSON atomically, indented; ``sort_keys=False`` keeps the object's own key order."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any], ensure_ascii: bool = True,
+                default: Callable[[Any], Any] | None = None) -> None:
+    """Write one JSON value per line, atomically. ``ensure_ascii`` and ``default`` are ``json.dumps``'s:
+    ``ensure_ascii=False`` keeps non-ASCII text readable in files people open."""
+    write_text(path, "".join(json.dumps(row, ensure_ascii=ensure_ascii, default=default) + "\n" for row in rows))
+
+
+def iter_jsonl(path: str | Path, on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """``(line, value)`` for every non-blank line of a JSONL file; lines are numbered from 1 and blank ones
+    count, so a number is the line an editor shows.
+
+    A line that is not UTF-8 or not JSON is a :class:`DataError` naming the file and the line: raised, or,
+    given ``on_error``, passed to it and the line skipped, so a validator can report every bad line at once.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+                if not text.strip():
+                    continue
+                value = json.loads(text)
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                error = _jsonl_error(path, number, err)
+                if on_error is None:
+                    raise error from None
+                on_error(error)
+                continue
+            yield number, value
+
+
+def _jsonl_error(path: Path, line: int, err: UnicodeDecodeError | json.JSONDecodeError) -> DataError:
+    if isinstance(err, UnicodeDecodeError):
+        return DataError(path, f"not UTF-8 text ({err.reason})", line, hint="save the file as UTF-8")
+    return DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line,
+                     hint="fix or remove this line")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The values of a JSONL file, one per non-blank line (objects, in the files the platform writes);
+    a bad line raises :class:`DataError` (see :func:`iter_jsonl`)."""
+    return [value for _, value in iter_jsonl(path)]
 
 
 def write_manifest(out_dir: str | Path, step: str, key: str, config: dict, inputs: dict[str, dict],

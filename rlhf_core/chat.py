@@ -77,16 +77,21 @@ def render_prompt(tokenizer, messages: Sequence[Message]) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def pad_batch(rows: Sequence[Sequence[torch.Tensor]], pad_id: int, side: str = "right"):
-    """Stack ``(input_ids, attention_mask, loss_mask)`` rows into ``(b, t)`` tensors.
+def pad_batch(rows: Sequence[torch.Tensor | Sequence[torch.Tensor]], pad_id: int, side: str = "right"):
+    """Stack rows into ``(b, t)`` tensors, ``t`` the longest row's length: the one way batches are padded.
 
-    Padding gets ``pad_id`` / attention 0 / loss False; ``side="left"`` is for generation.
+    A row is a tuple of same-length 1-D tensors, token ids first (``(input_ids, attention_mask, loss_mask)``
+    from :func:`render_conversation`), or bare token ids ``(t_i,)``, which get an all-ones attention mask.
+    Returns one tensor per column, in the rows' dtypes: ``(input_ids, attention_mask[, loss_mask])``.
+    Padding gets ``pad_id`` in the ids and 0 / False elsewhere; ``side="left"`` is for generation and
+    prompts (every row ends in the last column).
     """
+    if isinstance(rows[0], torch.Tensor):
+        rows = [(ids, torch.ones_like(ids)) for ids in rows]
     width = max(len(r[0]) for r in rows)
     out = []
-    for k, fill in enumerate((pad_id, 0, False)):
-        template = rows[0][k]
-        batch = torch.full((len(rows), width), fill, dtype=template.dtype)
+    for k in range(len(rows[0])):
+        batch = torch.full((len(rows), width), pad_id if k == 0 else 0, dtype=rows[0][k].dtype)
         for b, row in enumerate(rows):
             n = len(row[k])
             if side == "right":

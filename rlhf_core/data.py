@@ -12,20 +12,20 @@ returned in a :class:`TokenizeReport` for the caller to print.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts import iter_jsonl
 from .chat import render_conversation
 from .errors import ConfigError, DataError, DataErrors
+from .preferences import ROLES
 
-ROLES = ("system", "user", "assistant")
 OVERLONG_POLICIES = ("truncate", "drop")
 
 
 def read_rows(path: str | Path) -> list[tuple[int, Any]]:
-    """``(line_number, row)`` pairs from a JSONL or Parquet file; a line that is not JSON is an error."""
+    """``(line_number, row)`` pairs from a JSONL or Parquet file; every line that is not JSON is reported."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found", hint="check the path (data.path)")
@@ -36,16 +36,8 @@ def read_rows(path: str | Path) -> list[tuple[int, Any]]:
         return [(i + 1, _plain(row)) for i, row in enumerate(frame.to_dict(orient="records"))]
     if path.suffix not in (".jsonl", ".json"):
         raise DataError(path, f"unsupported file type {path.suffix!r}", hint="use .jsonl or .parquet")
-    rows, errors = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                errors.append(DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", number,
-                                        hint="fix or remove this line"))
+    errors: list[DataError] = []
+    rows = list(iter_jsonl(path, errors.append))
     if errors:
         raise DataErrors(errors)
     return rows

@@ -9,17 +9,17 @@ opposite of what the rater rewards. The ``instruction`` field of a row uses the 
 one exists, so both sides speak of the same thing.
 
 The set is deterministic for a seed, and the shipped copy (``rlhf_core/assets/sft_demo.jsonl``) is
-regenerated with ``python -m rlhf_core.demo_data rlhf_core/assets/sft_demo.jsonl``; a unit test keeps the
+regenerated with ``python -m rlhf.core.demo_data rlhf_core/assets/sft_demo.jsonl``; a unit test keeps the
 two identical.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
-from pathlib import Path
+
+from .artifacts import write_jsonl
 
 # (title, question, answer). Each answer is 2-3 sentences; a 2-sentence answer has one "; " so it
 # still splits into exactly three bullet points. No abbreviations with a dot ("e.g."), so a sentence
@@ -290,24 +290,14 @@ def make_sft_conversations(seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_jsonl(conversations: list[dict], path: str | Path) -> Path:
-    """One JSON object per line, UTF-8, keys in insertion order, so the output is byte-stable."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for row in conversations:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> None:
-    """``python -m rlhf_core.demo_data OUT.jsonl``: write the seed-0 set to OUT.jsonl."""
+    """``python -m rlhf.core.demo_data OUT.jsonl``: write the seed-0 set to OUT.jsonl."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m rlhf_core.demo_data OUT.jsonl")
+        raise SystemExit("usage: python -m rlhf.core.demo_data OUT.jsonl")
     conversations = make_sft_conversations()
-    path = write_jsonl(conversations, args[0])
-    print(f"wrote {len(conversations)} conversations to {path}")
+    write_jsonl(args[0], conversations, ensure_ascii=False)  # byte-stable: keys in order, text as written
+    print(f"wrote {len(conversations)} conversations to {args[0]}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-Scores = Callable[[pd.DataFrame, list[str]], np.ndarray]  # the scorer signature of rlhf_core.scorers
+Scores = Callable[[pd.DataFrame, list[str]], np.ndarray]  # the scorer signature of rlhf.core.scorers
 
 
 @dataclass

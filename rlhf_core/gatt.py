@@ -1,5 +1,5 @@
-"""Ghost Attention (Llama 2 §3.3, A.3.5; RECIPE.md §5): multi-turn data that keeps a system instruction
-alive, and the per-turn adherence evaluation.
+"""Ghost Attention (Llama 2 §3.3, A.3.5; docs/recipe.md#ghost-attention): multi-turn data that keeps a
+system instruction alive, and the per-turn adherence evaluation.
 
 **Data synthesis** (:func:`synthesize`): each dialogue gets a system instruction drawn from the training
 constraints (``rater/constraints.py``: hobbies, figures, languages, lengths, styles, and compatible pairs

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import atomic_dir
 from .errors import ConfigError
 
 EMBEDDED = "smollm2"
@@ -133,7 +132,8 @@ def load_model(cfg: ModelConfig):
         raise ConfigError(
             "model.name_or_path",
             f"could not load {cfg.name_or_path!r}: it is not a model directory or GGUF file here, and "
-            f"loading it from the Hugging Face hub failed ({err.__class__.__name__}: {' '.join(str(err).split())[:160]}). "
+            f"loading it from the Hugging Face hub failed ({err.__class__.__name__}: "
+            f"{' '.join(str(err).split())[:160]}). "
             "Offline? Pass a local directory, a .gguf file, or 'smollm2' for the embedded model.",
         ) from err
     if gguf_file:
@@ -175,7 +175,8 @@ def embedded_model_dir(cache_dir: str | None = None) -> Path:
     """The embedded SmolLM2 as a safetensors directory, dequantising the GGUF once on first use.
 
     The GGUF-loaded model cannot be ``save_pretrained`` directly, so its state dict is copied into a
-    fresh model of the same config; the cache is written to a temp dir and renamed into place.
+    fresh model of the same config; the cache is written to a temp dir and renamed into place (when two
+    processes fill it at once, the first one's copy stays).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,17 +190,20 @@ def embedded_model_dir(cache_dir: str | None = None) -> Path:
     _drop_gguf_quantization(quantized)
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
     try:
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_dir(target, replace=False) as tmp:
+            save_model(fresh, tokenizer, tmp)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # not a lost race with another process
             raise
     return target
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> None:
+    """``save_pretrained`` of a model and its tokenizer: a directory :func:`load_model` loads back
+    (transformers >= 5 always writes the weights as safetensors)."""
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""PPO with a KL penalty to the reference policy (Llama 2 §3.2.3; RECIPE.md §4): the algorithm.
+"""PPO with a KL penalty to the reference policy (Llama 2 §3.2.3; docs/recipe.md#ppo): the algorithm.
 
 The objective is ``R(g|p) = R~c(g|p) - beta * KL(pi_theta(g|p) || pi_0(g|p))``, ``pi_0`` the frozen
 pre-PPO policy. Here it is the standard token-level form (the paper gives no value/GAE details, so these
@@ -16,7 +16,7 @@ are the usual choices of the InstructGPT line, written down in :class:`PPOConfig
   weight decay 0.1, gradient clipping 1.0, constant learning rate 1e-6.
 
 This module holds the math and one update over a rollout batch; where rollouts, rewards and held-out
-evaluations come from is :mod:`rlhf_core.ppo_loop`'s business.
+evaluations come from is :mod:`rlhf.core.ppo_loop`'s business.
 
 Shapes: ``b`` answers in the batch, ``L`` the longest answer (tokens), ``P`` the longest prompt. A batch
 is laid out ``[left-padded prompt | right-padded answer]``, so answer token j of every row sits at column
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chat import pad_batch
 from .errors import ConfigError
 from .models import autocast
 
@@ -215,16 +216,11 @@ def make_batch(prompt_ids: Sequence[torch.Tensor], answer_ids: Sequence[torch.Te
     """Left-pad the prompts and right-pad the answers (each answer must hold at least one token)."""
     if any(len(a) == 0 for a in answer_ids):
         raise ValueError("an answer has no tokens; every rollout must generate at least one")
-    width, length = max(len(p) for p in prompt_ids), max(len(a) for a in answer_ids)
-    b = len(prompt_ids)
-    input_ids = torch.full((b, width + length), pad_id, dtype=torch.long)
-    attention = torch.zeros((b, width + length), dtype=torch.long)
-    for i, (p, a) in enumerate(zip(prompt_ids, answer_ids)):
-        input_ids[i, width - len(p):width] = p
-        input_ids[i, width:width + len(a)] = a
-        attention[i, width - len(p):width + len(a)] = 1
+    prompts, prompt_attention = pad_batch(prompt_ids, pad_id, side="left")  # (b, P)
+    answers, answer_attention = pad_batch(answer_ids, pad_id)  # (b, L)
+    input_ids, attention = torch.cat([prompts, answers], -1), torch.cat([prompt_attention, answer_attention], -1)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return Batch(input_ids, attention, positions, attention[:, width:].float(), width)
+    return Batch(input_ids, attention, positions, answer_attention.float(), prompts.shape[1])
 
 
 def answer_logprobs(model: nn.Module, batch: Batch, precision: str,
@@ -281,14 +277,6 @@ def make_experience(policy: nn.Module, reference: nn.Module, value_model: ValueM
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, batch.mask)
     return Experience(batch, logp, ref_logp, values, rewards, kl, advantages, returns, scores)
-
-
-def make_optimizer(model: nn.Module, lr: float, cfg: PPOConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
 
 
 def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.Optimizer,

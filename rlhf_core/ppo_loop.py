@@ -1,4 +1,4 @@
-"""The PPO loop around :mod:`rlhf_core.ppo`: rollouts, rewards, held-out evaluation, checkpoints.
+"""The PPO loop around :mod:`rlhf.core.ppo`: rollouts, rewards, held-out evaluation, checkpoints.
 
 Per PPO iteration ``s``:
 
@@ -8,7 +8,7 @@ Per PPO iteration ``s``:
 2. **scoring**: the reward function's raw score per answer (the combined RM reward Rc), whitened over
    the batch (``R~c``; LOGIT is the identity for our logit-valued RMs, see ``reward/combine.py``);
 3. **update**: log-probs of policy and reference, values, KL-penalised rewards, GAE, one gradient step per
-   mini-batch (:func:`rlhf_core.ppo.update`).
+   mini-batch (:func:`rlhf.core.ppo.update`).
 
 The engine's own sampling log-probs are not used as ``old_logp``: a teacher-forced pass recomputes them
 with exactly the code path of the update, so the first ratio is exactly 1 and the KL to the reference is
@@ -27,9 +27,6 @@ every random draw are functions of ``(seed, s)``, so a resumed run continues exa
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,10 +37,10 @@ import torch
 
 from .chat import Message, render_prompt
 from .models import resolve_precision
-from .ppo import PPOConfig, ValueModel, make_batch, make_experience, make_optimizer, update
+from .ppo import PPOConfig, ValueModel, make_batch, make_experience, update
 from .reward.combine import whiten
 from .sampling import SamplingConfig, TransformersBackend
-from .training import InjectedFault, MetricsCallback, latest_checkpoint
+from .training import InjectedFault, MetricsCallback, adamw, atomic_checkpoint, checkpoint_step, latest_checkpoint
 
 # (prompts, answers, unsafe tags) -> (n,) raw rewards
 RewardFn = Callable[[Sequence[Sequence[Message]], Sequence[str], Sequence[bool]], torch.Tensor]
@@ -90,8 +87,8 @@ class PPORun:
         # No dropout anywhere: ratios and KL must compare like with like (eval mode still trains).
         self.policy.eval()
         self.value.eval()
-        self.opt_policy = make_optimizer(policy, cfg.lr, cfg)
-        self.opt_value = make_optimizer(value_model, cfg.value_lr, cfg)
+        self.opt_policy = adamw(policy, cfg.lr, cfg)
+        self.opt_value = adamw(value_model, cfg.value_lr, cfg)
         self.engine = TransformersBackend(policy, tokenizer, self.precision)
         new_tokens = cfg.max_new_tokens or sampling.max_new_tokens
         self.rollout_cfg = replace(sampling, temperature=cfg.temperature, top_p=1.0, max_new_tokens=new_tokens)
@@ -135,18 +132,11 @@ class PPORun:
     # checkpoints ----------------------------------------------------------------------------------
 
     def save(self, work_dir: Path, step: int, state: dict) -> None:
-        root = work_dir / "checkpoints"
-        tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save({"policy": self.policy.state_dict(), "value": self.value.state_dict(),
-                    "opt_policy": self.opt_policy.state_dict(), "opt_value": self.opt_value.state_dict(),
-                    **state}, tmp / "state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        os.replace(tmp, final)
-        for old in root.glob("step-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        """Checkpoint ``step-<step>`` (the only one kept)."""
+        with atomic_checkpoint(work_dir, step) as tmp:
+            torch.save({"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                        "opt_policy": self.opt_policy.state_dict(), "opt_value": self.opt_value.state_dict(),
+                        **state}, tmp / "state.pt")
 
     def load(self, ckpt: Path) -> dict:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
@@ -171,11 +161,10 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
     work_dir = Path(work_dir)
     run = PPORun(policy, tokenizer, reference, value_model, reward_fn, cfg, sampling, precision)
     ckpt = latest_checkpoint(work_dir)
+    start = checkpoint_step(ckpt)
     if ckpt is not None:
         state = run.load(ckpt)
-        start = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
     else:
-        start = 0
         first = run.evaluate(eval_prompts)
         state = {"history": [{"step": 0, "reward": first}], "best": {"step": 0, "reward": first},
                  "best_policy": _cpu_copy(policy), "since_best": 0, "kl_end": 0.0, "timings": []}

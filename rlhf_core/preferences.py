@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import numbers
 import re
@@ -34,12 +33,17 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from rlhf_core.errors import DataError, DataErrors
+from rlhf.core.artifacts import iter_jsonl
+from rlhf.core.errors import DataError, DataErrors
 
 LEVELS = ("significantly_better", "better", "slightly_better", "negligibly_better")
 """The four annotation levels, strongest first (§3.2.1; "negligibly better" includes "unsure")."""
 
 ROLES = ("system", "user", "assistant")
+"""The roles of a chat message, in pairs' prompts and in conversation files (``rlhf.core.data``). Here
+rather than in ``rlhf.core.chat`` because this module stays free of torch: the campaign record imports
+it (for :data:`LEVELS`)."""
+
 COLUMNS = ("prompt", "chosen", "rejected", "level", "source", "iteration", "safety")
 
 log = logging.getLogger(__name__)
@@ -138,7 +142,8 @@ def split_pairs(df: pd.DataFrame, n_test: int | float, seed: int = 0) -> tuple[p
 # ---- reading ----------------------------------------------------------------------------------
 
 def _read_records(path: Path) -> list[tuple[int, Any]]:
-    """``(line, record)`` for every record; an unparsable JSONL line yields a DataError instead."""
+    """``(line, record)`` for every record; a JSONL line that is not UTF-8 or not JSON yields its DataError
+    instead of a record."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise DataErrors([DataError(path, f"unsupported file type '{suffix}'",
@@ -147,20 +152,10 @@ def _read_records(path: Path) -> list[tuple[int, Any]]:
         raise DataErrors([DataError(path, "file not found", hint="check the path")])
     if suffix == ".parquet":
         return _read_parquet(path)
-    records = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    records.append((line, json.loads(text)))
-                except json.JSONDecodeError as e:
-                    records.append((line, DataError(path, f"not valid JSON ({e.msg}, column {e.colno})",
-                                                    line=line, hint="each line must be one JSON object")))
-    except UnicodeDecodeError as e:
-        raise DataErrors([DataError(path, f"not UTF-8 text ({e.reason})",
-                                    hint="save the file as UTF-8 JSONL")]) from None
+    records: list[tuple[int, Any]] = []
+    # A bad line takes its place among the records, so problems are listed in file order.
+    for line, record in iter_jsonl(path, lambda error: records.append((error.line, error))):
+        records.append((line, record))
     return records
 
 

@@ -3,7 +3,7 @@
 ``prompts`` has one row per answer with at least ``messages`` and ``safety`` (and ``instructions`` for the
 gold rater). Two kinds:
 
-- ``rm``: the trained reward models through :class:`~rlhf_core.reward.scorer.RewardScorer`; the score is
+- ``rm``: the trained reward models through :class:`~rlhf.core.reward.scorer.RewardScorer`; the score is
   the combined reward Rc (raw, not whitened: whitening depends on the batch, and best-of-K compares
   answers of one prompt, which Rc already orders);
 - ``gold``: the simulated rater's gold score, the "true" reward of the demo world. Rejection sampling

@@ -26,10 +26,10 @@ import os
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -128,26 +128,49 @@ def total_steps_for(n_examples: int, cfg: TrainConfig) -> int:
 # checkpoints
 
 
+TRAINER_STATE = "trainer_state.json"  # in every checkpoint: {"step": <optimizer steps done>}
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """Optimizer steps done when ``checkpoint`` was written; 0 for None (no checkpoint: a fresh start).
+
+    The loops resume from this step and the runners cut their metrics log at it, so the two always agree.
+    """
+    return json.loads((checkpoint / TRAINER_STATE).read_text())["step"] if checkpoint is not None else 0
+
+
 def latest_checkpoint(work_dir: Path) -> Path | None:
-    ckpts = sorted((work_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = sorted((work_dir / "checkpoints").glob("step-*"), key=checkpoint_step)
     return ckpts[-1] if ckpts else None
 
 
-def _save_checkpoint(accelerator, work_dir: Path, step: int, keep: int) -> Path:
+@contextmanager
+def atomic_checkpoint(work_dir: Path, step: int, keep: int = 1, accelerator=None) -> Iterator[Path]:
+    """Yield the temp dir of checkpoint ``work_dir/checkpoints/step-<step>`` to write the state into; when the
+    body returns, :data:`TRAINER_STATE` is added, the dir renamed into place and all but the ``keep`` latest
+    checkpoints removed. On error the older checkpoints are untouched (the temp dir is cleared by the next
+    save of that step).
+
+    Not :func:`~rlhf.core.artifacts.atomic_dir`: with an ``accelerator`` every process writes its share of
+    the state, so the temp dir has a name all of them know (``.tmp-step-<step>``), and only the main
+    process prepares, renames and prunes, between barriers.
+    """
     root = work_dir / "checkpoints"
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}"
-    if accelerator.is_main_process:
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    main = accelerator is None or accelerator.is_main_process
+    if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        tmp.mkdir(parents=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    yield tmp
+    if main:
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
         os.replace(tmp, final)
-        for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        for old in sorted(root.glob("step-*"), key=checkpoint_step)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,12 +188,21 @@ def make_accelerator(precision: str):
     return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
 
 
-def _param_groups(model: nn.Module, weight_decay: float):
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """``[decay, no_decay]`` groups of ``module``'s trainable parameters: weight decay on matrices only
+    (``ndim >= 2``), since decaying norm gains and biases pulls them to 0 without regularising anything."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(module: nn.Module, lr: float, cfg) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, the optimizer of every training loop; ``cfg`` gives ``weight_decay``,
+    ``adam_beta1``, ``adam_beta2`` and ``adam_eps`` (a :class:`TrainConfig` or a ``PPOConfig``)."""
+    return torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_eps)
 
 
 def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], dict],
@@ -204,19 +236,17 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
     model = getattr(objective, "model", objective)
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    optimizer = adamw(objective, cfg.lr, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
     # 2. Resume from the latest checkpoint, if any.
-    start = 0
     ckpt = latest_checkpoint(work_dir)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    start = checkpoint_step(ckpt)
     objective.train()
 
     # 3. Steps: accumulate micro-batches, normalise by the batch's units, clip, step.
@@ -270,7 +300,8 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            _save_checkpoint(accelerator, work_dir, step + 1, cfg.keep_checkpoints)
+            with atomic_checkpoint(work_dir, step + 1, cfg.keep_checkpoints, accelerator) as tmp:
+                accelerator.save_state(str(tmp))
         if cfg.fail_after_steps is not None and step + 1 == cfg.fail_after_steps:
             bar.close()
             raise InjectedFault(f"injected fault after step {step + 1} (fail_after_steps); rerun to resume")

@@ -14,7 +14,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 if not os.environ.get("PREFECT_API_URL"):
     os.environ.pop("PREFECT_API_URL", None)
 
-from rlhf_core.models import build_tiny_model, build_tiny_tokenizer
+from rlhf.core.models import build_tiny_model, build_tiny_tokenizer
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "

@@ -15,7 +15,7 @@ def asset_path(name: str) -> Path:
         available = sorted(p.name for p in ASSETS_DIR.iterdir() if p.is_file() and p.suffix != ".py")
         raise FileNotFoundError(
             f"no bundled asset {name!r} in {ASSETS_DIR} (available: {', '.join(available) or 'none'}); "
-            "the demo SFT set is regenerated with: python -m rlhf_core.demo_data "
+            "the demo SFT set is regenerated with: python -m rlhf.core.demo_data "
             "rlhf_core/assets/sft_demo.jsonl"
         )
     return path

@@ -1,11 +1,11 @@
 """The simulated rater: prompts with verifiable instructions, a gold judge, preference levels
 with rater noise, and system-level constraints for Ghost Attention."""
 
-from rlhf_core.rater.constraints import check_constraint, make_constraints
-from rlhf_core.rater.gold import gold_score, helpfulness_score, is_refusal, safety_score
-from rlhf_core.rater.instructions import KINDS, check_instruction, describe
-from rlhf_core.rater.levels import LEVELS, RaterConfig, decide, flip_probability, level_for_gap
-from rlhf_core.rater.prompts import make_prompts
+from rlhf.core.rater.constraints import check_constraint, make_constraints
+from rlhf.core.rater.gold import gold_score, helpfulness_score, is_refusal, safety_score
+from rlhf.core.rater.instructions import KINDS, check_instruction, describe
+from rlhf.core.rater.levels import LEVELS, RaterConfig, decide, flip_probability, level_for_gap
+from rlhf.core.rater.prompts import make_prompts
 
 __all__ = [
     "KINDS", "LEVELS", "RaterConfig", "check_constraint", "check_instruction", "decide",

@@ -23,7 +23,7 @@ import unicodedata
 
 import pandas as pd
 
-from rlhf_core.rater import instructions as inst
+from rlhf.core.rater import instructions as inst
 
 HOBBIES = {
     "tennis": ["tennis", "tenis", "racket", "raquette", "raqueta", "schläger", "wimbledon",

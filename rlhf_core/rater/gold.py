@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf_core.rater.instructions import check_instruction, parse_instructions
+from rlhf.core.rater.instructions import check_instruction, parse_instructions
 
 INSTRUCTION_WEIGHT = 0.8  # helpfulness: share of instructions vs quality terms
 SAFETY_WEIGHT = 0.8  # unsafe prompts: refusal vs quality terms

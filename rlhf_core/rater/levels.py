@@ -19,8 +19,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.preferences import LEVELS  # the pair schema's four names, strongest first
+from rlhf.core.errors import ConfigError
+from rlhf.core.preferences import LEVELS  # noqa: F401 (re-exported: the pair schema's four names, strongest first)
 
 # Gold scores are sums of fractions (0.7 - 0.2 = 0.49999999999999994): gaps below this are
 # ties, and a gap this close to a threshold counts as reaching it.

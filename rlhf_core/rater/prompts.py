@@ -18,8 +18,8 @@ import zlib
 
 import pandas as pd
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.rater.instructions import describe, sample_instructions
+from rlhf.core.errors import ConfigError
+from rlhf.core.rater.instructions import describe, sample_instructions
 
 SPLITS = ("train", "eval")
 EVAL_SHARE_MOD = 5  # one combination in five belongs to eval

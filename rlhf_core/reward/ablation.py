@@ -37,7 +37,7 @@ def ablate_margins(model_cfg: ModelConfig, train_pairs: pd.DataFrame, test_pairs
 
     Returns ``(table, results)``: ``table`` in the Table 28 layout (rows = variants, columns = the four
     levels strongest first and ``avg``, accuracy in %), ``results`` maps a variant to its
-    :func:`~rlhf_core.reward.metrics.reward_metrics`. ``on_metrics(metrics, step)`` receives each
+    :func:`~rlhf.core.reward.metrics.reward_metrics`. ``on_metrics(metrics, step)`` receives each
     training step's metrics with keys prefixed ``<variant>/``.
     """
     work_dir = Path(work_dir)

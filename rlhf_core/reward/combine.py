@@ -5,7 +5,8 @@ The paper: ``Rc = Rs if is_safety(p) or Rs < 0.15 else Rh``, then ``R~c = WHITEN
 Its 0.15 is a threshold on the sigmoid-probability scale, but our RMs output raw logits, so the
 rule reads ``sigmoid(Rs) < 0.15``. LOGIT is there to undo that sigmoid; our scores are already
 logits (``logit(sigmoid(r)) = r``), so it is the identity here and is deliberately not applied:
-applying it to logits would be a second, wrong transform.
+applying it to logits would be a second, wrong transform. WHITEN depends on the batch, so the PPO loop
+applies :func:`whiten` to each rollout batch's ``Rc`` itself.
 
 Shapes: ``b`` = generations in the batch, one score per generation.
 """
@@ -59,14 +60,6 @@ def whiten(x: torch.Tensor, eps: float = 1e-8, shift_mean: bool = True) -> torch
     mean, var = x.mean(), x.var(unbiased=False)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     return whitened if shift_mean else whitened + mean
-
-
-def whitened_combined_reward(helpful: torch.Tensor, safety: torch.Tensor | None = None,
-                             unsafe_tag: torch.Tensor | Sequence[bool | None] | None = None,
-                             threshold: float = SAFETY_THRESHOLD, eps: float = 1e-8,
-                             shift_mean: bool = True) -> torch.Tensor:
-    """``(b,)`` ``R~c = WHITEN(LOGIT(Rc))`` from raw RM logits (LOGIT is the identity, see module doc)."""
-    return whiten(combined_reward(helpful, safety, unsafe_tag, threshold), eps=eps, shift_mean=shift_mean)
 
 
 def _tags(unsafe_tag: torch.Tensor | Sequence[bool | None] | None, like: torch.Tensor) -> torch.Tensor:

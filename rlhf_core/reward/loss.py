@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.preferences import LEVELS
+from rlhf.core.errors import ConfigError
+from rlhf.core.preferences import LEVELS
 
 MARGIN_TABLES: dict[str, dict[str, float]] = {
     "none": {level: 0.0 for level in LEVELS},

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rlhf_core.preferences import LEVELS
-from rlhf_core.reward.loss import MARGIN_TABLES
+from rlhf.core.preferences import LEVELS
+from rlhf.core.reward.loss import MARGIN_TABLES
 
 UNKNOWN = "unknown"   # the group of pairs without a level (e.g. Anthropic HH data)
 GROUPS = (*LEVELS, UNKNOWN)

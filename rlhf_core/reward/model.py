@@ -39,9 +39,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..chat import Message, render_conversation
+from ..artifacts import write_json
+from ..chat import Message, pad_batch, render_conversation
 from ..errors import ConfigError
-from ..models import ModelConfig, autocast, load_model, resolve_precision
+from ..models import ModelConfig, autocast, load_model, resolve_precision, save_model
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -107,10 +108,9 @@ def save_reward_model(rm: RewardModel, tokenizer, out_dir: str | Path) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rm.backbone.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    save_model(rm.backbone, tokenizer, out_dir)
     save_file({k: v.detach().cpu().contiguous() for k, v in rm.head.state_dict().items()}, out_dir / HEAD_FILE)
-    (out_dir / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **rm.info}, indent=2, sort_keys=True) + "\n")
+    write_json(out_dir / CONFIG_FILE, {"format": FORMAT, **rm.info})
     return out_dir
 
 
@@ -167,17 +167,6 @@ def encode_answer(tokenizer, prompt: Sequence[Message], answer: str, max_length:
     return ids[-max_length:]
 
 
-def pad_right(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, both ``(b, t)``, padded on the right."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, :len(seq)] = seq
-        attention_mask[row, :len(seq)] = 1
-    return input_ids, attention_mask
-
-
 # --------------------------------------------------------------------------------------------------
 # scoring
 
@@ -201,7 +190,7 @@ def score_ids(rm: RewardModel, sequences: Sequence[torch.Tensor], pad_id: int, b
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_id)
+            input_ids, attention_mask = pad_batch([sequences[i] for i in chunk], pad_id)
             with autocast(precision, device):
                 rewards[chunk] = rm(input_ids.to(device), attention_mask.to(device)).cpu()
     finally:

@@ -1,15 +1,17 @@
 """What rejection sampling and PPO call: one or two trained RMs behind a single scoring function.
 
-With the Helpfulness and the Safety RM, the reward is Llama 2's combination (§3.2.3, RECIPE §4):
+With the Helpfulness and the Safety RM, the reward is Llama 2's combination (Llama 2 §3.2.3;
+docs/recipe.md#combined-reward):
 the Safety RM's score where the prompt is tagged unsafe or the Safety RM is unsure the answer is safe
-(``sigmoid(Rs) < 0.15``), the Helpfulness RM's elsewhere; then whitened over the batch. With one RM
-configured, the combination is that RM's score. See ``combine.py`` for why no LOGIT is applied.
+(``sigmoid(Rs) < 0.15``), the Helpfulness RM's elsewhere. With one RM configured, the combination is
+that RM's score. See ``combine.py`` for why no LOGIT is applied. The scores are raw: whitening depends
+on the batch, so PPO whitens its own rollout batch (``ppo_loop.py``) and best-of-K compares raw scores.
 
 Example::
 
     scorer = RewardScorer.load("runs/c/iter-1/rm-helpful", "runs/c/iter-1/rm-safety")
     out = scorer(prompts, answers, unsafe_tags)   # prompts: lists of chat messages
-    out["combined"], out["whitened"]              # (n,) each
+    out["combined"]                               # (n,)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Sequence
 import torch
 
 from ..chat import Message
-from .combine import SAFETY_THRESHOLD, combined_reward, whiten
+from .combine import SAFETY_THRESHOLD, combined_reward
 from .model import RewardModel, load_reward_model, score
 
 
@@ -43,9 +45,8 @@ class RewardScorer:
 
     def __call__(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str],
                  unsafe_tags: Sequence[bool | None] | torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-        """``helpful`` ``(n,)``, ``safety`` ``(n,)`` or None, ``combined`` ``(n,)`` (Rc) and
-        ``whitened`` ``(n,)`` (Rc standardised over these n answers; PPO's reward)."""
+        """``helpful`` ``(n,)``, ``safety`` ``(n,)`` or None, and ``combined`` ``(n,)`` (Rc, raw)."""
         helpful = self._score(self.helpful, prompts, answers)
         safety = self._score(self.safety, prompts, answers) if self.safety is not None else None
-        combined = combined_reward(helpful, safety, unsafe_tags, self.threshold)
-        return {"helpful": helpful, "safety": safety, "combined": combined, "whitened": whiten(combined)}
+        return {"helpful": helpful, "safety": safety,
+                "combined": combined_reward(helpful, safety, unsafe_tags, self.threshold)}

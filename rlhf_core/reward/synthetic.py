@@ -1,11 +1,11 @@
 """Demo preference pairs labelled by the simulated rater, so the RM commands run with no data at all.
 
-For each prompt of :func:`rlhf_core.rater.make_prompts` two different answers are written: answers
+For each prompt of :func:`rlhf.core.rater.make_prompts` two different answers are written: answers
 that follow some of the prompt's instructions and break the others, an answer against a damaged copy
 of itself (cut mid-sentence, or looping and cut), and, for requests that look unsafe, a refusal
 against a compliance. Each prompt aims at a level drawn from :data:`LEVEL_MIX` and tries a few such
 pairs until the gold gap falls in it, so every level gets pairs. Then
-:class:`~rlhf_core.annotators.SimulatedAnnotator` labels the pair: the gold judge scores both answers,
+:class:`~rlhf.core.annotators.SimulatedAnnotator` labels the pair: the gold judge scores both answers,
 the gap sets the level, rater noise may flip the preference. So the levels mean what they mean in the
 paper: a "significantly better" pair differs in whole instructions (or in refusing an unsafe request),
 a "negligibly better" one in a quality detail, and an RM's accuracy rises with the level.
@@ -89,7 +89,7 @@ COMPLIANCES = [
 
 def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: float = 0.1,
                     lookalike_share: float = 0.05, rater: RaterConfig | None = None) -> pd.DataFrame:
-    """``n`` labelled pairs in the preference-pair schema (``rlhf_core.preferences``), deterministic
+    """``n`` labelled pairs in the preference-pair schema (``rlhf.core.preferences``), deterministic
     in its arguments, one pair per prompt.
 
     Columns: prompt, chosen, rejected, level, source ("synthetic"), iteration (0), safety, plus

@@ -2,7 +2,7 @@
 
 ``L = -log sigmoid(r(x, y_c) - r(x, y_r) - m(level))`` per pair (eq. 2), summed by
 :class:`RankingObjective` and divided by the pairs of the whole optimizer batch in the shared loop
-(``rlhf_core.training.train``), which also brings checkpoints, exact resume and the NaN guard.
+(``rlhf.core.training.train``), which also brings checkpoints, exact resume and the NaN guard.
 
 The config dataclasses of the ``reward`` config group live here too: :class:`RewardConfig` (how one
 RM is trained), :class:`RMDataConfig` (the pairs it is trained on) and :class:`RewardSection` (the
@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..chat import pad_batch
 from ..preferences import LEVELS
 from ..training import MetricsCallback, TrainConfig, TrainResult, train
 from .loss import margins_for, ranking_loss
 from .metrics import pair_credit, reward_metrics
-from .model import EncodeReport, RewardModel, encode_answer, pad_right, score_ids
+from .model import EncodeReport, RewardModel, encode_answer, score_ids
 
 
 @dataclass
@@ -106,7 +107,7 @@ def encode_pairs(tokenizer, pairs: pd.DataFrame, max_length: int,
 
 def collate_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Chosen rows then rejected rows, right-padded to one width: the batch of :class:`RankingObjective`."""
-    input_ids, attention_mask = pad_right([e[0] for e in examples] + [e[1] for e in examples], pad_id)
+    input_ids, attention_mask = pad_batch([e[0] for e in examples] + [e[1] for e in examples], pad_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "margin": torch.tensor([e[2] for e in examples], dtype=torch.float32)}
 
@@ -114,7 +115,7 @@ def collate_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, tor
 def train_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, cfg: RewardConfig, work_dir: str | Path,
                        on_metrics: MetricsCallback | None = None, desc: str = "rm",
                        precision: str = "auto") -> tuple[TrainResult, EncodeReport]:
-    """Train ``rm`` in place on ``pairs`` (the pair schema of ``rlhf_core.preferences``).
+    """Train ``rm`` in place on ``pairs`` (the pair schema of ``rlhf.core.preferences``).
 
     Checkpoints go to ``work_dir/checkpoints``; an existing one is resumed. The margin table and
     ``max_length`` are recorded in ``rm.info`` (written to ``reward_config.json`` on save).

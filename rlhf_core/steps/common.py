@@ -1,4 +1,5 @@
-"""What every step runner shares: logging its start/end line, the model digest, the work dir."""
+"""What every step runner shares: logging its start/end line, the model digest, the work dir, the metrics
+log and the model output of a training step."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import MANIFEST, atomic_dir, digest, read_manifest, step_key, write_manifest
-from ..models import EMBEDDED, TINY, ModelConfig
+from ..artifacts import atomic_dir, digest, read_jsonl, read_manifest, step_key, write_jsonl, write_manifest
+from ..models import EMBEDDED, TINY, ModelConfig, save_model
+from .outputs import METRICS
 
 log = logging.getLogger("rlhf")
 
@@ -23,16 +25,27 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int, forward: Callable[[dict, int], None] | None):
         self.path, self.forward = path, forward
-        lines = path.read_text().splitlines() if path.is_file() else []
-        kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in read_jsonl(path) if row["step"] <= resume_step] if path.is_file() else []
+        write_jsonl(path, kept)
 
     def __call__(self, metrics: dict, step: int) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.forward is not None:
             self.forward(metrics, step)
+
+
+def save_model_output(out_dir: Path, model, tokenizer, metrics_file: Path,
+                      save: Callable[[object, object, Path], object] = save_model) -> list[dict]:
+    """Write a training step's model into its output dir: ``save(model, tokenizer, out_dir)`` (a causal
+    LM's ``save_pretrained`` directory by default; ``save_reward_model`` for an RM) and a copy of the
+    run's ``metrics.jsonl`` (kept in the work dir while it trains, so it survives a crash).
+
+    Returns that history, one dict per optimizer step, for the step's summary metrics.
+    """
+    save(model, tokenizer, out_dir)
+    shutil.copyfile(metrics_file, out_dir / METRICS)
+    return read_jsonl(out_dir / METRICS)
 
 
 def model_digest(cfg: ModelConfig) -> str:

@@ -1,9 +1,10 @@
 """The ``evaluate`` step: win rates of an iteration's policy against its baselines on held-out prompts.
 
-Writes ``answers.parquet`` (one answer per prompt and model, with the prompt's last user turn), ``judgments.parquet`` (one row per prompt,
-baseline and judge: the order the judge saw, both scores, the outcome) and ``manifest.json`` whose
-metrics hold ``win_rate["<baseline>/<judge>"]`` (see :func:`rlhf_core.evaluation.summarise`),
-``mean_gold`` / ``mean_reward`` per model, and ``skipped_judges`` with the reason.
+Writes ``answers.parquet`` (one answer per prompt and model, with the prompt's last user turn),
+``judgments.parquet`` (one row per prompt, baseline and judge: the order the judge saw, both scores,
+the outcome) and ``manifest.json`` whose metrics hold ``win_rate["<baseline>/<judge>"]`` (see
+:func:`rlhf.core.evaluation.summarise`), ``mean_gold`` / ``mean_reward`` per model, and
+``skipped_judges`` with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..sampling import SamplingConfig, make_backend
 from ..scorers import ScorerConfig, gold_scorer
 from .common import file_input, log, model_input, run_step
+from .outputs import EVALUATE
 
 JUDGES = ("gold", "rm")
 
@@ -83,7 +85,7 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
         answers = {name: by_path[c.name_or_path] for name, c in models.items()}
         asked = [messages[-1]["content"] for messages in prompts.messages]
         pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "text": text} for name, texts in answers.items()
-                      for pid, q, text in zip(prompts.prompt_id, asked, texts)]).to_parquet(tmp / "answers.parquet")
+                      for pid, q, text in zip(prompts.prompt_id, asked, texts)]).to_parquet(tmp / EVALUATE["answers"])
         # 2. Scores per judge and model.
         skipped, scores = {}, {name: {} for name in answers}
         if "gold" in cfg.judges:
@@ -106,7 +108,7 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
                                answers[baseline], seed, cfg.tie_eps)
                 rows.append(judged.assign(baseline=baseline, judge=judge_name))
                 win_rate[f"{baseline}/{judge_name}"] = summarise(judged, judge_name, cfg.n_bootstrap, seed)
-        pd.concat(rows, ignore_index=True).to_parquet(tmp / "judgments.parquet")
+        pd.concat(rows, ignore_index=True).to_parquet(tmp / EVALUATE["judgments"])
         means = {judge_name: {name: float(np.mean(s[judge_name])) for name, s in scores.items()}
                  for judge_name in scores["model"]}
         return {"win_rate": win_rate, "n_prompts": len(prompts), "mean_score": means, "skipped_judges": skipped}

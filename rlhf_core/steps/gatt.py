@@ -16,6 +16,7 @@ The ``rlhf gatt data|train|eval`` commands run the phases one at a time (:func:`
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -23,13 +24,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..artifacts import atomic_file, read_jsonl, write_json, write_jsonl
 from ..gatt import GAttConfig, adherence, draw_instructions, synthesize, training_examples, user_messages
 from ..models import ModelConfig, load_model
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..sampling import SamplingConfig, TransformersBackend
 from ..sft import SFTConfig, run_sft
-from ..training import latest_checkpoint
-from .common import MetricsLog, log, model_input, run_step, work_dir_for
+from ..training import checkpoint_step, latest_checkpoint
+from .common import MetricsLog, log, model_input, run_step, save_model_output, work_dir_for
+from .outputs import GATT, GATT_DATA, GATT_EVAL, GATT_TRAIN, METRICS  # noqa: F401 (re-exported: GATT_TRAIN, GATT_EVAL)
 
 
 def _users(cfg: GAttConfig, split: str, n_dialogues: int, turns: int, offset: int) -> list[list[str]]:
@@ -41,15 +44,13 @@ def _users(cfg: GAttConfig, split: str, n_dialogues: int, turns: int, offset: in
 
 
 def build_data(backend, cfg: GAttConfig, sampling: SamplingConfig, out: Path) -> pd.DataFrame:
-    """Synthesise the training dialogues into ``out`` (``dialogues.parquet``, ``gatt_sft.jsonl``)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Synthesise the training dialogues into ``out`` (``dialogues.parquet``, ``gatt_sft.jsonl``). The rows
+    file is written last: once it is there, both are complete."""
     users = _users(cfg, "train", cfg.n_dialogues, cfg.turns, 0)
     dialogues = synthesize(backend, users, draw_instructions(cfg.n_dialogues, False, cfg, cfg.seed), cfg, sampling)
-    rows = training_examples(dialogues, cfg.examples)
-    dialogues.to_parquet(out / ".dialogues.parquet.tmp")
-    (out / ".gatt_sft.jsonl.tmp").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (out / ".dialogues.parquet.tmp").replace(out / "dialogues.parquet")
-    (out / ".gatt_sft.jsonl.tmp").replace(out / "gatt_sft.jsonl")
+    with atomic_file(out / GATT_DATA["dialogues"]) as tmp:
+        dialogues.to_parquet(tmp)
+    write_jsonl(out / GATT_DATA["rows"], training_examples(dialogues, cfg.examples))
     return dialogues
 
 
@@ -109,11 +110,11 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
         backend = TransformersBackend(model, tokenizer, model_cfg.precision)
         # 1. Dialogues sampled with the instruction on every user turn (kept in the work dir).
         data = work / "data"
-        if (data / "gatt_sft.jsonl").is_file():
-            dialogues = pd.read_parquet(data / "dialogues.parquet")
+        if (data / GATT_DATA["rows"]).is_file():
+            dialogues = pd.read_parquet(data / GATT_DATA["dialogues"])
         else:
             dialogues = build_data(backend, cfg, sampling, data)
-        rows = [json.loads(line) for line in (data / "gatt_sft.jsonl").read_text().splitlines()]
+        rows = read_jsonl(data / GATT_DATA["rows"])
         log.info("gatt: %d of %d dialogues kept a followed answer (%d examples)", int((dialogues.answers.map(len) > 0)
                  .sum()), len(dialogues), len(rows))
         # 2. Adherence of the input policy.
@@ -124,28 +125,24 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
         else:
             before, judged_before = evaluate_adherence(backend, cfg, sampling)
             judged_before.to_parquet(work / "before.parquet")
-            (work / "before.json").write_text(json.dumps(before))
+            write_json(work / "before.json", before, sort_keys=False)  # last: marks the phase done
         # 3. SFT on the rows, the loss on the last answer only (resumes from its checkpoints).
         resume = latest_checkpoint(work / "sft")
-        metrics_log = MetricsLog(work / "sft" / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
-                                 on_metrics)
+        metrics_log = MetricsLog(work / "sft" / METRICS, checkpoint_step(resume), on_metrics)
         if not rows:
             raise ValueError("gatt: no dialogue kept a single answer that follows its instruction; raise gatt.k or "
                              "gatt.n_dialogues, or check the model answers at all")
         result, _ = train_on(model, tokenizer, rows, train_cfg, work / "sft", metrics_log, model_cfg.precision)
         # 4. Adherence after, the outputs.
         after, judged_after = evaluate_adherence(backend, cfg, sampling)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name in ("dialogues.parquet", "gatt_sft.jsonl"):
-            (tmp / name).write_bytes((data / name).read_bytes())
-        (tmp / "metrics.jsonl").write_text((work / "sft" / "metrics.jsonl").read_text())
+        history = save_model_output(tmp, model, tokenizer, work / "sft" / METRICS)
+        for name in ("dialogues", "rows"):
+            shutil.copyfile(data / GATT_DATA[name], tmp / GATT[name])
         pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
-                  ignore_index=True).to_parquet(tmp / "judgments.parquet")
+                  ignore_index=True).to_parquet(tmp / GATT["judgments"])
         pd.DataFrame([{"model": m, "set": s, "turn": t, "adherence": v}
                       for m, curves in (("before", before), ("after", after)) for s, curve in curves.items()
-                      for t, v in curve.items()]).to_csv(tmp / "adherence.csv", index=False)
-        history = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+                      for t, v in curve.items()]).to_csv(tmp / GATT["adherence"], index=False)
         return {**_summary_metrics(before, after, dialogues, len(rows)), "steps": result.steps,
                 "resumed_from_step": result.resumed_from,
                 "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"]}

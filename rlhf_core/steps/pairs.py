@@ -20,6 +20,7 @@ import pandas as pd
 from ..annotators import AnnotatorConfig, make_annotator, read_pairs
 from ..reward.train import RewardSection
 from .common import file_input, run_step
+from .outputs import ANNOTATE, SEED_PAIRS
 from .reward import load_rm_pairs
 
 
@@ -32,7 +33,7 @@ def seed_pairs_step(reward: RewardSection, out_dir: str | Path) -> dict:
 
     def body(tmp: Path) -> dict:
         for name, frame in frames.items():
-            frame.to_parquet(tmp / f"{name}.parquet")
+            frame.to_parquet(tmp / SEED_PAIRS[name])
         return {f"n_{name}": len(frame) for name, frame in frames.items()} | {
             f"levels_{name}": {str(k): int(v) for k, v in frame.level.fillna("unknown").value_counts().items()}
             for name, frame in frames.items()}
@@ -56,7 +57,7 @@ def annotate_step(pairs_path: str | Path, annotator: AnnotatorConfig, out_dir: s
     def body(tmp: Path) -> dict:
         pairs = read_pairs(pairs_path)
         labelled = make_annotator(annotator.name, annotator).label(pairs)
-        labelled.to_parquet(tmp / "pairs.parquet")
+        labelled.to_parquet(tmp / ANNOTATE["pairs"])
         return {"n_pairs": len(pairs), "n_labelled": len(labelled), "annotator": annotator.name,
                 "levels": _counts(labelled.level)}
 

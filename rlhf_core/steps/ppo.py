@@ -30,8 +30,9 @@ from ..ppo_loop import run_ppo
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..sampling import SamplingConfig
 from ..scorers import ScorerConfig
-from ..training import latest_checkpoint
-from .common import MetricsLog, file_input, log, model_input, run_step, work_dir_for
+from ..training import checkpoint_step, latest_checkpoint
+from .common import MetricsLog, file_input, log, model_input, run_step, save_model_output, work_dir_for
+from .outputs import METRICS, PPO
 
 
 def _prompts(cfg: PromptsConfig, what: str) -> pd.DataFrame:
@@ -76,14 +77,12 @@ def ppo_step(model_cfg: ModelConfig, scorer_cfg: ScorerConfig, prompts_cfg: Prom
         resume = latest_checkpoint(work)
         log.info("ppo: %d training / %d held-out prompts, %d iterations of %d rollouts%s", len(train), len(held_out),
                  cfg.steps, cfg.batch_size, f", resuming from {resume.name}" if resume else "")
-        metrics_log = MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0, on_metrics)
+        metrics_log = MetricsLog(work / METRICS, checkpoint_step(resume), on_metrics)
         result = run_ppo(policy, tokenizer, reference, value,
                          lambda prompts, answers, tags: scorer(prompts, answers, tags)["combined"],
                          train, held_out, cfg, sampling, work, metrics_log, model_cfg.precision, fail_after_steps)
-        policy.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "metrics.jsonl").write_text((work / "metrics.jsonl").read_text())
-        pd.DataFrame(result.history).to_csv(tmp / "eval_history.csv", index=False)
+        save_model_output(tmp, policy, tokenizer, work / METRICS)
+        pd.DataFrame(result.history).to_csv(tmp / PPO["eval_history"], index=False)
         return {**{k: v for k, v in result.summary().items() if k != "timings"},
                 **{f"seconds_per_step/{k}": v for k, v in result.timings.items()}}
 

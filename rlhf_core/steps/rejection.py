@@ -13,21 +13,29 @@ Outputs (each its own step directory with ``manifest.json``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from ..artifacts import stable_hash
+from ..artifacts import stable_hash, write_jsonl
 from ..models import ModelConfig, load_model
 from ..prompt_sets import PromptsConfig, load_prompt_set
-from ..rejection import (RejectionConfig, best_of_k_gain, build_pool, collect_pairs, max_of_k_stats,
-                         pool_conversations, sample_and_score, search_temperature)
+from ..rejection import (
+    RejectionConfig,
+    best_of_k_gain,
+    build_pool,
+    collect_pairs,
+    max_of_k_stats,
+    pool_conversations,
+    sample_and_score,
+    search_temperature,
+)
 from ..sampling import SamplingConfig, make_backend
 from ..scorers import ScorerConfig, make_scorer
 from .common import file_input, log, model_input, run_step
+from .outputs import COLLECT_PAIRS, REJECTION_SAMPLE, SAMPLE, SEARCH_TEMPERATURE
 
 
 def _prompts_input(cfg: PromptsConfig) -> dict:
@@ -52,13 +60,15 @@ def sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: Sa
     def body(tmp: Path) -> dict:
         samples = _backend(model_cfg, sampling).sample(list(prompts.messages), k, sampling)
         joined = pd.concat([prompts.iloc[samples.prompt_index].reset_index(drop=True), samples], axis=1)
-        joined.to_parquet(tmp / "samples.parquet")
+        joined.to_parquet(tmp / SAMPLE["samples"])
         return {"n_prompts": len(prompts), "k": k, "n_samples": len(joined),
-                "mean_tokens": float(joined.n_tokens.mean()), "stopped_share": float((joined.stop_reason == "stop").mean())}
+                "mean_tokens": float(joined.n_tokens.mean()),
+                "stopped_share": float((joined.stop_reason == "stop").mean())}
 
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling), "k": k}
-    return run_step("sample", out_dir, config, {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)},
-                    body, f"{len(prompts)} prompts x {k} at T={sampling.temperature}",
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)}
+    return run_step("sample", out_dir, config, inputs, body,
+                    f"{len(prompts)} prompts x {k} at T={sampling.temperature}",
                     lambda m: f"{m['n_samples']} samples, {m['mean_tokens']:.0f} tokens on average")
 
 
@@ -69,7 +79,7 @@ def collect_pairs_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampl
 
     def body(tmp: Path) -> dict:
         pairs = collect_pairs(_backend(model_cfg, sampling), prompts, tuple(temperatures), sampling, iteration)
-        pairs.to_parquet(tmp / "pairs.parquet")
+        pairs.to_parquet(tmp / COLLECT_PAIRS["pairs"])
         return {"n_pairs": len(pairs), "identical": int((pairs.response_a == pairs.response_b).sum())}
 
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
@@ -89,8 +99,8 @@ def search_temperature_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, 
         scorer = make_scorer(scorer_cfg, model_cfg.precision)
         best, curve, samples = search_temperature(_backend(model_cfg, sampling), probe, rejection.temperatures, k,
                                                   sampling, scorer)
-        curve.to_csv(tmp / "curve.csv", index=False)
-        samples.to_parquet(tmp / "samples.parquet")
+        curve.to_csv(tmp / SEARCH_TEMPERATURE["curve"], index=False)
+        samples.to_parquet(tmp / SEARCH_TEMPERATURE["samples"])
         return {"chosen": best, "k": k, "n_prompts": len(probe),
                 "curve": {str(t): float(v) for t, v in zip(curve.temperature, curve.mean_max)},
                 "curve_median": {str(t): float(v) for t, v in zip(curve.temperature, curve.mean_median)}}
@@ -114,18 +124,18 @@ def rejection_sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sa
         # 1. This iteration's candidates: K samples per prompt, scored.
         candidates = sample_and_score(_backend(model_cfg, sampling), prompts, rejection.k, sampling, scorer)
         candidates["iteration"] = iteration
-        candidates.to_parquet(tmp / "candidates.parquet")
+        candidates.to_parquet(tmp / REJECTION_SAMPLE["candidates"])
         # 2. The pool: every candidate so far, re-scored with the current scorer, best per prompt.
         history = [pd.read_parquet(p) for p in previous_candidates]
         pool = build_pool(pd.concat(history + [candidates], ignore_index=True), scorer, scored_iteration=iteration)
-        pool.to_parquet(tmp / "pool.parquet")
+        pool.to_parquet(tmp / REJECTION_SAMPLE["pool"])
         conversations, n_empty = pool_conversations(pool)
         if n_empty:
             log.info("rejection_sample: %d prompts whose best answer is empty are left out of the SFT data", n_empty)
-        (tmp / "pool_sft.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
+        write_jsonl(tmp / REJECTION_SAMPLE["pool_sft"], conversations)
         # 3. Best-of-K gain (Fig. 7) from this iteration's samples.
         gain = best_of_k_gain(candidates)
-        gain.to_csv(tmp / "gain.csv", index=False)
+        gain.to_csv(tmp / REJECTION_SAMPLE["gain"], index=False)
         return {"k": rejection.k, "temperature": sampling.temperature, "n_prompts": len(prompts),
                 **{f"sample_{k}": v for k, v in max_of_k_stats(candidates).items()},
                 "pool_size": len(pool), "pool_mean_score": float(pool.score.mean()), "pool_empty": n_empty,

@@ -14,7 +14,6 @@ are given, from the simulated rater (``rlhf_core/reward/synthetic.py``).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -33,8 +32,9 @@ from ..reward.metrics import accuracy_table
 from ..reward.model import load_reward_model, reward_model_from_policy, save_reward_model
 from ..reward.synthetic import make_demo_pairs
 from ..reward.train import RewardConfig, RMDataConfig, evaluate_reward_model, train_reward_model
-from ..training import latest_checkpoint, steps_per_epoch
-from .common import MetricsLog, file_input, key_for, keyed, log, model_input, run_step, work_dir_for
+from ..training import checkpoint_step, latest_checkpoint, steps_per_epoch
+from .common import MetricsLog, file_input, key_for, keyed, log, model_input, run_step, save_model_output, work_dir_for
+from .outputs import METRICS, RM_ABLATION, rm_eval_outputs, rm_names, rm_outputs  # noqa: F401 (re-exported: the RM steps' contracts)
 
 SHORT = {"significantly_better": "SB", "better": "B", "slightly_better": "SlB", "negligibly_better": "NB"}
 
@@ -133,10 +133,10 @@ def _finite(metrics: dict) -> dict:
 
 def _write_eval(out: Path, name: str, metrics: dict, scores: pd.DataFrame) -> dict:
     """``eval.csv`` + ``accuracy_by_level.md`` in ``out``; returns the metrics as ``test/<key>`` (NaN as null)."""
-    scores.to_csv(out / "eval.csv", index=False)
+    scores.to_csv(out / rm_eval_outputs(name)["eval"], index=False)
     table = accuracy_table({name: metrics})
     counts = ", ".join(f"{SHORT[level]} {metrics[f'n/{level}']}" for level in LEVELS)
-    (out / "accuracy_by_level.md").write_text(
+    (out / rm_eval_outputs(name)["accuracy"]).write_text(
         f"# {name}: test accuracy (%) per preference level (Llama 2 Table 8 layout)\n\n"
         f"{markdown_table(table)}\n{metrics['n_test']} test pairs: {counts}, unknown level "
         f"{metrics['n/unknown']}.\n")
@@ -165,16 +165,14 @@ def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Reward
         resume = latest_checkpoint(work)
         if resume:
             log.info("rm_train %s: resuming from %s", name, resume)
-        metrics_log = MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0, on_metrics)
+        metrics_log = MetricsLog(work / METRICS, checkpoint_step(resume), on_metrics)
         started = time.perf_counter()
         result, report = train_reward_model(rm, tokenizer, train_pairs, rm_cfg, work, metrics_log,
                                             desc=f"rm {name}", precision=model_cfg.precision)
         train_seconds = time.perf_counter() - started
         log.info("rm_train %s: data: %s", name, report.summary())
         # 3. The RM directory, its per-step metrics and its test accuracy per level.
-        save_reward_model(rm, tokenizer, tmp)
-        (tmp / "metrics.jsonl").write_text((work / "metrics.jsonl").read_text())
-        history = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        history = save_model_output(tmp, rm, tokenizer, work / METRICS, save=save_reward_model)
         metrics = {
             "steps": result.steps, "resumed_from_step": result.resumed_from,
             "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"],
@@ -240,8 +238,8 @@ def rm_ablate_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Rewar
     def body(tmp: Path) -> dict:
         table, results = ablate_margins(model_cfg, train_pairs, test_pairs, rm_cfg,
                                         _work_dir(out_dir, config, inputs), variants, on_metrics)
-        table.to_csv(tmp / "table28.csv", float_format="%.2f")
-        (tmp / "table28.md").write_text(
+        table.to_csv(tmp / RM_ABLATION["table_csv"], float_format="%.2f")
+        (tmp / RM_ABLATION["table_md"]).write_text(
             "# Margin ablation (Llama 2 Table 28 layout): test accuracy (%) per preference level\n\n"
             f"{markdown_table(table)}\n{len(train_pairs)} train / {len(test_pairs)} test pairs, same seed and "
             "split for every variant.\n")

@@ -8,7 +8,6 @@ while the step runs, so a failed step resumes from them; they are removed when t
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Callable
 from ..data import load_conversations
 from ..models import ModelConfig, load_model
 from ..sft import SFTConfig, mean_target_loss, run_sft
-from ..training import latest_checkpoint
-from .common import MetricsLog, file_input, keyed, log, model_input, run_step, work_dir_for
+from ..training import checkpoint_step, latest_checkpoint
+from .common import MetricsLog, file_input, keyed, log, model_input, run_step, save_model_output, work_dir_for
+from .outputs import METRICS, SFT, TRAIN_POLICY  # noqa: F401 (re-exported: this runner's contracts)
 
 
 @dataclass
@@ -64,17 +64,13 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
         log.info("sft: %d conversations (%d held out) from %s%s", len(train_rows), len(eval_rows), path.name,
                  f", resuming from {resume.name}" if resume else "")
         # 3. Train (resumes from the work dir's latest checkpoint).
-        metrics_log = MetricsLog(work / "metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0,
-                                  on_metrics)
+        metrics_log = MetricsLog(work / METRICS, checkpoint_step(resume), on_metrics)
         result, report = run_sft(model, tokenizer, train_rows, sft_cfg, work, metrics_log,
                                  precision=model_cfg.precision)
         log.info("sft: data: %s", report.summary())
         loss_after = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
         # 4. The model directory.
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "metrics.jsonl").write_text((work / "metrics.jsonl").read_text())
-        history = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        history = save_model_output(tmp, model, tokenizer, work / METRICS)
         return {
             "steps": result.steps, "resumed_from_step": result.resumed_from,
             "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"],

@@ -10,20 +10,24 @@ import time
 from datetime import datetime, timezone
 
 import pandas as pd
-
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterName, FlowRunFilterStartTime, TaskRunFilter,
-                                             TaskRunFilterFlowRunId)
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterStartTime,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.campaign import STEPS, run_campaign
-from flows.cli import main
-from flows.config import compose_config
-from flows.layout import CampaignLocked, campaign_lock
-from rlhf_core.training import InjectedFault
+from rlhf.cli import main
+from rlhf.core.training import InjectedFault
+from rlhf.flows.campaign import STEPS, run_campaign
+from rlhf.flows.config import compose_config
+from rlhf.record.layout import CampaignLocked, campaign_lock
 
 ITERATION_STEPS = {"collect_pairs", "annotate", "train_reward_models", "eval_reward_models", "search_temperature",
                    "rejection_sample", "train_policy", "evaluate"}
@@ -45,11 +49,11 @@ def smoke(root, name="c", *extra):
 def task_states(since: datetime) -> dict[str, list[str]]:
     """Step name -> state names of the task runs of every flow run started after ``since``."""
     with get_client(sync_client=True) as client:
-        flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
-                                          sort=FlowRunSort.START_TIME_ASC, limit=200)
+        started = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
+        flow_runs = client.read_flow_runs(flow_run_filter=started, sort=FlowRunSort.START_TIME_ASC, limit=200)
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in flow_runs])), sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            limit=200)
+            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in flow_runs])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
     states: dict[str, list[str]] = {}
     for run in runs:
         if run.name in STEPS:
@@ -97,7 +101,8 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
         if it["iteration"] == 2:  # Ghost Attention ran: its output is V2's policy
             gatt = it["gatt"]
             assert set(gatt["adherence_by_turn"]) == {"before", "after"}
-            assert set(gatt["adherence_by_turn"]["after"]) == {"1", "2"} and set(gatt["zero_shot"]) == {"before", "after"}
+            assert set(gatt["adherence_by_turn"]["after"]) == {"1", "2"}
+            assert set(gatt["zero_shot"]) == {"before", "after"}
             assert gatt["n_dialogues"] > 0 and it["policy_path"] == str(tmp_path / "c" / "iter-2" / "gatt")
         else:
             assert it["gatt"] is None
@@ -247,8 +252,8 @@ def test_second_run_on_a_locked_campaign_refuses(tmp_path):
 
 def test_report_of_the_smoke_campaign(smoke_run):
     """Every section, the plots as real PNGs, numbers equal to summary.json and MLflow, attached to MLflow."""
-    from flows.report import SECTIONS
-    from flows.summary import progression_metrics
+    from rlhf.record.report import SECTIONS
+    from rlhf.record.summary import progression_metrics
 
     home = smoke_run["root"] / "c"
     summary = json.loads((home / "summary.json").read_text())
@@ -280,7 +285,54 @@ def test_report_of_the_smoke_campaign(smoke_run):
     assert first.prompt in md and "**RLHF-V2**" in md and "**SFT**" in md
     # The verdict is computed from the final iteration's CI.
     final = summary["iterations"][-1]["win_rate"]["sft/gold"]
-    word = "beats" if final["ci95"][0] > 0.5 else "is worse than" if final["ci95"][1] < 0.5 else "is not distinguishable"
+    low, high = final["ci95"]
+    word = "beats" if low > 0.5 else "is worse than" if high < 0.5 else "is not distinguishable"
     assert f"**RLHF-V2 {word}" in md
     attached = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "report")}
     assert {"report/report.md", "report/report.html", "report/plots"} <= attached
+
+
+def test_io_failures_are_retried_as_orchestration_says(tmp_path, monkeypatch):
+    """``orchestration.io_retries`` reaches the task: a step whose disk fails once succeeds on its retry,
+    and with no retries the failure stands."""
+    from prefect import flow
+
+    from rlhf import tracking
+    from rlhf.core.steps import pairs
+    from rlhf.flows.config import OrchestrationConfig
+    from rlhf.flows.iteration import call
+    from rlhf.tasks import steps
+
+    cfg = smoke(tmp_path)
+    uri = tracking.tracking_uri(None, tmp_path)
+    experiment = tracking.experiment_id(uri, "retries", tmp_path / "mlartifacts")
+    parent = tracking.find_or_create_run(uri, experiment, "SFT", {tracking.KIND: "iteration"})
+    where = tracking.Tracking(uri, experiment, "retries", parent, 0)
+    real, attempts = pairs.seed_pairs_step, []
+
+    def flaky(reward, out_dir):  # the injected fault: the disk fails on the first attempt only
+        attempts.append(out_dir)
+        if len(attempts) == 1:
+            raise OSError("injected: disk hiccup")
+        return real(reward, out_dir)
+
+    monkeypatch.setattr(pairs, "seed_pairs_step", flaky)
+
+    def run(io_retries: int, name: str) -> dict:
+        retries = OrchestrationConfig(io_retries=io_retries, retry_delay_seconds=0)
+
+        @flow(name=f"retries-{name}")
+        def one_step() -> dict:
+            return call(steps.seed_pairs, tracking=where, retries=retries, here=str(tmp_path / name),
+                        reward=cfg.reward, fault=None)
+
+        return one_step()
+
+    ref = run(1, "retried")
+    assert len(attempts) == 2 and ref["metrics"]["n_helpful"] > 0
+    assert ref["files"]["helpful"] == str(tmp_path / "retried" / "seed_pairs" / "helpful.parquet")
+    attempts.clear()
+    with pytest.raises(OSError, match="injected"):
+        run(0, "not-retried")
+    assert len(attempts) == 1
+    tracking.RECORDER.flush(raise_errors=False)

@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from flows.cli import main
-from rlhf_core.rater import make_prompts
+from rlhf.cli import main
+from rlhf.core.rater import make_prompts
 
 
 def test_annotate_labels_pairs_with_the_simulated_rater(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flows import cli
+from rlhf import cli
 
 SMALL = ["model=tiny", "reward=demo", "reward.helpful.n_synthetic=40", "reward.safety.n_synthetic=40",
          "reward.n_eval_synthetic=16", "reward.train.n_test=8", "reward.train.batch_size=16",

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from flows.cli import main
-from rlhf_core.models import ModelConfig, load_model
+from rlhf.cli import main
+from rlhf.core.models import ModelConfig, load_model
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def run(tmp_path, chats, *extra):
 
 
 def test_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "rlhf.cli", "--help"], capture_output=True, text=True, check=True)
     assert "sft" in out.stdout and "e.g. rlhf sft" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "sft", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "rlhf.cli", "sft", "--help"], capture_output=True, text=True,
                          check=True)
     assert "example:" in out.stdout
 

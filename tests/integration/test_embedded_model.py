@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from rlhf_core.chat import render_conversation, render_prompt
-from rlhf_core.models import ModelConfig, embedded_model_dir, load_model
+from rlhf.core.chat import render_conversation, render_prompt
+from rlhf.core.models import ModelConfig, embedded_model_dir, load_model
 
 pytestmark = pytest.mark.slow
 

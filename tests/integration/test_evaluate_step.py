@@ -5,13 +5,13 @@ import json
 import pandas as pd
 import pytest
 
-from rlhf_core.evaluation import EvalConfig
-from rlhf_core.models import ModelConfig
-from rlhf_core.reward.model import reward_model_from_policy, save_reward_model
-from rlhf_core.sampling import SamplingConfig
-from rlhf_core.scorers import ScorerConfig
-from rlhf_core.steps.evaluate import evaluate_step
-from rlhf_core.errors import ConfigError
+from rlhf.core.errors import ConfigError
+from rlhf.core.evaluation import EvalConfig
+from rlhf.core.models import ModelConfig
+from rlhf.core.reward.model import reward_model_from_policy, save_reward_model
+from rlhf.core.sampling import SamplingConfig
+from rlhf.core.scorers import ScorerConfig
+from rlhf.core.steps.evaluate import evaluate_step
 
 TINY, OTHER = ModelConfig(name_or_path="tiny"), ModelConfig(name_or_path="tiny", tiny_seed=1)
 CFG = EvalConfig(n_prompts=6, n_bootstrap=100, max_new_tokens=8)

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_core.gatt import GAttConfig
-from rlhf_core.models import ModelConfig
-from rlhf_core.sampling import SamplingConfig
-from rlhf_core.sft import SFTConfig
-from rlhf_core.steps.gatt import gatt_step
+from rlhf.core.gatt import GAttConfig
+from rlhf.core.models import ModelConfig
+from rlhf.core.sampling import SamplingConfig
+from rlhf.core.sft import SFTConfig
+from rlhf.core.steps.gatt import gatt_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +33,8 @@ def test_gatt_raises_adherence_to_the_system_instruction(tmp_path):
     before, after = m["adherence_by_turn"]["before"], m["adherence_by_turn"]["after"]
     assert set(before) == set(after) == {"1", "2", "3"}
     assert np.mean(list(after.values())) > np.mean(list(before.values())) + 0.1, (before, after)
-    assert set(m["zero_shot"]) == {"before", "after"} and 0 < m["n_dialogues"] <= 64 and m["n_examples"] >= m["n_dialogues"]
+    assert set(m["zero_shot"]) == {"before", "after"}
+    assert 0 < m["n_dialogues"] <= 64 and m["n_examples"] >= m["n_dialogues"]
     # The outputs: a model directory, the training rows (instruction as system message only), Table 30's numbers.
     assert (out / "model.safetensors").is_file() and (out / "judgments.parquet").is_file()
     rows = [json.loads(line) for line in (out / "gatt_sft.jsonl").read_text().splitlines()]
@@ -42,11 +43,12 @@ def test_gatt_raises_adherence_to_the_system_instruction(tmp_path):
     assert set(table.model) == {"before", "after"} and set(table.set) == {"seen", "zero_shot"}
     judged = pd.read_parquet(out / "judgments.parquet")
     seen_after = judged[(judged.model == "after") & (judged.set == "seen")]
-    assert seen_after.groupby("turn").follows.mean().round(6).to_dict() == {int(k): round(v, 6) for k, v in after.items()}
+    by_turn = seen_after.groupby("turn").follows.mean().round(6).to_dict()
+    assert by_turn == {int(turn): round(share, 6) for turn, share in after.items()}
 
 
 def test_gatt_commands_run_the_phases_one_at_a_time(tmp_path, capsys):
-    from flows.cli import main
+    from rlhf.cli import main
 
     common = ["model=tiny", "model.precision=fp32", f"campaign.root={tmp_path}", "campaign.name=g",
               "gatt.constraints=[max_words-20]", "gatt.n_dialogues=4", "gatt.turns=2", "gatt.k=2",

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf_core.models import build_tiny_model
-from rlhf_core.ppo import PPOConfig, ValueModel
-from rlhf_core.ppo_loop import run_ppo
-from rlhf_core.sampling import SamplingConfig
-from rlhf_core.training import InjectedFault
+from rlhf.core.models import build_tiny_model
+from rlhf.core.ppo import PPOConfig, ValueModel
+from rlhf.core.ppo_loop import run_ppo
+from rlhf.core.sampling import SamplingConfig
+from rlhf.core.training import InjectedFault
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,8 +25,8 @@ def lowercase_share(prompts, answers, tags) -> torch.Tensor:
 
 
 def prompts(n: int, offset: int = 0) -> pd.DataFrame:
-    return pd.DataFrame({"messages": [[{"role": "user", "content": f"question {i}"}] for i in range(offset, offset + n)],
-                         "safety": False})
+    messages = [[{"role": "user", "content": f"question {i}"}] for i in range(offset, offset + n)]
+    return pd.DataFrame({"messages": messages, "safety": False})
 
 
 CFG = dict(steps=40, batch_size=32, mini_batch_size=16, micro_batch_size=16, lr=3e-3, value_lr=3e-3, beta=0.02,
@@ -51,7 +51,8 @@ def test_ppo_raises_the_reward_and_the_kl_penalty_holds_it_near_the_reference(tm
         seen = []
         runs[beta] = run_ppo(policy, TOK, copy.deepcopy(policy), ValueModel.from_policy(policy), lowercase_share,
                              prompts(64), prompts(32, offset=1000), PPOConfig(**(CFG | {"beta": beta})), SAMPLING,
-                             tmp_path / str(beta), precision="fp32", on_metrics=lambda m, s: seen.append((s, m)))
+                             tmp_path / str(beta), precision="fp32",
+                             on_metrics=lambda m, s, seen=seen: seen.append((s, m)))
     free, held = runs[0.0], runs[0.3]
     # Measured (seeds 0 and 1): reward 0.09-0.11 -> 1.0 free and -> 0.71-0.77 held; KL 29-33 free, 4.8-5.1 held.
     for result in (free, held):

@@ -5,12 +5,12 @@ import logging
 
 import pandas as pd
 
-from rlhf_core.models import ModelConfig
-from rlhf_core.prompt_sets import PromptsConfig
-from rlhf_core.rejection import RejectionConfig
-from rlhf_core.sampling import SamplingConfig
-from rlhf_core.scorers import ScorerConfig, gold_scorer
-from rlhf_core.steps.rejection import collect_pairs_step, rejection_sample_step, search_temperature_step
+from rlhf.core.models import ModelConfig
+from rlhf.core.prompt_sets import PromptsConfig
+from rlhf.core.rejection import RejectionConfig
+from rlhf.core.sampling import SamplingConfig
+from rlhf.core.scorers import ScorerConfig, gold_scorer
+from rlhf.core.steps.rejection import collect_pairs_step, rejection_sample_step, search_temperature_step
 
 PROMPTS = PromptsConfig(n=6, seed=0)
 SAMPLING = SamplingConfig(max_new_tokens=12, batch_prompts=8)

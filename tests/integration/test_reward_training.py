@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf_core.models import ModelConfig
-from rlhf_core.preferences import LEVELS, split_pairs
-from rlhf_core.reward.metrics import TABLE_COLUMNS
-from rlhf_core.reward.model import load_reward_model, reward_model_from_policy, score
-from rlhf_core.reward.train import RewardConfig, RMDataConfig, evaluate_reward_model, train_reward_model
-from rlhf_core.steps.reward import rm_ablate_step, rm_eval_step, rm_train_step
-from rlhf_core.training import InjectedFault
+from rlhf.core.models import ModelConfig
+from rlhf.core.preferences import LEVELS, split_pairs
+from rlhf.core.reward.metrics import TABLE_COLUMNS
+from rlhf.core.reward.model import load_reward_model, reward_model_from_policy, score
+from rlhf.core.reward.train import RewardConfig, RMDataConfig, evaluate_reward_model, train_reward_model
+from rlhf.core.steps.reward import rm_ablate_step, rm_eval_step, rm_train_step
+from rlhf.core.training import InjectedFault
 
 GAP = dict(zip(LEVELS, (8, 4, 2, 1)))
 TINY = ModelConfig(name_or_path="tiny", precision="fp32")

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-CLI = "import sys; from flows.cli import main; raise SystemExit(main(sys.argv[1:]))"
+CLI = "import sys; from rlhf.cli import main; raise SystemExit(main(sys.argv[1:]))"
 
 
 def test_each_scheduled_run_performs_the_next_iteration(tmp_path):

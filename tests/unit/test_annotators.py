@@ -8,10 +8,17 @@ import threading
 import pandas as pd
 import pytest
 
-from rlhf_core.annotators import (AnnotatorConfig, FileAnnotator, HumanAnnotator, LabelsTimeout,
-                                  SimulatedAnnotator, annotate_file, make_annotator)
-from rlhf_core.errors import ConfigError, DataError, DataErrors
-from rlhf_core.rater.levels import RaterConfig, flip_probability
+from rlhf.core.annotators import (
+    AnnotatorConfig,
+    FileAnnotator,
+    HumanAnnotator,
+    LabelsTimeout,
+    SimulatedAnnotator,
+    annotate_file,
+    make_annotator,
+)
+from rlhf.core.errors import ConfigError, DataError, DataErrors
+from rlhf.core.rater.levels import RaterConfig, flip_probability
 
 LOWER = '[{"kind": "lowercase", "args": {}}]'
 TWO = ('[{"kind": "no_commas", "args": {}}, '

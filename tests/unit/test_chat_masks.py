@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from rlhf_core.chat import pad_batch, render_conversation, render_prompt
-from rlhf_core.errors import ConfigError
+from rlhf.core.chat import pad_batch, render_conversation, render_prompt
+from rlhf.core.errors import ConfigError
 
 SINGLE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
 MULTI = [
@@ -83,3 +83,5 @@ def test_pad_batch_right_and_left():
     assert mask.tolist() == [[False, True, True], [True, False, False]]
     ids, att, _ = pad_batch(rows, pad_id=0, side="left")
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and att.tolist()[1] == [0, 0, 1]
+    ids, att = pad_batch([torch.tensor([5, 6]), torch.tensor([7])], pad_id=9)  # bare ids: the mask is made
+    assert ids.tolist() == [[5, 6], [7, 9]] and att.tolist() == [[1, 1], [1, 0]]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import RootConfig, compose_config, config_from_dict, to_dict
-from rlhf_core.errors import ConfigError
+from rlhf.core.errors import ConfigError
+from rlhf.flows.config import RootConfig, compose_config, config_from_dict, to_dict
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml"))
 
@@ -61,7 +61,7 @@ def test_resolved_config_round_trips():
     (["resume", "campaign.name=never-ran"], "campaign.name"),
 ])
 def test_campaign_commands_refuse_bad_config_before_starting(tmp_path, capsys, args, key):
-    from flows.cli import main
+    from rlhf.cli import main
 
     assert main([*args, f"campaign.root={tmp_path}"]) == 2
     err = capsys.readouterr().err
@@ -70,7 +70,7 @@ def test_campaign_commands_refuse_bad_config_before_starting(tmp_path, capsys, a
 
 
 def test_ppo_command_without_reward_models_says_what_to_give(tmp_path, capsys):
-    from flows.cli import main
+    from rlhf.cli import main
 
     assert main(["ppo", "model=tiny", f"campaign.root={tmp_path}"]) == 2
     assert "scorer.helpful" in capsys.readouterr().err and not (tmp_path / "default").exists()

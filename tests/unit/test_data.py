@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from rlhf_core.data import load_conversations, tokenize_conversations
-from rlhf_core.errors import DataError, DataErrors
+from rlhf.core.data import load_conversations, tokenize_conversations
+from rlhf.core.errors import DataError, DataErrors
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]}
 

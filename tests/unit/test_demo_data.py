@@ -1,16 +1,16 @@
 """The bundled demo SFT set: the shipped file is exactly the generator's output, and every answer really
 follows the instruction in its user turn (the simulated rater later rewards exactly that)."""
 
-import json
 import re
 from collections import Counter
 
 import pytest
 
-from rlhf_core.assets import asset_path
-from rlhf_core.data import load_conversations
-from rlhf_core.demo_data import TOPICS, bullet_points, make_sft_conversations, write_jsonl
-from rlhf_core.rater.instructions import check_instruction
+from rlhf.core.artifacts import read_jsonl
+from rlhf.core.assets import asset_path
+from rlhf.core.data import load_conversations
+from rlhf.core.demo_data import TOPICS, bullet_points, main, make_sft_conversations
+from rlhf.core.rater.instructions import check_instruction
 
 ROWS = make_sft_conversations(seed=0)
 
@@ -23,10 +23,11 @@ def of_kind(kind):
 
 def test_shipped_file_is_the_generator_output(tmp_path):
     shipped = asset_path("sft_demo.jsonl")
-    assert [json.loads(line) for line in shipped.read_text(encoding="utf-8").splitlines()] == ROWS
-    fresh = write_jsonl(ROWS, tmp_path / "sft_demo.jsonl")
+    assert read_jsonl(shipped) == ROWS
+    fresh = tmp_path / "sft_demo.jsonl"
+    main([str(fresh)])  # the regeneration command
     assert fresh.read_bytes() == shipped.read_bytes(), \
-        "regenerate with: python -m rlhf_core.demo_data rlhf_core/assets/sft_demo.jsonl"
+        "regenerate with: python -m rlhf.core.demo_data rlhf_core/assets/sft_demo.jsonl"
 
 
 def test_generator_is_deterministic_and_seeded():

@@ -4,7 +4,7 @@ against the user's own settings."""
 
 from prefect.settings import get_current_settings, temporary_settings
 
-from flows.campaign import EPHEMERAL_RECORDER, ephemeral_server_settings
+from rlhf.flows.environment import EPHEMERAL_RECORDER, ephemeral_server_settings
 
 
 def _recorder():

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_core.evaluation import judge, outcome, summarise, win_rate_stats
+from rlhf.core.evaluation import judge, outcome, summarise, win_rate_stats
 
 
 def test_all_wins():

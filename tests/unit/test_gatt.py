@@ -6,12 +6,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rlhf_core.chat import render_conversation
-from rlhf_core.errors import ConfigError
-from rlhf_core.gatt import (GAttConfig, adherence_by_turn, draw_instructions, synthesize, training_examples,
-                            with_instruction)
-from rlhf_core.models import build_tiny_model, build_tiny_tokenizer
-from rlhf_core.sampling import SamplingConfig, TransformersBackend
+from rlhf.core.chat import render_conversation
+from rlhf.core.errors import ConfigError
+from rlhf.core.gatt import (
+    GAttConfig,
+    adherence_by_turn,
+    draw_instructions,
+    synthesize,
+    training_examples,
+    with_instruction,
+)
+from rlhf.core.models import build_tiny_model, build_tiny_tokenizer
+from rlhf.core.sampling import SamplingConfig, TransformersBackend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

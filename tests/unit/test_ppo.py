@@ -8,11 +8,22 @@ import math
 import pytest
 import torch
 
-from rlhf_core.chat import render_prompt
-from rlhf_core.models import build_tiny_model
-from rlhf_core.ppo import (PPOConfig, ValueModel, answer_logprobs, gae, make_batch, make_experience, masked_whiten,
-                           policy_loss, token_rewards, update, value_loss)
-from rlhf_core.ppo_loop import batch_prompts
+from rlhf.core.chat import render_prompt
+from rlhf.core.models import build_tiny_model
+from rlhf.core.ppo import (
+    PPOConfig,
+    ValueModel,
+    answer_logprobs,
+    gae,
+    make_batch,
+    make_experience,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    update,
+    value_loss,
+)
+from rlhf.core.ppo_loop import batch_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,15 +128,15 @@ def test_kl_is_zero_and_first_ratio_is_one_when_policy_equals_reference(tiny_bat
     expected[torch.arange(3), batch.mask.sum(-1).long() - 1] = scores
     assert torch.equal(exp.rewards, expected)  # only the sequence rewards remain
     assert (exp.values == 0).all()  # a fresh value head starts at 0
-    from rlhf_core.ppo import make_optimizer
+    from rlhf.core.training import adamw
 
-    stats = update(policy, value, make_optimizer(policy, 1e-3, cfg), make_optimizer(value, 1e-3, cfg), exp, cfg,
+    stats = update(policy, value, adamw(policy, 1e-3, cfg), adamw(value, 1e-3, cfg), exp, cfg,
                    "fp32", torch.Generator().manual_seed(0))
     assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-7) and stats["clip_frac"] == 0.0
 
 
 def test_config_is_validated():
-    from rlhf_core.errors import ConfigError
+    from rlhf.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ppo.batch_size"):
         PPOConfig(batch_size=10, mini_batch_size=4).validate()

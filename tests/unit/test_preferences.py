@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_core.errors import DataError, DataErrors
-from rlhf_core.preferences import COLUMNS, LEVELS, load_pairs, split_pairs
+from rlhf.core.errors import DataError, DataErrors
+from rlhf.core.preferences import COLUMNS, LEVELS, load_pairs, split_pairs
 
 USER_HI = [{"role": "user", "content": "Hi"}]
 
@@ -186,7 +186,8 @@ def test_hh_identical_answers_are_dropped(tmp_path):
      "rejected", "differs from chosen's"),
     ({"chosen": "\n\nHuman: Hi\n\nAssistant:   ", "rejected": "\n\nHuman: Hi\n\nAssistant: b"},
      "chosen", "empty final Assistant answer"),
-    ({"chosen": "\n\nHuman: Hi\n\nAssistant: x\n\nAssistant: a", "rejected": "\n\nHuman: Hi\n\nAssistant: x\n\nAssistant: b"},
+    ({"chosen": "\n\nHuman: Hi\n\nAssistant: x\n\nAssistant: a",
+      "rejected": "\n\nHuman: Hi\n\nAssistant: x\n\nAssistant: b"},
      "chosen", "does not follow a Human turn"),
     ({"chosen": "\n\nHuman: Hi\n\nAssistant: a"}, "rejected", "missing required field"),
 ])

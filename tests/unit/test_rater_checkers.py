@@ -3,9 +3,9 @@ judge's formulas on hand-computed numbers."""
 
 import pytest
 
-from rlhf_core.rater import constraints as con
-from rlhf_core.rater import gold
-from rlhf_core.rater.instructions import KINDS, check_instruction, detect_language
+from rlhf.core.rater import constraints as con
+from rlhf.core.rater import gold
+from rlhf.core.rater.instructions import KINDS, check_instruction, detect_language
 
 FRENCH = "Le soleil est une étoile. Elle nous donne de la lumière et de la chaleur."
 GERMAN = "Die Sonne ist ein Stern und sie gibt uns Licht und Wärme."

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.rater.levels import LEVELS, RaterConfig, decide, flip_probability, level_for_gap
+from rlhf.core.errors import ConfigError
+from rlhf.core.rater.levels import LEVELS, RaterConfig, decide, flip_probability, level_for_gap
 
 
 @pytest.mark.parametrize("gap,level", [

@@ -6,11 +6,11 @@ import json
 import pandas as pd
 import pytest
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.rater.constraints import make_constraints
-from rlhf_core.rater import prompts
-from rlhf_core.rater.instructions import KINDS, compatible
-from rlhf_core.rater.prompts import make_prompts
+from rlhf.core.errors import ConfigError
+from rlhf.core.rater import prompts
+from rlhf.core.rater.constraints import make_constraints
+from rlhf.core.rater.instructions import KINDS, compatible
+from rlhf.core.rater.prompts import make_prompts
 
 COLUMNS = ["prompt_id", "messages", "instructions", "safety", "category", "split"]
 QUESTIONS = ([t.format(topic=x) for t in prompts.TEMPLATES for x in prompts.TOPICS]

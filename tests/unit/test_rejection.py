@@ -4,10 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_core.models import build_tiny_model
-from rlhf_core.rejection import (best_of_k, best_of_k_gain, build_pool, expected_max_of_k, pool_conversations,
-                                 sample_and_score, search_temperature)
-from rlhf_core.sampling import SamplingConfig, TransformersBackend
+from rlhf.core.models import build_tiny_model
+from rlhf.core.rejection import (
+    best_of_k,
+    best_of_k_gain,
+    build_pool,
+    expected_max_of_k,
+    pool_conversations,
+    sample_and_score,
+    search_temperature,
+)
+from rlhf.core.sampling import SamplingConfig, TransformersBackend
 
 PROMPTS = pd.DataFrame({
     "prompt_id": [f"p{i}" for i in range(4)],

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from flows.report import SECTIONS, verdict, write_report
-from flows.report_doc import Doc
-from rlhf_core.errors import RLHFError
+from rlhf.core.errors import RLHFError
+from rlhf.record.document import Doc
+from rlhf.record.report import SECTIONS, verdict, write_report
 
 
 def result(win_rate, lo, hi, n=40):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.reward.loss import MARGIN_TABLES, margins_for, ranking_loss
+from rlhf.core.errors import ConfigError
+from rlhf.core.reward.loss import MARGIN_TABLES, margins_for, ranking_loss
 
 
 def test_loss_hand_computed():

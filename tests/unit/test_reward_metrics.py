@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_core.reward.metrics import accuracy_table, margin_ablation_table, pair_credit, reward_metrics
+from rlhf.core.reward.metrics import accuracy_table, margin_ablation_table, pair_credit, reward_metrics
 
 LEVELS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
 

@@ -6,12 +6,20 @@ import math
 import pytest
 import torch
 
-from rlhf_core.models import ModelConfig
-from rlhf_core.reward.combine import whiten
-from rlhf_core.reward.model import (EncodeReport, RewardModel, encode_answer, last_token_index, load_reward_model,
-                                    pad_right, reward_model_from_policy, save_reward_model, score)
-from rlhf_core.reward.scorer import RewardScorer
-from rlhf_core.reward.train import RankingObjective, collate_pairs
+from rlhf.core.chat import pad_batch
+from rlhf.core.models import ModelConfig
+from rlhf.core.reward.model import (
+    EncodeReport,
+    RewardModel,
+    encode_answer,
+    last_token_index,
+    load_reward_model,
+    reward_model_from_policy,
+    save_reward_model,
+    score,
+)
+from rlhf.core.reward.scorer import RewardScorer
+from rlhf.core.reward.train import RankingObjective, collate_pairs
 
 PROMPT = [{"role": "user", "content": "Say something nice."}]
 ANSWERS = ["ok", "You are doing great, keep going!", "hi there", "x" * 40]
@@ -42,12 +50,12 @@ def test_padding_does_not_change_a_sequence_reward(rm):
     seqs = [encode_answer(tok, PROMPT, a, 128) for a in ANSWERS]
     assert len({len(s) for s in seqs}) == len(seqs)  # different lengths, so the batch pads
     with torch.no_grad():
-        alone = torch.stack([model(*pad_right([s], tok.pad_token_id)) for s in seqs]).squeeze(-1)
-        batched = model(*pad_right(seqs, tok.pad_token_id))
+        alone = torch.stack([model(*pad_batch([s], tok.pad_token_id)) for s in seqs]).squeeze(-1)
+        batched = model(*pad_batch(seqs, tok.pad_token_id))
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
     # Reading the reward at a padding position instead (the last column) would give other numbers.
     with torch.no_grad():
-        hidden = model.backbone(*pad_right(seqs, tok.pad_token_id)).last_hidden_state
+        hidden = model.backbone(*pad_batch(seqs, tok.pad_token_id)).last_hidden_state
     at_last_column = model.head(hidden[:, -1]).squeeze(-1)
     assert not torch.allclose(at_last_column[:-1], alone[:-1], atol=1e-3)
 
@@ -105,7 +113,7 @@ def test_save_load_round_trip_gives_identical_scores(rm, tmp_path):
 
 
 def test_load_rejects_a_plain_model_dir(tmp_path):
-    from rlhf_core.errors import ConfigError
+    from rlhf.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a reward-model directory"):
         load_reward_model(tmp_path)
@@ -123,10 +131,8 @@ def _constant_rm(value: float, tok_rm) -> tuple[RewardModel, object]:
 def test_scorer_with_one_rm_is_that_rm(rm):
     scorer = RewardScorer(rm)
     out = scorer([PROMPT] * 4, ANSWERS, unsafe_tags=[True, False, None, False])
-    assert out["safety"] is None
+    assert set(out) == {"helpful", "safety", "combined"} and out["safety"] is None
     torch.testing.assert_close(out["combined"], out["helpful"])
-    torch.testing.assert_close(out["whitened"], whiten(out["helpful"]))
-    assert out["whitened"].mean().abs() < 1e-5
 
 
 def test_scorer_with_two_rms_switches_to_safety_on_unsafe_tags_and_low_safety():

@@ -4,11 +4,11 @@ import json
 
 import pandas as pd
 
-from rlhf_core.preferences import COLUMNS, LEVELS, load_pairs
-from rlhf_core.rater import is_refusal
-from rlhf_core.reward.synthetic import make_demo_pairs
-from rlhf_core.reward.train import RMDataConfig
-from rlhf_core.steps.reward import load_rm_pairs
+from rlhf.core.preferences import COLUMNS, LEVELS, load_pairs
+from rlhf.core.rater import is_refusal
+from rlhf.core.reward.synthetic import make_demo_pairs
+from rlhf.core.reward.train import RMDataConfig
+from rlhf.core.steps.reward import load_rm_pairs
 
 
 def test_deterministic_and_in_the_pair_schema(tmp_path):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from rlhf_core.chat import render_prompt
-from rlhf_core.errors import ConfigError
-from rlhf_core.models import build_tiny_model
-from rlhf_core.sampling import SamplingConfig, TransformersBackend, _choose
+from rlhf.core.chat import render_prompt
+from rlhf.core.errors import ConfigError
+from rlhf.core.models import build_tiny_model
+from rlhf.core.sampling import SamplingConfig, TransformersBackend, _choose
 
 PROMPTS = [[{"role": "user", "content": "hello " * i}] for i in range(1, 7)]
 
@@ -75,7 +75,8 @@ def test_stop_reasons():
     stops = TransformersBackend(model, tok, "fp32").sample(PROMPTS, 1, SamplingConfig(temperature=0, max_new_tokens=5))
     assert set(stops.stop_reason) == {"stop"} and set(stops.n_tokens) == {1} and set(stops.text) == {""}
     model2, tok2 = build_tiny_model(seed=0)
-    longs = TransformersBackend(model2, tok2, "fp32").sample(PROMPTS, 2, SamplingConfig(temperature=0, max_new_tokens=5))
+    longs = TransformersBackend(model2, tok2, "fp32").sample(PROMPTS, 2,
+                                                             SamplingConfig(temperature=0, max_new_tokens=5))
     for row in longs.itertuples():
         assert (row.stop_reason == "stop") == (row.token_ids[-1] == tok2.eos_token_id)
         assert row.stop_reason == "stop" or row.n_tokens == 5

@@ -10,8 +10,8 @@ from itertools import islice
 
 import pytest
 
-from flows.serve import check_schedule, schedule, snapshot, ticks, watch
-from rlhf_core.errors import ConfigError, RLHFError
+from rlhf.core.errors import ConfigError, RLHFError
+from rlhf.flows.serve import check_schedule, schedule, snapshot, ticks, watch
 
 
 def test_snapshot_sees_visible_files_only(tmp_path):
@@ -106,7 +106,7 @@ def test_bad_schedules_are_config_errors():
 
 
 def test_last_finished_iteration_is_the_highest_evaluated_one(tmp_path):
-    from flows.layout import last_finished_iteration
+    from rlhf.record.layout import last_finished_iteration
 
     assert last_finished_iteration(tmp_path) == 0
     for n, evaluated in ((1, True), (2, True), (3, False)):

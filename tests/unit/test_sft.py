@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from rlhf_core.models import build_tiny_model
-from rlhf_core.sft import CausalLMObjective, SFTConfig, mean_target_loss, run_sft
-from rlhf_core.training import InjectedFault, NonFiniteLossError, latest_checkpoint
+from rlhf.core.models import build_tiny_model
+from rlhf.core.sft import CausalLMObjective, SFTConfig, mean_target_loss, run_sft
+from rlhf.core.training import InjectedFault, NonFiniteLossError, checkpoint_step, latest_checkpoint
 
 WORDS = ["apple", "kiwi", "plum", "fig", "pear", "lime", "date", "melon"]
 
@@ -92,9 +92,9 @@ class NaNAtStep(CausalLMObjective):
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     model, tok = tiny
-    monkeypatch.setattr("rlhf_core.sft.CausalLMObjective", lambda m: NaNAtStep(m, at=3))
+    monkeypatch.setattr("rlhf.core.sft.CausalLMObjective", lambda m: NaNAtStep(m, at=3))
     with pytest.raises(NonFiniteLossError, match="NaN/inf at step 3.*step-2"):
         run_sft(model, tok, convs(), cfg(epochs=5, batch_size=4, micro_batch_size=4, checkpoint_every=1,
                                          keep_checkpoints=1), tmp_path)
     ckpt = latest_checkpoint(tmp_path)
-    assert ckpt.name == "step-2" and (ckpt / "trainer_state.json").is_file()
+    assert ckpt.name == "step-2" and checkpoint_step(ckpt) == 2 and checkpoint_step(None) == 0

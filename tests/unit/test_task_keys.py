@@ -1,21 +1,24 @@
 """The tasks' cache keys (what makes a rerun a cache hit and what makes it rerun), the params a step's
 MLflow run shows, and the tracking thread's ordering and error reporting."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
-from rlhf_core.sft import SFTConfig
 import pytest
 
-from rlhf_core.sampling import SamplingConfig
-from tasks.steps import Fault, cache_key, io_only, tracked_params
-from tasks.tracking import Recorder, Tracking, TrackingError
+from rlhf.core.reward.train import RewardSection
+from rlhf.core.sampling import SamplingConfig
+from rlhf.core.sft import SFTConfig
+from rlhf.core.steps.outputs import REJECTION_SAMPLE, rm_eval_outputs
+from rlhf.tasks.steps import CONTRACTS, Fault, cache_key, io_only, output_dirs, tracked_params
+from rlhf.tracking import Recorder, Tracking, TrackingError
 
 CTX = SimpleNamespace(task=SimpleNamespace(name="train_policy"))
 REF = {"step": "rejection_sample", "path": "/c/iter-1/rejection_sample", "key": "k1", "metrics": {"wall_seconds": 3.0}}
 
 
 def key(**changes):
-    params = {"policy": REF, "config": SFTConfig(), "out_dir": "/c/iter-1/train_policy", "fault": None}
+    params = {"policy": REF, "config": SFTConfig(), "here": "/c/iter-1", "fault": None}
     return cache_key(CTX, params | changes)
 
 
@@ -27,9 +30,24 @@ def test_same_inputs_same_key_whatever_the_run_that_observed_them():
 def test_config_upstream_output_and_task_change_the_key():
     assert key() != key(config=SFTConfig(lr=1e-4))
     assert key() != key(policy=REF | {"key": "k2"})  # the upstream step produced something else
-    assert key() != key(out_dir="/c/iter-2/train_policy")
+    assert key() != key(here="/c/iter-2")
     other = SimpleNamespace(task=SimpleNamespace(name="sft"))
     assert cache_key(other, {"config": SFTConfig()}) != cache_key(CTX, {"config": SFTConfig()})
+
+
+def test_each_task_writes_where_its_contract_says():
+    """The flow checks these directories before it trusts a cached result: they must be the ones the
+    task's runner writes."""
+    assert output_dirs("rejection_sample", {"here": "/c/iter-2"}) == [Path("/c/iter-2/rejection_sample")]
+    files = REJECTION_SAMPLE.paths("/c/iter-2/rejection_sample")
+    assert files["pool_sft"] == "/c/iter-2/rejection_sample/pool_sft.jsonl"
+    rms = output_dirs("train_reward_models", {"here": "/c/iter-1", "reward": RewardSection(train_safety=False)})
+    assert rms == [Path("/c/iter-1/rm-helpful")]
+    evals = output_dirs("eval_reward_models", {"here": "/c/iter-1", "rms": {"helpful": REF, "safety": REF}})
+    assert evals == [rm_eval_outputs("helpful").dir("/c/iter-1"), Path("/c/iter-1/rm-safety-eval")]
+    assert set(CONTRACTS) | {"train_reward_models", "eval_reward_models"} == {
+        "sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
+        "search_temperature", "rejection_sample", "train_policy", "ppo", "gatt", "evaluate"}
 
 
 def test_fault_spec_parsing():
@@ -47,9 +65,9 @@ def test_only_io_errors_are_retried():
 def test_tracked_params_are_the_config_without_references():
     params = {"policy": REF, "rms": {"helpful": REF, "safety": REF}, "previous": [], "history": [REF],
               "config": SFTConfig(lr=3e-5), "sampling": SamplingConfig(), "temperatures": [0.7, 1.0],
-              "iteration": 2, "out_dir": "/c/iter-2/x", "fault": Fault("x")}
+              "iteration": 2, "here": "/c/iter-2", "fault": Fault("x")}
     tracked = tracked_params("train_policy", params)
-    assert set(tracked) == {"train_policy", "sampling", "temperatures", "iteration", "out_dir"}
+    assert set(tracked) == {"train_policy", "sampling", "temperatures", "iteration"}
     assert tracked["train_policy"]["lr"] == 3e-5 and tracked["sampling"]["top_p"] == 1.0
 
 
@@ -83,6 +101,6 @@ def test_a_run_created_on_the_tracking_thread_is_the_parent_of_later_writes():
 
     failed = Tracking("http://mlflow:5000", "0", "camp", recorder.submit(unreachable), 2)
     with pytest.raises(TrackingError, match="iteration 2 could not be created.*tracking server down"):
-        failed.parent_run_id
+        _ = failed.parent_run_id
     with pytest.raises(TrackingError, match="unreachable"):
         recorder.flush()

@@ -6,9 +6,9 @@ import importlib.util
 import pytest
 import torch
 
-from rlhf_core.errors import ConfigError
-from rlhf_core.models import build_tiny_model
-from rlhf_core.sampling import SamplingConfig, make_backend
+from rlhf.core.errors import ConfigError
+from rlhf.core.models import build_tiny_model
+from rlhf.core.sampling import SamplingConfig, make_backend
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 

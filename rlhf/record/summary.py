@@ -1,6 +1,6 @@
 """``summary.json``: a campaign's results per iteration, from its steps' manifests (no MLflow needed).
 
-Schema (the orchestration issue's; more fields are welcome)::
+Schema (docs/design.md#the-campaign; more fields are welcome)::
 
     {"campaign", "experiment", "code_version", "config": {...resolved...}, "sft": {...},
      "iterations": [{"iteration", "policy_path", "mlflow_run_id", "wall_seconds": {step: s},
@@ -12,14 +12,14 @@ Schema (the orchestration issue's; more fields are welcome)::
                               "zero_shot": {"before": share, "after": share}, "n_dialogues", ...} or null,
                      "win_rate": {"<baseline>/<judge>": {"judge", "win", "tie", "loss", "win_rate", "ci95", "n"}}}]}
 
-Accuracies are shares in [0, 1]; levels are named as in RECIPE.md (``significantly_better`` ...).
+Accuracies are shares in [0, 1]; levels are named as in ``rlhf.core.preferences.LEVELS`` (``significantly_better`` ...).
 """
 
 from __future__ import annotations
 
 import math
 
-from rlhf_core.preferences import LEVELS
+from rlhf.core.preferences import LEVELS
 
 
 def _number(value):
@@ -35,14 +35,14 @@ def reward_entry(metrics: dict) -> dict:
 
 
 def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
-    """One iteration's summary from its step references (``tasks.steps`` return values)."""
+    """One iteration's summary from its step references (``rlhf.tasks.steps`` return values)."""
     rms, rm_evals = refs["train_reward_models"], refs["eval_reward_models"]
-    search, rs, ev = refs["search_temperature"], refs["rejection_sample"], refs["evaluate"]
+    search, rejection, evaluation = refs["search_temperature"], refs["rejection_sample"], refs["evaluate"]
     wall = {}
     for step, ref in refs.items():
         parts = ref.values() if step in ("train_reward_models", "eval_reward_models") else [ref]
         wall[step] = sum(p["metrics"].get("wall_seconds", 0.0) for p in parts)
-    m = rs["metrics"]
+    pool = rejection["metrics"]
     return {
         "iteration": iteration,
         "policy_path": (refs.get("gatt") or refs.get("ppo") or refs["train_policy"])["path"],  # the last to run
@@ -55,15 +55,15 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "pairs": {"collected": refs["collect_pairs"]["metrics"]["n_pairs"],
                   "levels": refs["annotate"]["metrics"]["levels"]},
         "temperature": {"chosen": search["metrics"]["chosen"], "curve": search["metrics"]["curve"]},
-        "rejection": {"k": m["k"], "temperature": m["temperature"], "pool_size": m["pool_size"],
-                      "pool_mean_score": m["pool_mean_score"], "pool_by_iteration": m["pool_by_iteration"],
-                      "max_of_k_mean": m.get("sample_mean_max"), "gain": m["gain"]},
+        "rejection": {"k": pool["k"], "temperature": pool["temperature"], "pool_size": pool["pool_size"],
+                      "pool_mean_score": pool["pool_mean_score"], "pool_by_iteration": pool["pool_by_iteration"],
+                      "max_of_k_mean": pool.get("sample_mean_max"), "gain": pool["gain"]},
         "policy_train": {"steps": refs["train_policy"]["metrics"]["steps"],
                          "train_loss_first": refs["train_policy"]["metrics"]["train_loss_first"],
                          "train_loss_last": refs["train_policy"]["metrics"]["train_loss_last"]},
         "ppo": refs["ppo"]["metrics"] if "ppo" in refs else None,
         "gatt": refs["gatt"]["metrics"] if "gatt" in refs else None,
-        "win_rate": ev["metrics"]["win_rate"],
+        "win_rate": evaluation["metrics"]["win_rate"],
     }
 
 

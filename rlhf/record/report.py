@@ -4,30 +4,30 @@
     <campaign>/report/plots/*.png               the figures both link to
 
 Everything in it comes from ``summary.json`` (the numbers MLflow also holds) plus the steps' own tables
-(``gain.csv`` for Fig. 7, ``answers.parquet`` for the example answers, ``table28.csv`` of a margin
-ablation if one was run). The verdict is computed, never written by hand: the final iteration beats the
-SFT model only when the lower end of the 95 % CI of its win rate is above 50 %.
+(the rejection-sampling gain for Fig. 7, the evaluation's answers for the examples, the table of a margin
+ablation if one was run), found through the steps' output contracts. Each section is one function
+(``SECTIONS``); the flows and the CLI attach the written report to MLflow. The verdict is computed,
+never written by hand: the final iteration beats the SFT model only when the lower end of the 95 % CI
+of its win rate is above 50 %.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rlhf_core.errors import RLHFError
-from rlhf_core.preferences import LEVELS
+from rlhf.core.artifacts import atomic_dir
+from rlhf.core.errors import RLHFError
+from rlhf.core.preferences import LEVELS
+from rlhf.core.steps.outputs import EVALUATE, REJECTION_SAMPLE, RM_ABLATION, Outputs
 
-from .layout import read_summary
-from .report_doc import Doc
+from .document import Doc
+from .layout import ITERATION_PREFIX, read_summary
 
 REPORT_DIR = "report"
-SECTIONS = ("Verdict", "Win rates", "Helpfulness vs safety", "Reward model accuracy", "Temperature search",
-            "Best-of-K gain", "Rejection-sampling pool", "PPO", "Ghost Attention adherence", "Example answers",
-            "Provenance")
 JUDGE_NAMES = {"gold": "gold rater (the human-evaluation analog)", "rm": "reward models (combined)",
                "rm_helpful": "Helpfulness RM", "rm_safety": "Safety RM"}
 N_EXAMPLES = 3
@@ -78,7 +78,8 @@ def plot_win_rates(iterations: list[dict], path: Path) -> None:
     """Win rate vs the SFT model and vs the previous iteration, per judge, with 95 % CIs."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, baseline, title in ((axes[0], "sft", "vs the SFT model"), (axes[1], "previous", "vs the previous iteration")):
+    panels = ((axes[0], "sft", "vs the SFT model"), (axes[1], "previous", "vs the previous iteration"))
+    for ax, baseline, title in panels:
         judges = sorted({k.split("/")[1] for it in iterations for k in it["win_rate"] if k.startswith(baseline + "/")})
         for j, judge in enumerate(judges):
             xs, ys, err = [], [], [[], []]
@@ -221,7 +222,24 @@ def plot_gatt(runs: list[tuple[int, dict]], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# the document
+# the document: one function per section, in SECTIONS' order
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """What every section reads: the campaign directory, its summary and where plots go."""
+
+    home: Path
+    summary: dict
+    plots: Path
+
+    @property
+    def iterations(self) -> list[dict]:
+        return self.summary["iterations"]
+
+    def step_file(self, iteration: int, contract: Outputs, name: str) -> Path:
+        """A step output's file of ``iteration``, named by the step's contract."""
+        return contract.dir(self.home / f"{ITERATION_PREFIX}{iteration}") / contract[name]
 
 
 def _win_rows(iterations: list[dict]) -> list[list]:
@@ -233,44 +251,9 @@ def _win_rows(iterations: list[dict]) -> list[list]:
     return rows
 
 
-def _examples(home: Path, iterations: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
-    """For the first few held-out prompts: the SFT model's answer and each iteration's, side by side."""
-    frames = {}
-    for it in iterations:
-        path = home / f"iter-{it['iteration']}" / "evaluate" / "answers.parquet"
-        if path.is_file():
-            frames[it["iteration"]] = pd.read_parquet(path)
-    if not frames:
-        return []
-    first = frames[min(frames)]
-    prompt_ids = list(dict.fromkeys(first.prompt_id))[:N_EXAMPLES]
-    out = []
-    for pid in prompt_ids:
-        sft = first[(first.prompt_id == pid) & (first.model == "sft")]
-        row = first[first.prompt_id == pid].iloc[0]
-        answers = [("SFT", sft.text.iloc[0])] if len(sft) else []
-        for n, frame in frames.items():
-            mine = frame[(frame.prompt_id == pid) & (frame.model == "model")]
-            if len(mine):
-                answers.append((f"RLHF-V{n}", mine.text.iloc[0]))
-        out.append((str(row.get("prompt", pid)), answers))
-    return out
-
-
-def build(home: Path, plots: Path) -> Doc:
-    """The report of the campaign in ``home``; its figures are written into ``plots``."""
-    summary = read_summary(home)
-    if summary is None or not summary.get("iterations"):
-        raise RLHFError(f"no finished iteration in {home} (summary.json missing or empty): run the campaign first, "
-                        "e.g. `rlhf run campaign.name=...`")
-    its, last = summary["iterations"], summary["iterations"][-1]
+def section_verdict(doc: Doc, c: Campaign) -> None:
+    last = c.iterations[-1]
     final = f"RLHF-V{last['iteration']}"
-    doc = Doc(f"RLHF campaign report: {summary['campaign']}")
-    doc.para(f"Campaign `{summary['campaign']}`: SFT then {len(its)} RLHF iteration(s). Code version "
-             f"`{summary['code_version']}`. Every number below is read from `summary.json`, which holds the same "
-             "values as the MLflow runs (metrics logged with step = iteration).")
-
-    doc.heading("Verdict")
     checks = [("sft/gold", "the SFT model"), ("sft/rm", "the SFT model")]
     if last["iteration"] > 1:
         checks.append(("previous/gold", f"RLHF-V{last['iteration'] - 1}"))
@@ -281,45 +264,49 @@ def build(home: Path, plots: Path) -> Doc:
     doc.para("The gold rater is the honest judge here: the reward models are what the policy was optimised "
              "against, so a win by the RM judge alone can be reward hacking.")
 
-    doc.heading("Win rates")
+
+def section_win_rates(doc: Doc, c: Campaign) -> None:
     doc.para("Each model answers the same held-out prompts (no training step sees them) with the same sampling "
              "seed; a judge compares the two answers of each prompt, presented in a seeded random order "
              "(`model first` is the share where the model's answer came first). Ties count half. The CI is a "
              "percentile bootstrap over prompts.")
-    plot_win_rates(its, plots / "win_rates.png")
+    plot_win_rates(c.iterations, c.plots / "win_rates.png")
     doc.image("plots/win_rates.png", "win rate progression with 95 % CIs")
     doc.table(["iteration", "baseline/judge", "win", "tie", "loss", "win rate", "95 % CI", "n", "model first"],
-              _win_rows(its))
+              _win_rows(c.iterations))
 
-    doc.heading("Helpfulness vs safety")
-    if plot_helpful_vs_safety(its, plots / "helpful_vs_safety.png"):
+
+def section_helpful_vs_safety(doc: Doc, c: Campaign) -> None:
+    if plot_helpful_vs_safety(c.iterations, c.plots / "helpful_vs_safety.png"):
         doc.image("plots/helpful_vs_safety.png", "win rate vs SFT on the helpfulness and safety axes")
     else:
         doc.para("No Safety RM in this campaign (reward.train_safety=false): only the combined axis exists.")
 
-    doc.heading("Reward model accuracy")
+
+def section_reward_models(doc: Doc, c: Campaign) -> None:
     doc.para("Held-out accuracy by preference level (Llama 2 Table 8 layout); n = test pairs per level.")
-    plot_rm_accuracy(its, plots / "rm_accuracy.png")
+    plot_rm_accuracy(c.iterations, c.plots / "rm_accuracy.png")
     doc.image("plots/rm_accuracy.png", "RM accuracy by preference level per iteration")
     header = ["RM", "iteration"] + [level.replace("_", " ") for level in LEVELS] + ["overall", "n test"]
     rows = []
-    for it in its:
+    for it in c.iterations:
         for name, rm in it["reward"].items():
             rows.append([name, f"RLHF-V{it['iteration']}"]
                         + [f"{pct(rm['accuracy_by_level'][lv])} (n={rm.get('n_by_level', {}).get(lv, '?')})"
                            for lv in LEVELS] + [pct(rm["accuracy"]), rm["n_test"]])
     doc.table(header, rows)
-    ablations = sorted(home.glob("iter-*/rm-ablation/table28.csv"))
-    if ablations:
-        for path in ablations:
-            table = pd.read_csv(path)
-            doc.para(f"Margin ablation (Table 28 layout), {path.parent.parent.name}:")
-            doc.table(list(table.columns), table.values.tolist())
-    else:
+    ablations = sorted(c.home.glob(f"{ITERATION_PREFIX}*/{RM_ABLATION.dirname}/{RM_ABLATION['table_csv']}"))
+    if not ablations:
         doc.para("No margin ablation in this campaign (`rlhf rm ablate` writes one; it appears here when run).")
+    for path in ablations:
+        table = pd.read_csv(path)
+        doc.para(f"Margin ablation (Table 28 layout), {path.parent.parent.name}:")
+        doc.table(list(table.columns), table.values.tolist())
 
-    doc.heading("Temperature search")
-    plot_temperature(its, plots / "temperature.png")
+
+def section_temperature(doc: Doc, c: Campaign) -> None:
+    its = c.iterations
+    plot_temperature(its, c.plots / "temperature.png")
     doc.image("plots/temperature.png", "max-of-K reward against temperature per iteration")
     temps = sorted({float(t) for it in its for t in it["temperature"]["curve"]})
     doc.table(["iteration", "chosen T"] + [f"T={t:g}" for t in temps],
@@ -327,22 +314,25 @@ def build(home: Path, plots: Path) -> Doc:
                + [_num({float(k): v for k, v in it["temperature"]["curve"].items()}.get(t)) for t in temps]
                for it in its])
 
-    doc.heading("Best-of-K gain")
-    gains = {it["iteration"]: pd.read_csv(p) for it in its
-             if (p := home / f"iter-{it['iteration']}" / "rejection_sample" / "gain.csv").is_file()}
-    if gains:
-        plot_best_of_k(gains, plots / "best_of_k.png")
-        doc.image("plots/best_of_k.png", "best-of-K max and median reward against K")
-        doc.table(["iteration", "K", "mean max of K", "mean median", "gain"],
-                  [[f"RLHF-V{n}", int(r.k), _num(r.mean_max), _num(r.mean_median), _num(r.gain)]
-                   for n, g in gains.items() for r in g.itertuples()])
-    else:
-        doc.para("The rejection-sampling outputs with the gain tables are not on disk.")
 
-    doc.heading("Rejection-sampling pool")
+def section_best_of_k(doc: Doc, c: Campaign) -> None:
+    gains = {it["iteration"]: pd.read_csv(path) for it in c.iterations
+             if (path := c.step_file(it["iteration"], REJECTION_SAMPLE, "gain")).is_file()}
+    if not gains:
+        doc.para("The rejection-sampling outputs with the gain tables are not on disk.")
+        return
+    plot_best_of_k(gains, c.plots / "best_of_k.png")
+    doc.image("plots/best_of_k.png", "best-of-K max and median reward against K")
+    doc.table(["iteration", "K", "mean max of K", "mean median", "gain"],
+              [[f"RLHF-V{n}", int(r.k), _num(r.mean_max), _num(r.mean_median), _num(r.gain)]
+               for n, g in gains.items() for r in g.itertuples()])
+
+
+def section_pool(doc: Doc, c: Campaign) -> None:
+    its = c.iterations
     doc.para("The pool keeps, per prompt, the best answer of every iteration so far, all re-scored by the "
              "current reward models.")
-    plot_pool(its, plots / "pool.png")
+    plot_pool(its, c.plots / "pool.png")
     doc.image("plots/pool.png", "pool composition by source iteration")
     sources = sorted({int(k) for it in its for k in it["rejection"]["pool_by_iteration"]})
     doc.table(["iteration", "K", "T", "pool size", "pool mean score"] + [f"from V{s}" for s in sources],
@@ -350,39 +340,22 @@ def build(home: Path, plots: Path) -> Doc:
                 it["rejection"]["pool_size"], _num(it["rejection"]["pool_mean_score"])]
                + [it["rejection"]["pool_by_iteration"].get(str(s), 0) for s in sources] for it in its])
 
-    doc.heading("PPO")
-    _slot(doc, its, "ppo", "PPO did not run in this campaign (campaign.ppo_at is empty).")
-    doc.heading("Ghost Attention adherence")
-    _gatt(doc, its, plots)
 
-    doc.heading("Example answers")
-    examples = _examples(home, its)
-    if not examples:
-        doc.para("The evaluate steps' answers are not on disk.")
-    for i, (prompt, answers) in enumerate(examples, 1):
-        doc.quote(f"Prompt {i}", prompt)
-        for label, text in answers:
-            doc.quote(label, text)
+def section_ppo(doc: Doc, c: Campaign) -> None:
+    ran = [(it["iteration"], it["ppo"]) for it in c.iterations if it.get("ppo")]
+    if not ran:
+        doc.para("PPO did not run in this campaign (campaign.ppo_at is empty).")
+        return
+    fields = sorted({k for _, m in ran for k, v in m.items() if isinstance(v, (int, float, bool, str))})
 
-    doc.heading("Provenance")
-    doc.table(["", ""], [["campaign", summary["campaign"]], ["experiment", summary.get("experiment", "-")],
-                         ["code version", summary["code_version"]],
-                         ["MLflow campaign run", summary.get("mlflow_run_id", "-")],
-                         ["tracking URI", summary.get("tracking_uri", "-")],
-                         ["campaign directory", summary.get("campaign_dir", str(home))]])
-    doc.table(["iteration"] + sorted({s for it in its for s in it["wall_seconds"]}),
-              [[f"RLHF-V{it['iteration']}"] + [f"{it['wall_seconds'].get(s, 0):.1f} s"
-                                               for s in sorted({s for i in its for s in i["wall_seconds"]})]
-               for it in its])
-    import yaml
+    def cell(value):
+        return f"{value:.3f}" if isinstance(value, float) else value
 
-    doc.para("The resolved config:")
-    doc.code(yaml.safe_dump(summary["config"], sort_keys=False))
-    return doc
+    doc.table(["iteration"] + fields, [[f"RLHF-V{n}"] + [cell(m.get(f, "-")) for f in fields] for n, m in ran])
 
 
-def _gatt(doc: Doc, its: list[dict], plots: Path) -> None:
-    runs = [(it["iteration"], it["gatt"]) for it in its if it.get("gatt")]
+def section_gatt(doc: Doc, c: Campaign) -> None:
+    runs = [(it["iteration"], it["gatt"]) for it in c.iterations if it.get("gatt")]
     if not runs:
         doc.para("Ghost Attention did not run in this campaign (campaign.gatt_from is unset): no adherence to report.")
         return
@@ -390,7 +363,7 @@ def _gatt(doc: Doc, its: list[dict], plots: Path) -> None:
              "and the constraint's checker judges each answer. Share of dialogues whose answer at each turn follows "
              "the instruction (Llama 2 Table 30 layout), before and after the GAtt fine-tune; zero-shot = constraints "
              "never used in training (mean over turns).")
-    plot_gatt(runs, plots / "gatt_adherence.png")
+    plot_gatt(runs, c.plots / "gatt_adherence.png")
     doc.image("plots/gatt_adherence.png", "adherence per turn before and after Ghost Attention")
     turns = sorted({int(t) for _, g in runs for t in g["adherence_by_turn"]["before"]})
     rows = []
@@ -402,47 +375,87 @@ def _gatt(doc: Doc, its: list[dict], plots: Path) -> None:
     doc.table(["iteration", "model"] + [f"turn {t}" for t in turns] + ["zero-shot", "training dialogues"], rows)
 
 
+def _examples(c: Campaign) -> list[tuple[str, list[tuple[str, str]]]]:
+    """For the first few held-out prompts: the SFT model's answer and each iteration's, side by side."""
+    frames = {it["iteration"]: pd.read_parquet(path) for it in c.iterations
+              if (path := c.step_file(it["iteration"], EVALUATE, "answers")).is_file()}
+    if not frames:
+        return []
+    first = frames[min(frames)]
+    out = []
+    for pid in list(dict.fromkeys(first.prompt_id))[:N_EXAMPLES]:
+        sft = first[(first.prompt_id == pid) & (first.model == "sft")]
+        row = first[first.prompt_id == pid].iloc[0]
+        answers = [("SFT", sft.text.iloc[0])] if len(sft) else []
+        for n, frame in frames.items():
+            mine = frame[(frame.prompt_id == pid) & (frame.model == "model")]
+            if len(mine):
+                answers.append((f"RLHF-V{n}", mine.text.iloc[0]))
+        out.append((str(row.get("prompt", pid)), answers))
+    return out
+
+
+def section_examples(doc: Doc, c: Campaign) -> None:
+    examples = _examples(c)
+    if not examples:
+        doc.para("The evaluate steps' answers are not on disk.")
+    for i, (prompt, answers) in enumerate(examples, 1):
+        doc.quote(f"Prompt {i}", prompt)
+        for label, text in answers:
+            doc.quote(label, text)
+
+
+def section_provenance(doc: Doc, c: Campaign) -> None:
+    import yaml
+
+    summary, its = c.summary, c.iterations
+    doc.table(["", ""], [["campaign", summary["campaign"]], ["experiment", summary.get("experiment", "-")],
+                         ["code version", summary["code_version"]],
+                         ["MLflow campaign run", summary.get("mlflow_run_id", "-")],
+                         ["tracking URI", summary.get("tracking_uri", "-")],
+                         ["campaign directory", summary.get("campaign_dir", str(c.home))]])
+    steps = sorted({step for it in its for step in it["wall_seconds"]})
+    doc.table(["iteration"] + steps, [[f"RLHF-V{it['iteration']}"] + [f"{it['wall_seconds'].get(step, 0):.1f} s"
+                                                                      for step in steps] for it in its])
+    doc.para("The resolved config:")
+    doc.code(yaml.safe_dump(summary["config"], sort_keys=False))
+
+
+SECTIONS = {"Verdict": section_verdict, "Win rates": section_win_rates,
+            "Helpfulness vs safety": section_helpful_vs_safety, "Reward model accuracy": section_reward_models,
+            "Temperature search": section_temperature, "Best-of-K gain": section_best_of_k,
+            "Rejection-sampling pool": section_pool, "PPO": section_ppo, "Ghost Attention adherence": section_gatt,
+            "Example answers": section_examples, "Provenance": section_provenance}
+
+
+def build(home: Path, plots: Path) -> Doc:
+    """The report of the campaign in ``home``; its figures are written into ``plots``."""
+    summary = read_summary(home)
+    if summary is None or not summary.get("iterations"):
+        raise RLHFError(f"no finished iteration in {home} (summary.json missing or empty): run the campaign first, "
+                        "e.g. `rlhf run campaign.name=...`")
+    doc = Doc(f"RLHF campaign report: {summary['campaign']}")
+    doc.para(f"Campaign `{summary['campaign']}`: SFT then {len(summary['iterations'])} RLHF iteration(s). Code "
+             f"version `{summary['code_version']}`. Every number below is read from `summary.json`, which holds "
+             "the same values as the MLflow runs (metrics logged with step = iteration).")
+    campaign = Campaign(Path(home), summary, plots)
+    for title, section in SECTIONS.items():
+        doc.heading(title)
+        section(doc, campaign)
+    return doc
+
+
 def _num(x) -> str:
     return "-" if x is None else f"{x:.3f}"
-
-
-def _slot(doc: Doc, its: list[dict], key: str, missing: str) -> None:
-    ran = [(it["iteration"], it[key]) for it in its if it.get(key)]
-    if not ran:
-        doc.para(missing)
-        return
-    fields = sorted({k for _, m in ran for k, v in m.items() if isinstance(v, (int, float, bool, str))})
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else v
-
-    doc.table(["iteration"] + fields, [[f"RLHF-V{n}"] + [cell(m.get(f, "-")) for f in fields] for n, m in ran])
 
 
 def write_report(home: Path) -> Path:
     """Build ``<home>/report`` (Markdown, HTML, PNGs) in a temp directory, then swap it in; returns the
     path of ``report.md``."""
     home = Path(home)
-    final, tmp, old = home / REPORT_DIR, home / f".{REPORT_DIR}.tmp", home / f".{REPORT_DIR}.old"
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    (tmp / "plots").mkdir(parents=True)
-    doc = build(home, tmp / "plots")
-    (tmp / "report.md").write_text(doc.markdown())
-    (tmp / "report.html").write_text(doc.html())
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final / "report.md"
-
-
-
-def publish_report(home: Path) -> Path:
-    """Write the report and attach it to the campaign's MLflow run (artifacts under ``report/``)."""
-    path = write_report(home)
-    summary = read_summary(Path(home))
-    if summary.get("tracking_uri") and summary.get("mlflow_run_id"):
-        from tasks import tracking as mlt
-
-        mlt.log_dir(summary["tracking_uri"], summary["mlflow_run_id"], path.parent, REPORT_DIR)
-    return path
+    with atomic_dir(home / REPORT_DIR) as tmp:
+        (tmp / "plots").mkdir()
+        doc = build(home, tmp / "plots")
+        (tmp / "report.md").write_text(doc.markdown())
+        (tmp / "report.html").write_text(doc.html())
+    return home / REPORT_DIR / "report.md"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from rlhf_core.artifacts import stable_hash
+from rlhf.core.artifacts import stable_hash
 
 KIND, CAMPAIGN, ITERATION, STEP = "rlhf.kind", "rlhf.campaign", "rlhf.iteration", "rlhf.step"
 KEY = "rlhf.key"  # on a step run: the outputs it records (their manifest keys, hashed)
@@ -65,11 +65,6 @@ class Tracking:
             raise TrackingError(f"the MLflow run of iteration {self.iteration} could not be created "
                                 f"({type(err).__name__}: {err}); the step outputs are intact: fix the tracking "
                                 "store and rerun the campaign to record them") from err
-
-    def client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.uri)
 
 
 def tracking_uri(uri: str | None, campaign_root: Path) -> str:

@@ -8,7 +8,11 @@
       .lock                        held while a run is in progress
       iter-0/sft, iter-0/seed_pairs
       iter-<n>/collect_pairs, annotate, rm-helpful, rm-safety, rm-<name>-eval, search_temperature,
-              rejection_sample, train_policy, evaluate
+              rejection_sample, train_policy, [ppo], [gatt], evaluate
+      report/                      the campaign report (rlhf.record.report)
+
+Inside ``iter-<n>`` each step's directory and file names are its output contract
+(``rlhf.core.steps.outputs``).
     <root>/mlflow.db, <root>/mlartifacts/   the default MLflow store (tracking.uri)
     <root>/.prefect/               the default PREFECT_HOME (Prefect's local database and results)
 """
@@ -18,14 +22,20 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from rlhf_core.artifacts import MANIFEST
-from rlhf_core.errors import RLHFError
+from rlhf.core.artifacts import MANIFEST, write_json, write_text
+from rlhf.core.errors import RLHFError
+from rlhf.core.steps.outputs import EVALUATE
+
+CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
+ITERATION_PREFIX = "iter-"
+ITERATION_DIR = re.compile(rf"{ITERATION_PREFIX}(\d+)")
 
 
 class CampaignLocked(RLHFError):
@@ -37,7 +47,8 @@ def campaign_dir(cfg) -> Path:
 
 
 def iteration_dir(cfg, iteration: int) -> Path:
-    return campaign_dir(cfg) / f"iter-{iteration}"
+    """``<campaign>/iter-<n>``: every step of iteration n writes its output directory in it."""
+    return campaign_dir(cfg) / f"{ITERATION_PREFIX}{iteration}"
 
 
 def finished(out_dir: str | Path) -> bool:
@@ -73,18 +84,22 @@ def campaign_lock(directory: Path) -> Iterator[None]:
         handle.close()
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def write_config(directory: Path, text: str) -> None:
+    """The resolved config of the run in progress (``config.yaml``, what ``rlhf resume`` reruns)."""
+    write_text(directory / CONFIG_FILE, text)
+
+
+def write_summary(directory: Path, summary: dict) -> None:
+    write_json(directory / SUMMARY_FILE, summary, sort_keys=False)
 
 
 def read_summary(directory: Path) -> dict | None:
-    path = directory / "summary.json"
+    path = Path(directory) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def last_finished_iteration(directory: Path) -> int:
-    """The highest n whose ``iter-<n>/evaluate`` finished (0: only SFT or nothing)."""
-    done = [int(p.parent.parent.name.split("-")[1]) for p in directory.glob("iter-*/evaluate/" + MANIFEST)]
+    """The highest n whose evaluation finished (0: only SFT or nothing)."""
+    done = [int(match.group(1)) for path in directory.glob(f"{ITERATION_PREFIX}*")
+            if (match := ITERATION_DIR.fullmatch(path.name)) and finished(EVALUATE.dir(path))]
     return max(done, default=0)

@@ -1,0 +1,80 @@
+"""The ``rlhf`` command line. Every command takes Hydra-style ``key=value`` overrides.
+
+Commands live by family: ``campaign`` (run, iterate, resume, report, serve, ui), ``steps`` (sft, annotate,
+sample, rs, ppo), ``rm`` and ``gatt``. User mistakes (bad data, bad config keys) print one clear message
+and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+
+from rlhf.core.errors import RLHFError
+
+from . import campaign, gatt, rm, steps
+from .common import compose
+
+COMMANDS = {command.name: command for command in [*campaign.COMMANDS, *steps.COMMANDS, *rm.COMMANDS,
+                                                  *gatt.COMMANDS]}
+
+
+def _print_config(overrides: list[str]) -> int:
+    from rlhf.flows.config import to_yaml
+
+    print(to_yaml(compose(overrides)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Llama 2-style RLHF as workflow DAGs. Each command takes key=value config overrides.",
+        epilog="commands:\n" + "\n".join(f"  {command.name:<10} {command.summary}\n  {'':<10} e.g. {command.example}"
+                                         for command in COMMANDS.values()))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in COMMANDS.values():
+        group, _, leaf = command.name.rpartition(" ")
+        if group and group not in groups:
+            members = "|".join(name.split(" ")[1] for name in COMMANDS if name.startswith(group + " "))
+            groups[group] = sub.add_parser(group, help=f"{group} {members} (see rlhf {group} --help)").add_subparsers(
+                dest="subcommand", metavar="SUBCOMMAND", required=True)
+        leaf_parser = (groups[group] if group else sub).add_parser(
+            leaf, help=command.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=command.summary, epilog=textwrap.dedent(f"""\
+                example:
+                  {command.example}
+                overrides are Hydra-style: key=value (see the keys with --cfg)"""))
+        leaf_parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+        leaf_parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        leaf_parser.set_defaults(run=command.run)
+    return parser
+
+
+def _campaign_shorthand(overrides: list[str]) -> list[str]:
+    """A bare first word names the campaign: `rlhf resume demo` = `rlhf resume campaign.name=demo`."""
+    if overrides and "=" not in overrides[0] and not overrides[0].startswith(("+", "~")):
+        return [f"campaign.name={overrides[0]}", *overrides[1:]]
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("rlhf").setLevel(logging.INFO)
+    for noisy in ("httpx", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    try:
+        overrides = _campaign_shorthand(args.overrides)
+        if args.cfg:
+            return _print_config(overrides)
+        return args.run(overrides)
+    except RLHFError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,107 @@
+"""``rlhf run | iterate | resume | report | serve | ui``: the commands about whole campaigns.
+
+Every one that starts Prefect prepares its environment first (``rlhf.flows.environment.prepare``), then
+imports the flows: Prefect reads its settings when it is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rlhf.core.errors import ConfigError
+from rlhf.record.layout import campaign_dir, last_finished_iteration
+
+from .common import Command, compose
+
+
+def _campaign(cfg, upto: int | None) -> int:
+    from rlhf.flows.environment import prepare
+
+    prepare(cfg)
+    from rlhf.flows.campaign import check_fault, end_of_run_report, run_campaign
+    from rlhf.flows.iteration import check_slots
+
+    check_slots(cfg)  # config mistakes before any server starts
+    check_fault(cfg.debug.fail_at)
+    summary = run_campaign(cfg, upto)
+    print(end_of_run_report(summary))
+    return 0
+
+
+def cmd_run(overrides: list[str]) -> int:
+    return _campaign(compose(overrides), None)
+
+
+def cmd_iterate(overrides: list[str]) -> int:
+    cfg = compose(overrides)
+    explicit = any(o.split("=")[0].lstrip("+") == "campaign.iteration" for o in overrides)
+    upto = cfg.campaign.iteration if explicit else last_finished_iteration(campaign_dir(cfg)) + 1
+    return _campaign(cfg, upto)
+
+
+def cmd_resume(overrides: list[str]) -> int:
+    from rlhf.flows.campaign import stored_config
+
+    given = compose(overrides)  # campaign.name / campaign.root say which campaign
+    return _campaign(stored_config(given.campaign.root, given.campaign.name), None)
+
+
+def cmd_report(overrides: list[str]) -> int:
+    from rlhf.flows.environment import prepare
+
+    cfg = compose(overrides)
+    prepare(cfg)
+    from rlhf.flows.campaign import publish_report
+
+    path = publish_report(campaign_dir(cfg))
+    print(f"report: {path}\n        {path.with_suffix('.html')}\nplots:  {path.parent / 'plots'}")
+    return 0
+
+
+def cmd_serve(overrides: list[str]) -> int:
+    cfg = compose(overrides)
+    orchestration = cfg.orchestration
+    if not (orchestration.cron or orchestration.interval or orchestration.watch):
+        raise ConfigError("orchestration.cron", "say when to run the next iteration: orchestration.cron='0 3 * * 1', "
+                                                "orchestration.interval=<seconds> or orchestration.watch=<directory>")
+    from rlhf.flows.environment import prepare
+
+    prepare(cfg)
+    from rlhf.flows.serve import check_schedule, serve
+
+    check_schedule(orchestration.cron, orchestration.interval)  # before a server starts
+    serve(cfg, overrides)
+    return 0
+
+
+def cmd_ui(overrides: list[str]) -> int:
+    from rlhf.tracking import tracking_uri
+
+    cfg = compose(overrides)
+    root = Path(cfg.campaign.root).resolve()
+    uri = tracking_uri(cfg.tracking.uri, root)
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(cfg.io.port)]
+    if not cfg.tracking.uri:
+        argv += ["--default-artifact-root", (root / "mlartifacts").as_uri()]
+    print(f"MLflow UI on http://127.0.0.1:{cfg.io.port} for {uri} (Ctrl-C to stop)")
+    os.execv(sys.executable, argv)
+    return 0
+
+
+COMMANDS = [
+    Command("run", "A whole campaign: SFT, then RLHF-V1..V<campaign.iterations> as Prefect flows, tracked in "
+                   "MLflow; rerunning it skips what finished and resumes what failed.",
+            "rlhf run experiment=smoke campaign.name=try1", cmd_run),
+    Command("iterate", "The campaign's next iteration (or campaign.iteration=<n>), everything before it cached.",
+            "rlhf iterate experiment=demo campaign.name=demo", cmd_iterate),
+    Command("resume", "Rerun a campaign with the config it last ran with (without debug.fail_at).",
+            "rlhf resume demo   (or: rlhf resume campaign.name=demo)", cmd_resume),
+    Command("report", "Write the campaign's report (report.md, report.html, PNG plots) and attach it to MLflow.",
+            "rlhf report demo   (or: rlhf report campaign.name=demo campaign.root=./runs)", cmd_report),
+    Command("serve", "Serve the campaign's next-iteration flow on a schedule, or run it when a file lands.",
+            "rlhf serve experiment=demo campaign.name=demo orchestration.interval=86400", cmd_serve),
+    Command("ui", "Open the MLflow UI on the campaigns' tracking store (io.port, default 5000).",
+            "rlhf ui campaign.root=./runs", cmd_ui),
+]
