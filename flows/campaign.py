@@ -8,7 +8,9 @@ checkpoints, and runs only what a changed config touches. One run at a time per 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from prefect import flow, task
@@ -23,6 +25,7 @@ from rlhf.record.layout import (
     iteration_dir,
     last_finished_iteration,
     read_summary,
+    remove_leftovers,
     write_config,
     write_summary,
 )
@@ -34,6 +37,7 @@ from rlhf.tracking import (
     KIND,
     RECORDER,
     Tracking,
+    end_unfinished_runs,
     experiment_id,
     find_or_create_run,
     finish_run,
@@ -47,9 +51,10 @@ from rlhf.tracking import (
 )
 
 from .config import compose_config, config_from_dict, to_dict, to_yaml
-from .environment import ephemeral_server_settings
+from .environment import prefect_api
 from .iteration import CampaignState, TrackingIds, call, check_slots, iteration_flow
 
+log = logging.getLogger("rlhf")
 TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo", "gatt")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
          "search_temperature", "rejection_sample", "train_policy", "ppo", "gatt", "evaluate")
@@ -68,11 +73,14 @@ def check_fault(spec: str | None) -> None:
 
 
 def open_tracking(cfg, home: Path) -> TrackingIds:
-    """The campaign's experiment and run (found again on reruns), with the resolved config attached."""
+    """The campaign's experiment and run (found again on reruns), with the resolved config attached.
+    Runs an earlier, killed run of the campaign left RUNNING are ended FAILED first."""
     root = Path(cfg.campaign.root).resolve()
     uri = tracking_uri(cfg.tracking.uri, root)
     artifacts = Path(cfg.tracking.artifact_root) if cfg.tracking.artifact_root else root / "mlartifacts"
     experiment = experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, artifacts)
+    if ended := end_unfinished_runs(uri, experiment, cfg.campaign.name, "FAILED"):
+        log.info("MLflow: %d run(s) an interrupted run of %s left RUNNING are now FAILED", ended, cfg.campaign.name)
     run_id = find_or_create_run(uri, experiment, "campaign", {KIND: "campaign", CAMPAIGN: cfg.campaign.name})
     log_params(uri, run_id, to_dict(cfg) | {"code_version": code_version()})
     log_outputs(uri, run_id, home, [home / CONFIG_FILE])
@@ -107,9 +115,13 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
     check_fault(cfg.debug.fail_at)
     home, last = campaign_dir(cfg), upto or cfg.campaign.iterations
     # MLflow writes run on the tracking thread, overlapping the steps and the next iterations; flushed
-    # before the report, and on failure (flushed())
-    with campaign_lock(home), flushed():
-        # 0. The resolved config (what `rlhf resume` reruns) and the campaign's MLflow run.
+    # before the report, and on failure (flushed(), then the runs left open are ended FAILED or KILLED)
+    with campaign_lock(home), flushed(on_failure=partial(_end_runs, cfg)):
+        # 0. What a killed run left (temp folders, runs shown as running), the resolved config (what
+        # `rlhf resume` reruns) and the campaign's MLflow run.
+        if removed := remove_leftovers(home):
+            log.info("removed %d temporary folder(s) of interrupted runs in %s", removed, home)
+        _end_stale_flow_runs(cfg.campaign.name)
         write_config(home, to_yaml(cfg))
         ids = open_tracking(cfg, home)
         # 1. Iteration 0: SFT and the seed pairs.
@@ -137,6 +149,42 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
     return summary
 
 
+def _end_runs(cfg, error: BaseException) -> None:
+    """After a failure: the campaign's MLflow runs still RUNNING end KILLED (an interrupt) or FAILED."""
+    root = Path(cfg.campaign.root).resolve()
+    uri = tracking_uri(cfg.tracking.uri, root)
+    status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    experiment = experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, None)
+    end_unfinished_runs(uri, experiment, cfg.campaign.name, status)
+
+
+def _end_stale_flow_runs(campaign: str) -> None:
+    """Flow runs of this campaign still RUNNING in Prefect belong to a run whose process died (the lock is
+    held, so no other run of it is live): they are set Crashed, Prefect's state for exactly that."""
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.states import Crashed
+
+    mine = {runtime.flow_run.id, runtime.flow_run.parent_flow_run_id}
+    running = FlowRunFilter(name=FlowRunFilterName(like_=campaign),
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=running, sort=FlowRunSort.START_TIME_DESC, limit=200):
+            if str(run.id) not in {str(m) for m in mine if m} and (
+                    run.name == campaign or run.name.startswith(f"{campaign}-RLHF-V")):
+                client.set_flow_run_state(run.id, Crashed(message="the process running it died; marked by the "
+                                                                   "next run of the campaign"), force=True)
+                log.info("Prefect: flow run %s (%s) of a killed run marked Crashed", run.name, run.id)
+
+
 @task(name="report", task_run_name="report")
 def report(home: str) -> str:
     """The campaign report (rebuilt every run: it is cheap and reads only finished outputs)."""
@@ -155,7 +203,7 @@ def publish_report(home: Path) -> Path:
 
 def run_campaign(cfg, upto: int | None = None) -> dict:
     """Run (or rerun, or resume) the campaign ``cfg`` describes, up to iteration ``upto``."""
-    with ephemeral_server_settings():
+    with prefect_api():
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -32,6 +33,8 @@ from rlhf.core.scorers import ScorerConfig
 from rlhf.core.sft import SFTConfig
 from rlhf.core.steps.sft import DataConfig
 
+CAMPAIGN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
 
 @dataclass
 class CampaignConfig:
@@ -44,6 +47,13 @@ class CampaignConfig:
     # rejection-sampling round samples from the PPO policy, as the paper's V5 did); [] = never.
     ppo_at: list[int] | None = None
     gatt_from: int | None = None  # Ghost Attention in this iteration and every later one (paper: from V3); null = never
+
+    def validate(self) -> None:
+        """The name becomes a directory under ``root``: one plain path component, nothing that escapes."""
+        if not CAMPAIGN_NAME.fullmatch(self.name or "") or ".." in self.name:
+            raise ConfigError("campaign.name", f"{self.name!r} is not a campaign name: use letters, digits, '.', '_' "
+                                               "and '-' (no path separators, no '..'), e.g. campaign.name=try1; "
+                                               "campaign.root says where campaigns live")
 
     def ppo_iterations(self) -> list[int]:
         if self.ppo_at is not None:
@@ -151,12 +161,18 @@ def compose_config(overrides: list[str] | None = None):
     _register()
     try:
         with initialize_config_module(config_module="rlhf.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides or []))
-        return OmegaConf.to_object(cfg)
+            cfg = OmegaConf.to_object(compose(config_name="config", overrides=list(overrides or [])))
     except (HydraException, OmegaConfBaseException) as err:
         message = str(err).strip().splitlines()[0]
+        cause = err.__cause__
+        while cause is not None and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is not None and str(cause).strip():  # Hydra's first line hides why ("Error merging override")
+            message += f": {str(cause).strip().splitlines()[0]}"
         raise ConfigError(" ".join(overrides or []) or "<defaults>",
                           f"{message}. See `rlhf <command> --cfg` for the keys and their values.") from err
+    cfg.campaign.validate()
+    return cfg
 
 
 def config_from_dict(values: dict) -> RootConfig:
@@ -164,7 +180,9 @@ def config_from_dict(values: dict) -> RootConfig:
 
     Every flow of a campaign converts the same dict (50 ms through OmegaConf each time), so the result is
     memoised on the dict's JSON and handed out as a copy."""
-    return copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True)))
+    cfg = copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True)))
+    cfg.campaign.validate()
+    return cfg
 
 
 @lru_cache(maxsize=8)

@@ -1,16 +1,30 @@
 """Prefect's environment for this platform, in one place: where its home is, what it logs, and the
-settings of the ephemeral server a run starts when no Prefect server is configured.
+temporary local server a run starts when no Prefect server is configured.
 
 :func:`prepare` must run before Prefect is imported (the CLI calls it first); nothing here imports
 Prefect at module level.
+
+The temporary server is this platform's own, not Prefect's ephemeral one: Prefect starts that one as a
+plain child process, so a run killed with SIGKILL (or SIGTERM, which skips Python's exit handlers) left
+it running and spinning at ~100 % of a core. Ours watches its parent and stops within a second of the
+run's process going away, however it went.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger("rlhf")
 
 
 def prepare(cfg) -> None:
@@ -55,3 +69,105 @@ def ephemeral_server_settings() -> Iterator[None]:
         return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}, set_defaults=EPHEMERAL_RECORDER):
         yield
+
+
+@contextmanager
+def prefect_api() -> Iterator[None]:
+    """The Prefect API a run talks to: the configured server when PREFECT_API_URL is set (nothing
+    changes), else a temporary server on 127.0.0.1 with :func:`ephemeral_server_settings`, started here
+    and stopped when the block ends -- or when this process dies, whatever kills it."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield
+        return
+    with ephemeral_server_settings():
+        process, url = _start_server(get_current_settings().to_environment_variables(exclude_unset=True))
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                try:
+                    yield
+                finally:
+                    _drain()
+        finally:
+            _stop(process)
+
+
+def _drain() -> None:
+    """Send the logs and events Prefect still holds while the server is up: its workers would otherwise
+    retry against a stopped server when the process exits, for minutes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except RuntimeError:  # never started
+            pass
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_server(settings: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Start the server child and wait until it answers (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``)."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, **settings, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1", "RLHF_SERVER_PARENT": str(os.getpid())}
+    env.pop("PREFECT_API_URL", None)
+    # Its own session: a Ctrl-C in the terminal reaches the run, which then stops the server in order.
+    process = subprocess.Popen([sys.executable, "-m", "rlhf.flows.environment", str(port)], env=env,
+                               start_new_session=True, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server exited at start (code {process.returncode}); "
+                                   "see its output above")
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    log.info("Prefect: temporary server on %s (pid %d), stopped with this run", url, process.pid)
+                    return process, url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    _stop(process)
+    raise RuntimeError("the temporary Prefect server did not answer in time: raise "
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or point PREFECT_API_URL at a server")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _serve_until_the_parent_dies(port: int) -> None:
+    """The server child: Prefect's API under uvicorn, and a thread that stops it (SIGTERM, which uvicorn
+    handles by shutting down cleanly) as soon as the process that started it is gone."""
+    parent = int(os.environ["RLHF_SERVER_PARENT"])
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="rlhf-parent-watch", daemon=True).start()
+    import uvicorn
+
+    uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
+                log_level="error", lifespan="on")
+
+
+if __name__ == "__main__":
+    _serve_until_the_parent_dies(int(sys.argv[1]))

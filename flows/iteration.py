@@ -15,6 +15,7 @@ policy). Where each step writes is its output contract's business (``rlhf.core.s
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,9 @@ class TrackingIds:
     campaign_run_id: str
 
 
+log = logging.getLogger("rlhf")
+
+
 class Labels(RunInput):
     """What a person types into the Prefect UI to resume a flow paused for labels."""
 
@@ -69,24 +73,28 @@ class Labels(RunInput):
 def call(task, tracking: Tracking, retries: OrchestrationConfig, **params):
     """Run ``task`` and record it in its MLflow run (on the tracking thread, overlapping what comes next):
     a RUNNING run while a step computes, then its params, metrics and artifacts, or FAILED. Failures on
-    I/O are retried as ``orchestration.io_retries`` / ``retry_delay_seconds`` say. When one of its
-    outputs is missing on disk (deleted by hand), Prefect's cached result is skipped and the step reruns,
-    so a cached reference never points at nothing."""
-    fresh = not all(finished(d) for d in steps.output_dirs(task.name, params))
+    I/O are retried as ``orchestration.io_retries`` / ``retry_delay_seconds`` say.
+
+    A cached result is trusted only if its outputs are on disk as their manifests recorded them, under
+    the result's key: an output deleted, truncated or edited by hand, or replaced by a run with another
+    config, is computed again (a log line says why)."""
     options = {"retries": retries.io_retries, "retry_delay_seconds": retries.retry_delay_seconds}
-    if fresh:
-        options["refresh_cache"] = True
+    missing = [d for d in steps.output_dirs(task.name, params) if not finished(d)]
     started = time.time()
-    if fresh:
+    if missing:
         RECORDER.submit(start_step, tracking, task.name, started)
     try:
-        result = task.with_options(**options)(**params)
+        result = task.with_options(**options, **({"refresh_cache": True} if missing else {}))(**params)
+        if not missing and (problem := steps.untrusted(result)):
+            log.info("%s: the cached result is not trusted (%s); computing it again", task.name, problem)
+            RECORDER.submit(start_step, tracking, task.name, started)
+            result = task.with_options(**options, refresh_cache=True)(**params)
     except BaseException:
         RECORDER.submit(fail_step, tracking, task.name, started, time.time())
         raise
     outputs = {task.name: result} if "path" in result else result
-    RECORDER.submit(record_step, tracking, task.name, steps.tracked_params(task.name, params),
-                              outputs, started, time.time())
+    RECORDER.submit(record_step, tracking, task.name, steps.tracked_params(task.name, params), outputs, started,
+                    time.time())
     return result
 
 

@@ -31,11 +31,12 @@ log = logging.getLogger("rlhf")
 
 def _next_iteration(overrides: list[str]):
     """One scheduled run, with the settings a campaign run uses on the ephemeral server (no heartbeats,
-    batched task-run records; ``rlhf.flows.environment.ephemeral_server_settings``)."""
+    batched task-run records, a temporary server that dies with this process:
+    ``rlhf.flows.environment.prefect_api``)."""
     from .campaign import next_iteration_flow
-    from .environment import ephemeral_server_settings
+    from .environment import prefect_api
 
-    with ephemeral_server_settings():
+    with prefect_api():
         return next_iteration_flow(overrides=overrides)
 
 

@@ -161,12 +161,19 @@ RECORDER = Recorder()
 
 
 @contextmanager
-def flushed() -> Iterator[None]:
-    """Flush the recorder when the block ends; if the block fails, its error wins over a tracking error."""
+def flushed(on_failure: Callable[[BaseException], None] | None = None) -> Iterator[None]:
+    """Flush the recorder when the block ends. If the block fails, its error wins over a tracking error,
+    and ``on_failure(error)`` runs after the flush (to end the runs left open); its own failure is only
+    logged."""
     try:
         yield
-    except BaseException:
+    except BaseException as error:
         RECORDER.flush(raise_errors=False)
+        if on_failure is not None:
+            try:
+                on_failure(error)
+            except Exception as err:  # the original error is what the user must see
+                log.warning("tracking: could not end the open MLflow runs: %s: %s", type(err).__name__, err)
         raise
     RECORDER.flush()
 
@@ -322,6 +329,18 @@ def log_outputs(uri: str, run_id: str, out_dir: Path, files: Iterable[Path] | No
 def log_dir(uri: str, run_id: str, directory: Path, artifact_path: str) -> None:
     """A whole directory (the campaign report with its plots) as artifacts under ``artifact_path``."""
     _client(uri).log_artifacts(run_id, str(directory), artifact_path)
+
+
+def end_unfinished_runs(uri: str, experiment: str, campaign: str, status: str) -> int:
+    """End every RUNNING run of ``campaign`` (campaign, iteration and step runs) with ``status``
+    (FAILED or KILLED): what a run that failed, was interrupted or was killed left open. Called with the
+    campaign's lock held, so no other run of it is live. Returns how many were ended."""
+    client = _client(uri)
+    open_runs = client.search_runs([experiment], filter_string=f"tags.`{CAMPAIGN}` = '{campaign}' and "
+                                   "attributes.status = 'RUNNING'", max_results=1000)
+    for run in open_runs:
+        client.set_terminated(run.info.run_id, status)
+    return len(open_runs)
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

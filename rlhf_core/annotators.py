@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlhf.core.artifacts import atomic_file, iter_jsonl, write_jsonl
+from rlhf.core.artifacts import atomic_file, write_jsonl
 from rlhf.core.errors import ConfigError, DataError, DataErrors, RLHFError
+from rlhf.core.preferences import read_records, record_format
 from rlhf.core.rater.gold import gold_score
 from rlhf.core.rater.levels import LEVELS, RaterConfig, decide
 
@@ -130,13 +131,20 @@ def write_frame(frame: pd.DataFrame, path) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[DataError]]:
+PAIR_FORMATS = (".jsonl", ".jsonl.gz", ".parquet")  # pairs to label
+LABEL_FORMATS = (".csv", ".jsonl", ".jsonl.gz", ".parquet")  # labelled files to import
+
+
+def _read_jsonl(path: Path, accepted: tuple[str, ...], what: str) -> tuple[list[tuple[int, dict]], list[DataError]]:
+    """Records of a JSONL (``.jsonl``, ``.jsonl.gz``) or Parquet file, and the lines that are not JSON objects."""
     records, errors = [], []
-    for line, record in iter_jsonl(path, errors.append):
-        if isinstance(record, dict):
+    for line, record in read_records(path, accepted, what):
+        if isinstance(record, DataError):
+            errors.append(record)
+        elif isinstance(record, dict):
             records.append((line, record))
         else:
-            errors.append(DataError(path, "expected a JSON object", line=line))
+            errors.append(DataError(path, "expected a JSON object", line=line, hint="fix or remove this line"))
     return records, errors
 
 
@@ -153,17 +161,23 @@ def _read_csv(path: Path) -> list[tuple[int, dict]]:
 
 
 def _read_records(path: Path) -> tuple[list[tuple[int, dict]], list[DataError]]:
-    """``(line, record)`` of a CSV or JSONL file, and the lines that could not be read."""
-    return (_read_csv(path), []) if path.suffix == ".csv" else _read_jsonl(path)
+    """``(line, record)`` of a labels file (CSV, JSONL, JSONL.gz or Parquet), and the lines that could not be
+    read."""
+    if record_format(path, LABEL_FORMATS, "labels") == ".csv":
+        if not path.is_file():
+            raise DataError(path, "file not found", hint="check the path")
+        return _read_csv(path), []
+    return _read_jsonl(path, LABEL_FORMATS, "labels")
 
 
 def read_pairs(path) -> pd.DataFrame:
-    """Pairs from JSONL or Parquet, checked with :func:`check_pairs`; prompts as lists of dicts."""
-    path = _checked_suffix(path, (".jsonl", ".parquet"))
-    if path.suffix == ".parquet":
+    """Pairs from JSONL (``.jsonl``, ``.jsonl.gz``) or Parquet, checked with :func:`check_pairs`; prompts as
+    lists of dicts."""
+    path = Path(path)
+    if record_format(path, PAIR_FORMATS, "pairs to label") == ".parquet":
         pairs = pd.read_parquet(path)
     else:
-        records, errors = _read_records(path)
+        records, errors = _read_jsonl(path, PAIR_FORMATS, "pairs to label")
         if errors:
             raise DataErrors(errors)
         pairs = pd.DataFrame([r for _, r in records])
@@ -218,7 +232,7 @@ class FileAnnotator(Annotator):
         Prompts and answers are taken from ``pairs``, not from the file, so an accidental edit
         of an answer in the file cannot change what is trained on.
         """
-        path = _checked_suffix(path, (".csv", ".jsonl"))
+        path = Path(path)
         check_pairs(pairs)
         records, errors = _read_records(path)
         by_id = {p["pair_id"]: p for p in pairs.to_dict("records")}

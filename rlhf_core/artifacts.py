@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,37 +26,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from .digests import MANIFEST, check_files, digest, file_records  # noqa: F401 (digest: re-exported)
 from .errors import DataError
 
-MANIFEST = "manifest.json"
+log = logging.getLogger("rlhf")
+
 # The code that computes step outputs is this package, the algorithm (the Prefect tasks add their own
 # module's digest to their cache keys: rlhf.tasks.steps). The orchestration around it (flows, CLI,
 # reports, tracking) is left out: whatever it decides reaches a step as parameters, which are in the
 # step's key themselves, so fixing a report or the CLI reruns no training.
 CORE_DIR = Path(__file__).resolve().parent
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def digest(path: str | Path) -> str:
-    """Content digest of a file or directory. A step output is identified by its manifest (which pins
-    its own inputs, config and metrics), so its directory is not re-read byte by byte."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if (path / MANIFEST).is_file():
-        return sha256_file(path / MANIFEST)
-    digest_ = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest_.update(str(file.relative_to(path)).encode())
-        digest_.update(sha256_file(file).encode())
-    return digest_.hexdigest()
 
 
 def stable_hash(obj: Any) -> str:
@@ -197,8 +177,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def write_manifest(out_dir: str | Path, step: str, key: str, config: dict, inputs: dict[str, dict],
                    metrics: dict, **extra: Any) -> dict:
-    """Write ``manifest.json`` in ``out_dir``; ``inputs`` maps an input's name to ``{"path", "digest"}``
-    and ``key`` is :func:`step_key` of the config and those digests."""
+    """Write ``manifest.json`` in ``out_dir``, last: ``inputs`` maps an input's name to ``{"path",
+    "digest"}``, ``key`` is :func:`step_key` of the config and those digests, and ``files`` records the
+    size and digest of every file already in ``out_dir`` (what :func:`verify_output` checks)."""
     manifest = {
         "step": step,
         "key": key,
@@ -207,6 +188,7 @@ def write_manifest(out_dir: str | Path, step: str, key: str, config: dict, input
         "inputs": inputs,
         "config": config,
         "metrics": metrics,
+        "files": file_records(out_dir),
         **extra,
     }
     write_json(Path(out_dir) / MANIFEST, manifest)
@@ -214,5 +196,28 @@ def write_manifest(out_dir: str | Path, step: str, key: str, config: dict, input
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
+    """The output's manifest; None when there is none or it is unreadable (a half-written or damaged
+    ``manifest.json`` makes the output unfinished, never a crash)."""
     path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("%s is unreadable (%s): the output counts as unfinished", path, err)
+        return None
+    return manifest if isinstance(manifest, dict) and "key" in manifest else None
+
+
+def verify_output(out_dir: str | Path, key: str | None = None) -> tuple[dict | None, str | None]:
+    """``(manifest, None)`` when ``out_dir`` holds a finished output (of ``key``, when given) whose files
+    are what its manifest recorded; else ``(None, why not)``."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        return None, f"no readable {MANIFEST}"
+    if key is not None and manifest["key"] != key:
+        return None, "it was written with another config, other inputs or other code (its key differs)"
+    if "files" not in manifest:
+        return None, f"its {MANIFEST} records no file digests (written by an older version)"
+    problem = check_files(out_dir, manifest["files"])
+    return (None, problem) if problem else (manifest, None)

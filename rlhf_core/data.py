@@ -1,57 +1,49 @@
 """Conversation datasets: read, validate, tokenise.
 
 A file holds one conversation per row: JSONL lines ``{"messages": [{"role", "content"}, ...]}`` (extra
-keys are kept) or a Parquet table with a ``messages`` column of the same shape. A conversation is an
-optional system message, then user and assistant turns alternating, starting with a user turn and
-containing at least one non-empty assistant turn.
+keys are kept; ``.jsonl``, gzip-compressed ``.jsonl.gz``, or ``.json`` read as JSON lines) or a Parquet
+table with a ``messages`` column of the same shape. A conversation is an optional system message, then
+user and assistant turns alternating, starting with a user turn and containing at least one non-empty
+assistant turn.
 
 Every problem in a file is collected and reported together (file, line, field, what to do); nothing is
-skipped silently. Over-long conversations are truncated or dropped by policy, and the counts are
-returned in a :class:`TokenizeReport` for the caller to print.
+skipped silently: ``load_conversations(path, on_bad_record="skip")`` drops the bad rows instead of
+failing, and logs each (``file:line: reason``) and their count. Over-long conversations are truncated or
+dropped by policy, and the counts are returned in a :class:`TokenizeReport` for the caller to print.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import iter_jsonl
 from .chat import render_conversation
 from .errors import ConfigError, DataError, DataErrors
-from .preferences import ROLES
+from .preferences import ROLES, check_on_bad_record, read_records, skipped_reason
 
 OVERLONG_POLICIES = ("truncate", "drop")
+CONVERSATION_FORMATS = (".jsonl", ".jsonl.gz", ".parquet", ".json")
+
+log = logging.getLogger(__name__)
+
+
+def _read(path: Path) -> list[tuple[int, Any]]:
+    """``(line, row)`` of every row; a line that is not JSON gives its DataError in place of the row."""
+    if not path.is_file():
+        raise DataError(path, "file not found", hint="check the path (data.path)")
+    return read_records(path, CONVERSATION_FORMATS, what="conversations (one JSON object per line)")
 
 
 def read_rows(path: str | Path) -> list[tuple[int, Any]]:
-    """``(line_number, row)`` pairs from a JSONL or Parquet file; every line that is not JSON is reported."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found", hint="check the path (data.path)")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        frame = pd.read_parquet(path)
-        return [(i + 1, _plain(row)) for i, row in enumerate(frame.to_dict(orient="records"))]
-    if path.suffix not in (".jsonl", ".json"):
-        raise DataError(path, f"unsupported file type {path.suffix!r}", hint="use .jsonl or .parquet")
-    errors: list[DataError] = []
-    rows = list(iter_jsonl(path, errors.append))
+    """``(line_number, row)`` pairs from a JSONL (``.jsonl``, ``.jsonl.gz``, ``.json``) or Parquet file; every
+    line that is not JSON is reported (:class:`DataErrors`)."""
+    rows = _read(Path(path))
+    errors = [row for _, row in rows if isinstance(row, DataError)]
     if errors:
         raise DataErrors(errors)
     return rows
-
-
-def _plain(value):
-    """Parquet gives numpy arrays for list columns; turn them back into lists and dicts."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def validate_messages(messages: Any, path, line: int, key: str = "messages") -> list[DataError]:
@@ -92,20 +84,37 @@ def validate_messages(messages: Any, path, line: int, key: str = "messages") -> 
     return errors
 
 
-def load_conversations(path: str | Path) -> list[dict]:
-    """Validated rows of a conversation file (each a dict with at least ``messages``)."""
-    rows, errors = [], []
-    for line, row in read_rows(path):
-        if not isinstance(row, dict) or "messages" not in row:
-            errors.append(DataError(path, "expected an object with a 'messages' list", line, "messages",
-                                    "fix or remove this line"))
-            continue
-        problems = validate_messages(row["messages"], path, line)
+def load_conversations(path: str | Path, on_bad_record: str = "error") -> list[dict]:
+    """Validated rows of a conversation file (each a dict with at least ``messages``).
+
+    ``on_bad_record="error"`` (the default) raises :class:`DataErrors` listing every problem (lines that are
+    not JSON first, as they stop the file from being read); ``"skip"`` drops each bad row, logs it as a
+    warning (``file:line: reason``) and logs how many were skipped. Either way, a file with no valid
+    conversation is an error.
+    """
+    check_on_bad_record(on_bad_record, "data.on_bad_record")
+    path = Path(path)
+    records = _read(path) if on_bad_record == "skip" else read_rows(path)
+    rows, errors, skipped = [], [], []
+    for line, row in records:
+        if isinstance(row, DataError):
+            problems = [row]
+        elif not isinstance(row, dict) or "messages" not in row:
+            problems = [DataError(path, "expected an object with a 'messages' list", line, "messages",
+                                  "fix or remove this line")]
+        else:
+            problems = validate_messages(row["messages"], path, line)
         errors.extend(problems)
-        if not problems:
+        if problems:
+            skipped.append(skipped_reason(path, line, problems))
+        else:
             rows.append(row)
-    if errors:
+    if errors and (on_bad_record == "error" or not rows):
         raise DataErrors(errors)
+    for text in skipped:
+        log.warning("skipped bad record (on_bad_record=skip): %s", text)
+    if skipped:
+        log.warning("%s: skipped %d bad conversation(s) of %d", path, len(skipped), len(records))
     if not rows:
         raise DataError(path, "no conversations in the file", hint="add at least one conversation")
     return rows

@@ -18,7 +18,6 @@ bf16 is applied through autocast, so optimiser state stays exact.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import atomic_dir
+from .digests import default_cache_dir
 from .errors import ConfigError
 
 EMBEDDED = "smollm2"
@@ -43,10 +43,6 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     cache_dir: str | None = None  # where the dequantised embedded model is cached; default ~/.cache/rlhf
     tiny_seed: int = 0  # initialisation seed of the tiny test model
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RLHF_CACHE_DIR", Path.home() / ".cache" / "rlhf"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -132,14 +132,14 @@ class PPORun:
     # checkpoints ----------------------------------------------------------------------------------
 
     def save(self, work_dir: Path, step: int, state: dict) -> None:
-        """Checkpoint ``step-<step>`` (the only one kept)."""
+        """Checkpoint ``step-<step>`` (the latest two are kept: a damaged one falls back to the other)."""
         with atomic_checkpoint(work_dir, step) as tmp:
             torch.save({"policy": self.policy.state_dict(), "value": self.value.state_dict(),
                         "opt_policy": self.opt_policy.state_dict(), "opt_value": self.opt_value.state_dict(),
                         **state}, tmp / "state.pt")
 
     def load(self, ckpt: Path) -> dict:
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)  # tensors and plain values
         self.policy.load_state_dict(state.pop("policy"))
         self.value.load_state_dict(state.pop("value"))
         self.opt_policy.load_state_dict(state.pop("opt_policy"))

@@ -21,6 +21,7 @@ continues the plan at *s*; model, optimizer, scheduler and RNG state come from
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -34,8 +35,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
 from .models import resolve_precision
+
+log = logging.getLogger("rlhf")
 
 MetricsCallback = Callable[[dict, int], None]  # (metrics, step) -> None
 
@@ -58,7 +62,7 @@ class TrainConfig:
     group_by_length: bool = True  # length-grouped micro-batches (less padding)
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = never)
-    keep_checkpoints: int = 1  # how many recent checkpoints to keep on disk
+    keep_checkpoints: int = 2  # recent checkpoints kept on disk: a damaged latest one falls back to the one before
     seed: int = 0
     fail_after_steps: int | None = None  # fault injection: raise after this many steps (tests, demos)
 
@@ -128,7 +132,8 @@ def total_steps_for(n_examples: int, cfg: TrainConfig) -> int:
 # checkpoints
 
 
-TRAINER_STATE = "trainer_state.json"  # in every checkpoint: {"step": <optimizer steps done>}
+TRAINER_STATE = "trainer_state.json"  # in every checkpoint: {"step": <optimizer steps done>, ...}
+CHECKPOINT_FILES = "files.json"  # in every checkpoint, written last: the size and digest of each file
 
 
 def checkpoint_step(checkpoint: Path | None) -> int:
@@ -139,17 +144,45 @@ def checkpoint_step(checkpoint: Path | None) -> int:
     return json.loads((checkpoint / TRAINER_STATE).read_text())["step"] if checkpoint is not None else 0
 
 
+def _checkpoints(work_dir: Path) -> list[Path]:
+    """``step-<n>`` directories, oldest first (by the number in the name: the state file may be damaged)."""
+    found = [p for p in (work_dir / "checkpoints").glob("step-*") if p.name.removeprefix("step-").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def _damage(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a file missing, truncated or changed since it was
+    written, an unreadable state), or None."""
+    try:
+        records = json.loads((checkpoint / CHECKPOINT_FILES).read_text())
+        checkpoint_step(checkpoint)
+    except (OSError, ValueError, KeyError) as err:
+        return f"its {CHECKPOINT_FILES} or {TRAINER_STATE} is unreadable ({type(err).__name__})"
+    return check_files(checkpoint, records)
+
+
 def latest_checkpoint(work_dir: Path) -> Path | None:
-    ckpts = sorted((work_dir / "checkpoints").glob("step-*"), key=checkpoint_step)
-    return ckpts[-1] if ckpts else None
+    """The newest checkpoint that is whole. A damaged one (a crash mid-write, a truncated file) is set
+    aside with a warning and the one before it is taken; None when none is left (a fresh start)."""
+    for checkpoint in reversed(_checkpoints(work_dir)):
+        problem = _damage(checkpoint)
+        if problem is None:
+            return checkpoint
+        aside = checkpoint.with_name(f".damaged-{checkpoint.name}")
+        log.warning("checkpoint %s is damaged (%s): set aside as %s; resuming from the one before it, if any",
+                    checkpoint, problem, aside.name)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(checkpoint, aside)
+    return None
 
 
 @contextmanager
-def atomic_checkpoint(work_dir: Path, step: int, keep: int = 1, accelerator=None) -> Iterator[Path]:
+def atomic_checkpoint(work_dir: Path, step: int, keep: int = 2, accelerator=None,
+                      state: dict | None = None) -> Iterator[Path]:
     """Yield the temp dir of checkpoint ``work_dir/checkpoints/step-<step>`` to write the state into; when the
-    body returns, :data:`TRAINER_STATE` is added, the dir renamed into place and all but the ``keep`` latest
-    checkpoints removed. On error the older checkpoints are untouched (the temp dir is cleared by the next
-    save of that step).
+    body returns, :data:`TRAINER_STATE` (the step and ``state``, JSON) and :data:`CHECKPOINT_FILES` are
+    added, the dir renamed into place and all but the ``keep`` latest checkpoints removed. On error the
+    older checkpoints are untouched (the temp dir is cleared by the next save of that step).
 
     Not :func:`~rlhf.core.artifacts.atomic_dir`: with an ``accelerator`` every process writes its share of
     the state, so the temp dir has a name all of them know (``.tmp-step-<step>``), and only the main
@@ -165,9 +198,10 @@ def atomic_checkpoint(work_dir: Path, step: int, keep: int = 1, accelerator=None
         accelerator.wait_for_everyone()
     yield tmp
     if main:
-        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+        (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **(state or {})}))
+        (tmp / CHECKPOINT_FILES).write_text(json.dumps(file_records(tmp)))
         os.replace(tmp, final)
-        for old in sorted(root.glob("step-*"), key=checkpoint_step)[:-keep]:
+        for old in _checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
@@ -240,12 +274,13 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
 
-    # 2. Resume from the latest checkpoint, if any.
+    # 2. Resume from the latest whole checkpoint, if any. Weights and optimizer state load as tensors
+    # only (safetensors and weights_only=True); the schedule's state is JSON in the trainer state.
     ckpt = latest_checkpoint(work_dir)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
+        scheduler.load_state_dict(json.loads((ckpt / TRAINER_STATE).read_text())["scheduler"])
     start = checkpoint_step(ckpt)
     objective.train()
 
@@ -300,7 +335,8 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            with atomic_checkpoint(work_dir, step + 1, cfg.keep_checkpoints, accelerator) as tmp:
+            with atomic_checkpoint(work_dir, step + 1, cfg.keep_checkpoints, accelerator,
+                                   {"scheduler": scheduler.state_dict()}) as tmp:
                 accelerator.save_state(str(tmp))
         if cfg.fail_after_steps is not None and step + 1 == cfg.fail_after_steps:
             bar.close()

@@ -29,7 +29,7 @@ from typing import Callable
 from prefect import task
 
 from rlhf.core.annotators import AnnotatorConfig
-from rlhf.core.artifacts import code_version, source_digest, stable_hash
+from rlhf.core.artifacts import code_version, digest, source_digest, stable_hash, verify_output
 from rlhf.core.evaluation import EvalConfig
 from rlhf.core.gatt import GAttConfig
 from rlhf.core.models import ModelConfig
@@ -61,6 +61,7 @@ from rlhf.core.training import InjectedFault
 
 Ref = dict  # {"step", "path", "key", "metrics", "files"}: what a task returns
 NOT_KEYED = {"fault"}  # parameters left out of the cache key
+NOT_CONTENT = {"here", "export_path", "cache_dir"}  # paths a step writes to or caches in, not inputs
 TASK_CODE = source_digest(Path(__file__))  # this module decides what reaches the core: part of every key
 
 
@@ -90,16 +91,22 @@ def _is_ref(value) -> bool:
     return isinstance(value, dict) and {"step", "path", "key"} <= value.keys()
 
 
-def _identity(value):
-    """What a parameter contributes to a cache key: config values as they are; an upstream reference by
-    its output's path and key only (its metrics describe the run, its files follow from its path)."""
+def _identity(value, field: str = ""):
+    """What a parameter contributes to a cache key: config values as they are, and after every value
+    that names an existing local file or directory, that input's content digest (so editing a data file
+    in place reruns what reads it); an upstream reference by its output's path and key only (the key
+    pins its content; its metrics describe the run, its files follow from its path)."""
     if _is_ref(value):
         return {"path": value["path"], "key": value["key"]}
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
     if isinstance(value, dict):
-        return {k: _identity(v) for k, v in value.items()}
+        return {k: _identity(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_identity(v) for v in value]
-    return _plain(value)
+        return [_identity(v, field) for v in value]
+    if isinstance(value, str) and field not in NOT_CONTENT and value and Path(value).exists():
+        return {"path": value, "digest": digest(value)}
+    return value
 
 
 def _holds_refs(value) -> bool:
@@ -117,7 +124,7 @@ def tracked_params(step: str, parameters: dict) -> dict:
 
 
 def cache_key(context, parameters: dict) -> str:
-    keyed = {k: _identity(v) for k, v in parameters.items() if k not in NOT_KEYED}
+    keyed = {k: _identity(v, k) for k, v in parameters.items() if k not in NOT_KEYED}
     return f"{context.task.name}-{stable_hash({'params': keyed, 'code': code_version(), 'task': TASK_CODE})}"
 
 
@@ -147,6 +154,17 @@ def contracts(step: str, parameters: dict) -> list[Outputs]:
 def output_dirs(step: str, parameters: dict) -> list[Path]:
     """Where a call of the task ``step`` writes (each contract's directory in ``parameters["here"]``)."""
     return [contract.dir(parameters["here"]) for contract in contracts(step, parameters)]
+
+
+def untrusted(result: Ref | dict[str, Ref]) -> str | None:
+    """Why a task's (cached) result cannot be trusted, or None: each output must still be on disk as its
+    manifest recorded it, under the key the result names (another config's rerun may have replaced it,
+    a file may have been truncated or edited)."""
+    for ref in ([result] if _is_ref(result) else result.values()):
+        _, problem = verify_output(ref["path"], ref["key"])
+        if problem:
+            return f"{ref['path']}: {problem}"
+    return None
 
 
 def _outputs(step: str, fault: Fault | None,

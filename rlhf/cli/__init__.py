@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import textwrap
 
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 0
+    # SIGTERM (a scheduler, `kill`) stops a run the way Ctrl-C does: flow and MLflow runs are ended, the
+    # temporary Prefect server is stopped, the lock is released, nothing half-written is left in place.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         overrides = _campaign_shorthand(args.overrides)
         if args.cfg:
@@ -78,3 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except RLHFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished steps are kept; rerun (or `rlhf resume <campaign>`) to continue",
+              file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

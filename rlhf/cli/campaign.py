@@ -13,7 +13,7 @@ from pathlib import Path
 from rlhf.core.errors import ConfigError
 from rlhf.record.layout import campaign_dir, last_finished_iteration
 
-from .common import Command, compose
+from .common import Command, compose, writing
 
 
 def _campaign(cfg, upto: int | None) -> int:
@@ -55,7 +55,8 @@ def cmd_report(overrides: list[str]) -> int:
     prepare(cfg)
     from rlhf.flows.campaign import publish_report
 
-    path = publish_report(campaign_dir(cfg))
+    with writing(cfg):
+        path = publish_report(campaign_dir(cfg))
     print(f"report: {path}\n        {path.with_suffix('.html')}\nplots:  {path.parent / 'plots'}")
     return 0
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rlhf.core.steps.outputs import Outputs
-from rlhf.record.layout import iteration_dir
+from rlhf.record.layout import campaign_dir, campaign_lock, iteration_dir
 
 
 @dataclass
@@ -34,3 +35,14 @@ def output_dir(cfg, contract: Outputs) -> Path:
     """Where a single-step command writes: ``io.output`` when given, else the step's directory in the
     iteration directory."""
     return Path(cfg.io.output) if cfg.io.output else contract.dir(here(cfg))
+
+
+@contextmanager
+def writing(cfg, *outputs: Path) -> Iterator[None]:
+    """Hold the campaign's lock while a command writes into the campaign directory (by default every
+    single-step command does; with ``io.output`` elsewhere, only paths inside it count), so it never
+    replaces a step's output under a running campaign. A held lock is a clear error naming its holder."""
+    home = campaign_dir(cfg)
+    inside = not outputs or any(Path(path).resolve().is_relative_to(home) for path in outputs)
+    with campaign_lock(home) if inside else nullcontext():
+        yield

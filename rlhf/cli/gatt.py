@@ -14,7 +14,7 @@ from rlhf.core.artifacts import atomic_dir, read_jsonl, write_json
 from rlhf.core.errors import ConfigError
 from rlhf.core.steps.outputs import GATT_DATA, GATT_EVAL, GATT_TRAIN
 
-from .common import Command, compose, here, output_dir
+from .common import Command, compose, here, output_dir, writing
 
 
 def _backend(cfg):
@@ -31,7 +31,8 @@ def cmd_gatt_data(overrides: list[str]) -> int:
     cfg = compose(overrides)
     out = output_dir(cfg, GATT_DATA)
     _, _, backend = _backend(cfg)
-    dialogues = build_data(backend, cfg.gatt, cfg.sampling, out)
+    with writing(cfg, out):
+        dialogues = build_data(backend, cfg.gatt, cfg.sampling, out)
     kept = dialogues.answers.map(len)
     print(f"\n{int((kept > 0).sum())} of {len(dialogues)} dialogues kept answers that follow their instruction "
           f"({int(kept.sum())} of {len(dialogues) * cfg.gatt.turns} turns): {out / GATT_DATA['rows']}")
@@ -49,10 +50,11 @@ def cmd_gatt_train(overrides: list[str]) -> int:
         raise ConfigError("io.input", f"no GAtt rows at {data}: run `rlhf gatt data` first or give io.input=<jsonl>")
     out = output_dir(cfg, GATT_TRAIN)
     model, tokenizer, _ = _backend(cfg)
-    result, report = train_on(model, tokenizer, read_jsonl(data), cfg.gatt.train, work_dir_for(out),
-                              precision=cfg.model.precision)
-    with atomic_dir(out) as tmp:
-        save_model(model, tokenizer, tmp)
+    with writing(cfg, out):
+        result, report = train_on(model, tokenizer, read_jsonl(data), cfg.gatt.train, work_dir_for(out),
+                                  precision=cfg.model.precision)
+        with atomic_dir(out) as tmp:
+            save_model(model, tokenizer, tmp)
     print(f"\nGAtt model: {out} ({result.steps} steps on {report.n_kept} examples, loss on the last answer only)")
     return 0
 
@@ -64,7 +66,7 @@ def cmd_gatt_eval(overrides: list[str]) -> int:
     out = output_dir(cfg, GATT_EVAL)
     _, _, backend = _backend(cfg)
     curves, judged = evaluate_adherence(backend, cfg.gatt, cfg.sampling)
-    with atomic_dir(out) as tmp:
+    with writing(cfg, out), atomic_dir(out) as tmp:
         judged.to_parquet(tmp / GATT_EVAL["judgments"])
         write_json(tmp / GATT_EVAL["adherence"], {name: {str(turn): share for turn, share in curve.items()}
                                                   for name, curve in curves.items()})

@@ -19,7 +19,7 @@ from rlhf.core.artifacts import MANIFEST
 from rlhf.core.errors import ConfigError
 from rlhf.core.steps.outputs import RM_ABLATION, Outputs, rm_eval_outputs, rm_names, rm_outputs
 
-from .common import Command, compose, here
+from .common import Command, compose, here, writing
 
 
 def _print_accuracy(manifests: dict[str, dict]) -> None:
@@ -45,8 +45,10 @@ def cmd_rm_train(overrides: list[str]) -> int:
 
     cfg = compose(overrides)
     out = here(cfg)
-    manifests = {name: rm_train_step(cfg.model, getattr(cfg.reward, name), cfg.reward.train, rm_outputs(name).dir(out),
-                                     name=name) for name in rm_names(cfg.reward.train_safety)}
+    with writing(cfg):
+        manifests = {name: rm_train_step(cfg.model, getattr(cfg.reward, name), cfg.reward.train,
+                                         rm_outputs(name).dir(out), name=name)
+                     for name in rm_names(cfg.reward.train_safety)}
     for name, manifest in manifests.items():
         metrics = manifest["metrics"]
         print(f"\n{name} RM: {rm_outputs(name).dir(out)}")
@@ -61,11 +63,22 @@ def cmd_rm_train(overrides: list[str]) -> int:
 
 
 def cmd_rm_eval(overrides: list[str]) -> int:
-    from rlhf.core.steps.reward import rm_eval_step
-
     cfg = compose(overrides)
     out = here(cfg)
     manifests = {}
+    with writing(cfg):
+        _evaluate(cfg, out, manifests)
+    source = cfg.reward.eval_data or f"{cfg.reward.n_eval_synthetic} simulated-rater pairs on held-out prompts"
+    print(f"\nevaluated on {source}")
+    _print_accuracy(manifests)
+    print(f"\nper-pair scores: {_files(rm_eval_outputs, manifests, out, 'eval')}")
+    return 0
+
+
+def _evaluate(cfg, out: Path, manifests: dict) -> None:
+    """``rlhf rm eval``'s work: each trained RM of the iteration on the held-out pairs."""
+    from rlhf.core.steps.reward import rm_eval_step
+
     for name in rm_names(cfg.reward.train_safety):
         rm_dir = rm_outputs(name).dir(out)
         if not (rm_dir / MANIFEST).is_file():
@@ -74,11 +87,6 @@ def cmd_rm_eval(overrides: list[str]) -> int:
         synthetic = replace(getattr(cfg.reward, name), n_synthetic=cfg.reward.n_eval_synthetic)
         manifests[name] = rm_eval_step(rm_dir, cfg.reward.eval_data, rm_eval_outputs(name).dir(out),
                                        cfg.reward.train.eval_batch_size, cfg.model.precision, synthetic)
-    source = cfg.reward.eval_data or f"{cfg.reward.n_eval_synthetic} simulated-rater pairs on held-out prompts"
-    print(f"\nevaluated on {source}")
-    _print_accuracy(manifests)
-    print(f"\nper-pair scores: {_files(rm_eval_outputs, manifests, out, 'eval')}")
-    return 0
 
 
 def cmd_rm_ablate(overrides: list[str]) -> int:
@@ -86,7 +94,8 @@ def cmd_rm_ablate(overrides: list[str]) -> int:
 
     cfg = compose(overrides)
     out = RM_ABLATION.dir(here(cfg))
-    rm_ablate_step(cfg.model, cfg.reward.helpful, cfg.reward.train, out, cfg.reward.ablation)
+    with writing(cfg):
+        rm_ablate_step(cfg.model, cfg.reward.helpful, cfg.reward.train, out, cfg.reward.ablation)
     print(f"\nmargin ablation (helpfulness RM, Llama 2 Table 28 layout): {out}\n")
     print((out / RM_ABLATION["table_md"]).read_text())
     return 0

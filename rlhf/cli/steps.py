@@ -13,7 +13,7 @@ from rlhf.core.errors import ConfigError
 from rlhf.core.steps.outputs import PPO, REJECTION_SAMPLE, SAMPLE, SEARCH_TEMPERATURE, SFT, TRAIN_POLICY
 from rlhf.record.layout import iteration_dir
 
-from .common import Command, compose, here, output_dir
+from .common import Command, compose, here, output_dir, writing
 
 
 def cmd_sft(overrides: list[str]) -> int:
@@ -21,7 +21,8 @@ def cmd_sft(overrides: list[str]) -> int:
 
     cfg = compose(overrides)
     out_dir = SFT.dir(iteration_dir(cfg, 0))
-    metrics = sft_step(cfg.model, cfg.data, cfg.sft, out_dir)["metrics"]
+    with writing(cfg):
+        metrics = sft_step(cfg.model, cfg.data, cfg.sft, out_dir)["metrics"]
     print(f"\nSFT model: {out_dir}")
     print(f"  steps {metrics['steps']}, train loss {metrics['train_loss_first']:.3f} -> "
           f"{metrics['train_loss_last']:.3f}", end="")
@@ -41,7 +42,8 @@ def cmd_annotate(overrides: list[str]) -> int:
                                       "(columns pair_id, prompt, response_a, response_b, instructions, safety)")
     source = Path(cfg.io.input)
     output = Path(cfg.io.output or source.with_name(source.stem + ".labelled.parquet"))
-    annotate_file(source, output, config=cfg.annotator)
+    with writing(cfg, output):
+        annotate_file(source, output, config=cfg.annotator)
     print(f"labelled pairs ({cfg.annotator.name} annotator): {output}")
     return 0
 
@@ -51,7 +53,8 @@ def cmd_sample(overrides: list[str]) -> int:
 
     cfg = compose(overrides)
     out_dir = output_dir(cfg, SAMPLE)
-    metrics = sample_step(cfg.model, cfg.prompts, cfg.sampling, cfg.rejection.k, out_dir)["metrics"]
+    with writing(cfg, out_dir):
+        metrics = sample_step(cfg.model, cfg.prompts, cfg.sampling, cfg.rejection.k, out_dir)["metrics"]
     print(f"\n{metrics['n_samples']} samples ({metrics['n_prompts']} prompts x {metrics['k']}), "
           f"{metrics['mean_tokens']:.0f} tokens on average, {metrics['stopped_share']:.0%} ended at a stop token: "
           f"{out_dir / SAMPLE['samples']}")
@@ -66,16 +69,17 @@ def cmd_rs(overrides: list[str]) -> int:
     iteration, out = cfg.campaign.iteration, here(cfg)
     # 1. Temperature search on the probe prompts, 2. K samples per prompt at the chosen temperature and
     # the pool over all iterations so far, 3. fine-tune the policy (or a student) on the pool.
-    search = search_temperature_step(cfg.model, cfg.prompts, cfg.sampling, cfg.rejection, cfg.scorer,
-                                     SEARCH_TEMPERATURE.dir(out))
-    chosen = search["metrics"]["chosen"]
-    previous = [path for n in range(1, iteration)
-                if (path := REJECTION_SAMPLE.dir(iteration_dir(cfg, n)) / REJECTION_SAMPLE["candidates"]).is_file()]
-    rs = rejection_sample_step(cfg.model, cfg.prompts, replace(cfg.sampling, temperature=chosen), cfg.rejection,
-                               cfg.scorer, iteration, previous, REJECTION_SAMPLE.dir(out))
-    student = replace(cfg.model, name_or_path=cfg.rejection.student) if cfg.rejection.student else cfg.model
-    pool_sft = REJECTION_SAMPLE.dir(out) / REJECTION_SAMPLE["pool_sft"]
-    policy = sft_step(student, DataConfig(path=str(pool_sft)), cfg.sft, TRAIN_POLICY.dir(out))
+    with writing(cfg):
+        search = search_temperature_step(cfg.model, cfg.prompts, cfg.sampling, cfg.rejection, cfg.scorer,
+                                         SEARCH_TEMPERATURE.dir(out))
+        chosen = search["metrics"]["chosen"]
+        previous = [path for n in range(1, iteration) if (
+            path := REJECTION_SAMPLE.dir(iteration_dir(cfg, n)) / REJECTION_SAMPLE["candidates"]).is_file()]
+        rs = rejection_sample_step(cfg.model, cfg.prompts, replace(cfg.sampling, temperature=chosen), cfg.rejection,
+                                   cfg.scorer, iteration, previous, REJECTION_SAMPLE.dir(out))
+        student = replace(cfg.model, name_or_path=cfg.rejection.student) if cfg.rejection.student else cfg.model
+        pool_sft = REJECTION_SAMPLE.dir(out) / REJECTION_SAMPLE["pool_sft"]
+        policy = sft_step(student, DataConfig(path=str(pool_sft)), cfg.sft, TRAIN_POLICY.dir(out))
     metrics = rs["metrics"]
     print("\ntemperature search (mean max-of-K reward):")
     for temperature, value in search["metrics"]["curve"].items():
@@ -93,8 +97,9 @@ def cmd_ppo(overrides: list[str]) -> int:
 
     cfg = compose(overrides)
     out_dir = output_dir(cfg, PPO)
-    metrics = ppo_step(cfg.model, cfg.scorer, replace(cfg.prompts, n=cfg.ppo.n_prompts), ppo_eval_prompts(cfg),
-                       cfg.sampling, cfg.ppo, out_dir)["metrics"]
+    with writing(cfg, out_dir):
+        metrics = ppo_step(cfg.model, cfg.scorer, replace(cfg.prompts, n=cfg.ppo.n_prompts), ppo_eval_prompts(cfg),
+                           cfg.sampling, cfg.ppo, out_dir)["metrics"]
     print(f"\nPPO policy: {out_dir}\n  {metrics['steps']} iterations"
           f"{' (early-stopped)' if metrics['early_stopped'] else ''}, held-out reward {metrics['reward_start']:.3f} "
           f"-> {metrics['reward_end']:.3f} (best at iteration {metrics['best_step']}), KL to the reference "

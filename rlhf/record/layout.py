@@ -23,13 +23,14 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from rlhf.core.artifacts import MANIFEST, write_json, write_text
+from rlhf.core.artifacts import read_manifest, write_json, write_text
 from rlhf.core.errors import RLHFError
 from rlhf.core.steps.outputs import EVALUATE
 
@@ -52,14 +53,18 @@ def iteration_dir(cfg, iteration: int) -> Path:
 
 
 def finished(out_dir: str | Path) -> bool:
-    """A step output exists (its manifest is written last, inside the atomic rename)."""
-    return (Path(out_dir) / MANIFEST).is_file()
+    """A step output exists: its manifest (written last, inside the atomic rename) is there and readable.
+    Whether its files are still what the manifest says is :func:`rlhf.core.artifacts.verify_output`'s
+    question."""
+    return read_manifest(out_dir) is not None
 
 
 @contextmanager
 def campaign_lock(directory: Path) -> Iterator[None]:
     """Hold ``<campaign>/.lock`` for the duration. A second run on the same campaign fails at once with
-    who holds it. The OS releases the lock when the holder dies, so a crash never leaves it stuck."""
+    who holds it. The OS releases the lock when the holder dies, so a crash never leaves it stuck. A
+    campaign directory created here and left empty (the command failed before writing) is removed."""
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ".lock"
     handle = open(path, "a+")
@@ -80,8 +85,33 @@ def campaign_lock(directory: Path) -> Iterator[None]:
     finally:
         handle.seek(0)
         handle.truncate()
+        if created and [p.name for p in directory.iterdir()] == [path.name]:
+            path.unlink()
+            directory.rmdir()
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+# What an interrupted writer leaves: atomic_dir's temp and old dirs, atomic_file's temp files, a
+# checkpoint's temp dir and a damaged checkpoint set aside. A live writer of this campaign would hold
+# its lock, so with the lock held every one of them is dead.
+LEFTOVERS = (".*.tmp-*", ".*.old-*", ".*.tmp", "*/.*.tmp-*", "*/.*.old-*", "*/.*.tmp",
+             "*/.*.work/**/.tmp-step-*", "*/.*.work/**/.damaged-step-*")
+
+
+def remove_leftovers(directory: Path) -> int:
+    """Remove the temporary folders and files of dead runs in a campaign directory (call it with the
+    campaign's lock held); returns how many were removed. Checkpoints (``.<step>.work``) stay: a rerun
+    resumes from them."""
+    removed = 0
+    for pattern in LEFTOVERS:
+        for path in directory.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_config(directory: Path, text: str) -> None:

@@ -18,7 +18,8 @@ Tokenising ``(prompt, answer)``: ``render_conversation(prompt + [assistant answe
 chat template. A sequence longer than ``max_length`` keeps its **last** ``max_length`` tokens: the
 prompt is cut from the left (its oldest turns, the system prompt first) and the answer is kept, since
 the answer is what is judged and its end is where the reward is read. An answer longer than
-``max_length`` on its own loses its start too; both cases are counted in :class:`EncodeReport`.
+``max_length`` on its own loses its start too; both cases are counted in :class:`EncodeReport`, measured
+on the final answer (earlier assistant turns of a multi-turn prompt are prompt).
 
 On disk (``save_reward_model`` / ``load_reward_model``)::
 
@@ -143,8 +144,8 @@ class EncodeReport:
     """What fitting sequences into ``max_length`` did, for the step's log line and manifest."""
 
     n_sequences: int = 0
-    n_prompt_truncated: int = 0  # the prompt lost its oldest tokens; the answer is whole
-    n_answer_truncated: int = 0  # the answer alone was longer than max_length: its start is gone too
+    n_prompt_truncated: int = 0  # the prompt lost its oldest tokens; the (final) answer is whole
+    n_answer_truncated: int = 0  # the final answer alone was longer than max_length: its start is gone too
     n_tokens: int = 0
 
     def summary(self) -> str:
@@ -154,8 +155,14 @@ class EncodeReport:
 
 def encode_answer(tokenizer, prompt: Sequence[Message], answer: str, max_length: int,
                   report: EncodeReport | None = None) -> torch.Tensor:
-    """Token ids ``(t,)``, ``t <= max_length``, of ``prompt`` + the assistant ``answer`` (left-truncated)."""
-    ids, _, answer_mask = render_conversation(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
+    """Token ids ``(t,)``, ``t <= max_length``, of ``prompt`` + the assistant ``answer`` (left-truncated).
+
+    ``report`` counts a cut sequence as prompt-truncated when ``answer`` is whole, as answer-truncated
+    when ``answer`` lost tokens too; the answer's start is its first token in the rendered sequence
+    (``mode="last"``: assistant turns inside a multi-turn ``prompt`` are prompt, not answer).
+    """
+    ids, _, answer_mask = render_conversation(tokenizer, [*prompt, {"role": "assistant", "content": answer}],
+                                              mode="last")
     if report is not None:
         report.n_sequences += 1
         if len(ids) > max_length:

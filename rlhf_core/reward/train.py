@@ -11,6 +11,7 @@ two RMs of an iteration, their evaluation and the margin ablation).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 
 from ..chat import pad_batch
-from ..preferences import LEVELS
+from ..errors import ConfigError
+from ..preferences import LEVELS, check_n_test, check_on_bad_record
 from ..training import MetricsCallback, TrainConfig, TrainResult, train
 from .loss import margins_for, ranking_loss
 from .metrics import pair_credit, reward_metrics
@@ -39,20 +41,55 @@ class RewardConfig(TrainConfig):
     micro_batch_size: int = 8  # pairs per forward pass (each is 2 sequences: chosen and rejected)
     margin: Any = "small"  # none | small | large (Table 27), or a mapping {level: margin}
     max_length: int = 1024  # tokens per (prompt + answer); longer: the prompt is cut from the left
-    n_test: int = 1000  # held-out test pairs per iteration batch (the paper keeps 1,000)
+    # Held-out test pairs per iteration batch: a count (int >= 0; the paper keeps 1,000) or a fraction of
+    # each batch (float in (0, 1), e.g. 0.1).
+    n_test: int | float = 1000
     eval_batch_size: int = 16  # sequences per scoring forward pass in evaluation
+
+    def __post_init__(self):
+        try:
+            check_n_test(self.n_test)
+        except ValueError as err:
+            raise ConfigError("reward.train.n_test", str(err)) from None
 
 
 @dataclass
 class RMDataConfig:
     """The pairs one RM is trained on."""
 
-    data: list[str] | None = None  # pair files (JSONL/Parquet, Anthropic HH too), concatenated; null = synthetic
+    # Pair files, concatenated: .jsonl, .jsonl.gz or .parquet in the pair schema, Anthropic HH-RLHF or TRL's
+    # preference formats (rlhf_core/preferences.py); a single path is taken as [path]; null = synthetic.
+    # Typed Any because the config schema cannot say "str or list"; __post_init__ checks it.
+    data: Any = None
+    on_bad_record: str = "error"  # error: a bad record fails the run, every problem listed | skip: drop each
+    # bad record, log it (file:line: reason) and count it (manifest inputs: n_skipped_bad, skipped)
     safety_only: bool = False  # keep only pairs whose prompt is tagged unsafe (safety=true)
     n_synthetic: int = 2000  # synthetic pairs (simulated rater) made when data is null
     unsafe_share: float = 0.1  # synthetic: share of unsafe requests (a refusal is right)
     lookalike_share: float = 0.05  # synthetic: share of safe requests that sound unsafe (refusing is wrong)
     seed: int = 0  # synthetic: seed of prompts, answers and rater noise
+
+    def __post_init__(self):
+        self.data = _pair_files(self.data)
+        check_on_bad_record(self.on_bad_record, "reward.*.on_bad_record")
+
+
+def _pair_files(data: Any) -> list[str] | None:
+    """``data`` as a list of paths: a single path becomes ``[path]``; anything else is a ConfigError."""
+    if data is None:
+        return None
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    if not isinstance(data, (list, tuple)):
+        raise ConfigError("reward.*.data", f"expected a list of pair files, got {type(data).__name__}; give a list: "
+                                           "reward.helpful.data=[path]")
+    files = []
+    for item in data:
+        if isinstance(item, bool) or not isinstance(item, (str, os.PathLike, int, float)) or not str(item):
+            raise ConfigError("reward.*.data", f"expected a path, got {item!r}; give a list of pair files: "
+                                               "reward.helpful.data=[path]")
+        files.append(os.fspath(item) if isinstance(item, os.PathLike) else str(item))
+    return files
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import atomic_dir, digest, read_jsonl, read_manifest, step_key, write_jsonl, write_manifest
+from ..artifacts import atomic_dir, digest, read_jsonl, step_key, verify_output, write_jsonl, write_manifest, write_text
 from ..models import EMBEDDED, TINY, ModelConfig, save_model
 from .outputs import METRICS
 
@@ -64,10 +64,31 @@ def work_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.work"
 
 
-def cached(out_dir: Path, key: str) -> dict | None:
-    """The finished output's manifest when its key matches (same config, inputs and code)."""
-    manifest = read_manifest(out_dir)
-    return manifest if manifest is not None and manifest.get("key") == key else None
+def cached(name: str, out_dir: Path, key: str) -> dict | None:
+    """The finished output's manifest when its key matches (same config, inputs and code) and its files
+    are the ones its manifest recorded; otherwise None, with a line saying why an existing output is
+    not reused."""
+    if not out_dir.exists():
+        return None
+    manifest, problem = verify_output(out_dir, key)
+    if problem:
+        log.info("%s: not reusing %s: %s; computing it again", name, out_dir, problem)
+    return manifest
+
+
+def prepare_work_dir(name: str, out_dir: Path, key: str) -> Path:
+    """The step's work dir (checkpoints, ``metrics.jsonl``), stamped with the key of the run that fills
+    it. Checkpoints left by a run with another key (config, inputs or code) are discarded, with a line
+    saying so: resuming them would train one model under two configs."""
+    work = work_dir_for(out_dir)
+    stamp = work / "key"
+    if work.exists() and (not stamp.is_file() or stamp.read_text() != key):
+        log.info("%s: discarding the checkpoints in %s: they belong to a run with another config, other inputs or "
+                 "other code", name, work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text(stamp, key)
+    return work
 
 
 def finish(out_dir: Path) -> None:
@@ -90,13 +111,15 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     """The frame of every step: cache check, a start and an end log line, atomic output, manifest.
 
     ``inputs`` maps names to ``{"path", "digest"}``; ``body(tmp_dir) -> metrics`` writes the outputs into
-    ``tmp_dir``, which replaces ``out_dir`` only when it returns. Returns the manifest.
+    ``tmp_dir``, which replaces ``out_dir`` only when it returns (resumable state goes to
+    :func:`work_dir_for`, prepared here for this key). Returns the manifest.
     """
     out_dir = Path(out_dir)
     key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
-    if (manifest := cached(out_dir, key)) is not None:
+    if (manifest := cached(name, out_dir, key)) is not None:
         log.info("%s: cached, same config and inputs -> %s", name, out_dir)
         return manifest
+    prepare_work_dir(name, out_dir, key)
     log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
     started = time.perf_counter()
     with atomic_dir(out_dir) as tmp:

@@ -15,7 +15,6 @@ are given, from the simulated rater (``rlhf_core/reward/synthetic.py``).
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..reward.model import load_reward_model, reward_model_from_policy, save_rew
 from ..reward.synthetic import make_demo_pairs
 from ..reward.train import RewardConfig, RMDataConfig, evaluate_reward_model, train_reward_model
 from ..training import checkpoint_step, latest_checkpoint, steps_per_epoch
-from .common import MetricsLog, file_input, key_for, keyed, log, model_input, run_step, save_model_output, work_dir_for
+from .common import MetricsLog, file_input, keyed, log, model_input, run_step, save_model_output, work_dir_for
 from .outputs import METRICS, RM_ABLATION, rm_eval_outputs, rm_names, rm_outputs  # noqa: F401 (re-exported: the RM steps' contracts)
 
 SHORT = {"significantly_better": "SB", "better": "B", "slightly_better": "SlB", "negligibly_better": "NB"}
@@ -46,14 +45,22 @@ SHORT = {"significantly_better": "SB", "better": "B", "slightly_better": "SlB", 
 def load_rm_pairs(data_cfg: RMDataConfig, split: str = "train") -> tuple[pd.DataFrame, dict[str, dict]]:
     """The pairs of ``data_cfg`` and their input records ``{name: {"path", "digest"}}`` for the manifest.
 
-    Files are concatenated in order; with none, ``data_cfg.n_synthetic`` simulated-rater pairs on the
-    rater's ``split`` prompts. ``safety_only`` keeps the pairs tagged unsafe.
+    Files are concatenated in order, each read as ``data_cfg.on_bad_record`` says; a file's record also
+    says what was read from it (``format``, ``n_read``, ``n_kept``, ``n_skipped_bad``, ``skipped_lines``,
+    ``skipped``: the first 100 ``file:line: reason``, ``n_dropped_identical``), and a line per file is
+    logged. With no files, ``data_cfg.n_synthetic`` simulated-rater pairs on the rater's ``split`` prompts.
+    ``safety_only`` keeps the pairs tagged unsafe.
     """
     if data_cfg.data:
         frames, inputs = [], {}
         for i, path in enumerate(data_cfg.data):
-            frames.append(load_pairs(path)[0])
-            inputs[f"pairs{i}"] = file_input(path)
+            frame, report = load_pairs(path, data_cfg.on_bad_record, option="reward.<helpful|safety>.on_bad_record")
+            frames.append(frame)
+            log.info("pairs: %s", report.summary())
+            inputs[f"pairs{i}"] = {**file_input(path), "format": report.format, "n_read": report.n_read,
+                                   "n_kept": report.n_kept, "n_skipped_bad": report.n_skipped_bad,
+                                   "skipped_lines": report.skipped_lines, "skipped": report.skipped[:100],
+                                   "n_dropped_identical": report.n_dropped_identical}
         pairs = pd.concat(frames, ignore_index=True)
     else:
         pairs = make_demo_pairs(data_cfg.n_synthetic, data_cfg.seed, split, data_cfg.unsafe_share,
@@ -65,20 +72,6 @@ def load_rm_pairs(data_cfg: RMDataConfig, split: str = "train") -> tuple[pd.Data
             raise ConfigError("reward.*.safety_only", "no pair is tagged safety=true in the given data; "
                               "tag the unsafe prompts' pairs or set safety_only=false")
     return pairs, inputs
-
-
-def _work_dir(out_dir: Path, config: dict, inputs: dict[str, dict]) -> Path:
-    """The step's work dir (checkpoints, metrics.jsonl). Checkpoints left by a run with another key (config,
-    inputs or code) are discarded: resuming them would train one model under two configs."""
-    key = key_for(config, {name: item["digest"] for name, item in inputs.items()})
-    work = work_dir_for(out_dir)
-    stamp = work / "key"
-    if work.exists() and (not stamp.is_file() or stamp.read_text() != key):
-        log.info("%s: discarding checkpoints of a run with another config or inputs in %s", out_dir.name, work)
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key)
-    return work
 
 
 def _sources(pair_inputs: dict[str, dict]) -> str:
@@ -93,10 +86,16 @@ def _pairs_in_steps(n_train: int, cfg: RewardConfig, start: int, end: int) -> in
 
 
 def _split(pairs: pd.DataFrame, cfg: RewardConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, test)`` as ``reward.train.n_test`` says (a count or a fraction per batch); a ConfigError
+    naming that key if it is neither, if a count exceeds a batch, or if no pair is left to train on."""
     try:
-        return split_pairs(pairs, cfg.n_test, seed=cfg.seed)
+        train, test = split_pairs(pairs, cfg.n_test, seed=cfg.seed)
     except ValueError as err:
         raise ConfigError("reward.train.n_test", str(err)) from err
+    if train.empty and not test.empty:
+        raise ConfigError("reward.train.n_test", f"{cfg.n_test!r} holds out all {len(test)} pairs as test, none is "
+                                                 "left to train on; give a smaller count or a fraction, e.g. 0.1")
+    return train, test
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +160,7 @@ def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Reward
         # 1. The RM: the policy's transformer with a fresh scalar head.
         rm, tokenizer = reward_model_from_policy(model_cfg, name=name, seed=rm_cfg.seed, max_length=rm_cfg.max_length)
         # 2. Train (resumes from the work dir's latest checkpoint).
-        work = _work_dir(out_dir, config, inputs)
+        work = work_dir_for(out_dir)  # prepared for this key by run_step
         resume = latest_checkpoint(work)
         if resume:
             log.info("rm_train %s: resuming from %s", name, resume)
@@ -237,7 +236,7 @@ def rm_ablate_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Rewar
 
     def body(tmp: Path) -> dict:
         table, results = ablate_margins(model_cfg, train_pairs, test_pairs, rm_cfg,
-                                        _work_dir(out_dir, config, inputs), variants, on_metrics)
+                                        work_dir_for(out_dir), variants, on_metrics)
         table.to_csv(tmp / RM_ABLATION["table_csv"], float_format="%.2f")
         (tmp / RM_ABLATION["table_md"]).write_text(
             "# Margin ablation (Llama 2 Table 28 layout): test accuracy (%) per preference level\n\n"

@@ -23,9 +23,10 @@ from .outputs import METRICS, SFT, TRAIN_POLICY  # noqa: F401 (re-exported: this
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # JSONL/Parquet of {"messages": [...]}; None = the bundled demo set
+    path: str | None = None  # .jsonl, .jsonl.gz or .parquet of {"messages": [...]}; None = the bundled demo set
     eval_size: int = 0  # conversations held out (seeded) to report loss before/after training
     seed: int = 0  # seed of the held-out split
+    on_bad_record: str = "error"  # error: list every bad line and stop | skip: drop each bad line, logged and counted
 
 
 def data_path(cfg: DataConfig) -> Path:
@@ -56,7 +57,7 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
 
     def body(tmp: Path) -> dict:
         # 1. Data: validated conversations, optional held-out slice.
-        train_rows, eval_rows = _split(load_conversations(path), data_cfg)
+        train_rows, eval_rows = _split(load_conversations(path, data_cfg.on_bad_record), data_cfg)
         # 2. Model, and the held-out loss before training.
         model, tokenizer = load_model(model_cfg)
         resume = latest_checkpoint(work)

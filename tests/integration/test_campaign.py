@@ -13,15 +13,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterName,
-    FlowRunFilterStartTime,
-    TaskRunFilter,
-    TaskRunFilterFlowRunId,
-)
-from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.testing.utilities import prefect_test_harness
+from prefect_runs import task_states  # a helper module beside this file (pytest puts its folder on the path)
 
 from rlhf.cli import main
 from rlhf.core.training import InjectedFault
@@ -44,21 +39,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def smoke(root, name="c", *extra):
     return compose_config(["experiment=smoke", f"campaign.root={root}", f"campaign.name={name}", *extra])
-
-
-def task_states(since: datetime) -> dict[str, list[str]]:
-    """Step name -> state names of the task runs of every flow run started after ``since``."""
-    with get_client(sync_client=True) as client:
-        started = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
-        flow_runs = client.read_flow_runs(flow_run_filter=started, sort=FlowRunSort.START_TIME_ASC, limit=200)
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in flow_runs])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        if run.name in STEPS:
-            states.setdefault(run.name, []).append(run.state.name)
-    return states
 
 
 @pytest.fixture(scope="module")

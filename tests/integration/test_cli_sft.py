@@ -68,3 +68,33 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys):
     assert run(tmp_path, bad) == 2
     err = capsys.readouterr().err
     assert f"{bad}:1: field 'messages[1].role': unknown role 'bot'" in err
+
+
+def test_checkpoints_resume_only_under_the_config_that_wrote_them(tmp_path, chats, caplog):
+    """A crash after 2 steps, then the same command with another learning rate: the checkpoints of the
+    first run are discarded (one model is never trained under two configs); with the same config they
+    are resumed."""
+    caplog.set_level(logging.INFO, logger="rlhf")
+    out = tmp_path / "t" / "iter-0" / "sft"
+    assert run(tmp_path, chats, "sft.fail_after_steps=3") == 2  # the injected fault is reported, exit 2
+    assert run(tmp_path, chats, "sft.lr=5e-4") == 0
+    assert "discarding the checkpoints" in caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["resumed_from_step"] == 0 and manifest["config"]["sft"]["lr"] == 5e-4
+
+    caplog.clear()
+    assert run(tmp_path, chats, "sft.lr=1e-3", "sft.fail_after_steps=3") == 2
+    assert run(tmp_path, chats, "sft.lr=1e-3") == 0
+    assert "discarding" not in caplog.text
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["resumed_from_step"] == 2
+
+
+def test_a_truncated_output_is_computed_again_not_reused(tmp_path, chats, caplog):
+    caplog.set_level(logging.INFO, logger="rlhf")
+    assert run(tmp_path, chats) == 0
+    weights = tmp_path / "t" / "iter-0" / "sft" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2048])
+    assert run(tmp_path, chats) == 0
+    assert "not reusing" in caplog.text and "model.safetensors has 2048 bytes" in caplog.text
+    model, _ = load_model(ModelConfig(name_or_path=str(weights.parent)))  # whole again: it loads
+    assert model.config.num_hidden_layers == 2

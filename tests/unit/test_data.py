@@ -1,12 +1,14 @@
-"""Conversation files: every bad-input case names file, line, field and what to do."""
+"""Conversation files: every bad-input case names file, line, field and what to do; .jsonl.gz; skipping."""
 
+import gzip
 import json
+import logging
 
 import pandas as pd
 import pytest
 
-from rlhf.core.data import load_conversations, tokenize_conversations
-from rlhf.core.errors import DataError, DataErrors
+from rlhf.core.data import load_conversations, load_prompts, tokenize_conversations
+from rlhf.core.errors import ConfigError, DataError, DataErrors
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]}
 
@@ -74,3 +76,49 @@ def test_overlong_truncated_or_dropped_with_counts(tiny_tokenizer):
     _, report = tokenize_conversations(tiny_tokenizer, convs, max_length=70, overlong="drop")
     assert (report.n_kept, report.n_truncated, report.n_dropped_overlong) == (1, 0, 2)
     assert "2 dropped as over-long" in report.summary()
+
+
+def write_gz(path, rows):
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_jsonl_gz_conversations_and_prompts(tmp_path):
+    rows = load_conversations(write_gz(tmp_path / "chats.jsonl.gz", [GOOD, "", {**GOOD, "id": 2}]))
+    assert [r.get("id") for r in rows] == [None, 2] and rows[0]["messages"] == GOOD["messages"]
+    prompts = load_prompts(write_gz(tmp_path / "prompts.jsonl.gz", [{"messages": GOOD["messages"][:1]}]))
+    assert prompts.loc[0, "prompt_id"] == "prompts.jsonl-1" and prompts.loc[0, "messages"] == GOOD["messages"][:1]
+    with pytest.raises(DataErrors) as info:
+        load_conversations(write_gz(tmp_path / "bad.jsonl.gz", [GOOD, "{no"]))
+    assert [(e.line, e.path) for e in info.value.errors] == [(2, str(tmp_path / "bad.jsonl.gz"))]
+
+
+def test_unsupported_suffix_lists_the_accepted_formats(tmp_path):
+    (tmp_path / "x.txt").write_text("{}\n")
+    with pytest.raises(DataError) as info:
+        load_conversations(tmp_path / "x.txt")
+    assert str(info.value) == (f"{tmp_path / 'x.txt'}: unsupported file type '.txt' -- give conversations (one JSON "
+                               "object per line) as .jsonl, .jsonl.gz, .parquet or .json")
+
+
+def test_skip_drops_and_logs_each_bad_row(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "chats.jsonl", [GOOD, "{not json", {"text": "x"},
+                                                  {"messages": [{"role": "user", "content": "Hi"}]}, GOOD])
+    with caplog.at_level(logging.WARNING, logger="rlhf"):
+        rows = load_conversations(path, on_bad_record="skip")
+    assert len(rows) == 2
+    for line, reason in [(2, "not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
+                         (3, "field 'messages': expected an object with a 'messages' list"),
+                         (4, "field 'messages': no assistant turn: nothing to train on")]:
+        assert f"{path}:{line}: {reason}" in caplog.text
+    assert f"{path}: skipped 3 bad conversation(s) of 5" in caplog.text
+
+
+def test_skip_with_nothing_left_and_an_unknown_policy_are_errors(tmp_path):
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"messages": []}, "{no"])
+    with pytest.raises(DataErrors) as info:
+        load_conversations(path, on_bad_record="skip")
+    assert [e.line for e in info.value.errors] == [1, 2]
+    with pytest.raises(ConfigError, match="data.on_bad_record"):
+        load_conversations(path, on_bad_record="drop")

@@ -5,6 +5,7 @@ from a non-editable one (built from the tree into a temp folder)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,15 @@ def test_entry_points_of_the_editable_install(tmp_path, argv):
 
 @pytest.mark.slow
 def test_a_non_editable_install_has_one_top_level_name_and_runs(tmp_path):
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "source"
+    # from a copy of the tracked tree: a build leaves build/ and *.egg-info where it runs
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     built = _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                  "--target", str(target), str(ROOT)], cwd=tmp_path)
+                  "--target", str(target), str(source)], cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     top = sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
     assert top == ["rlhf"]

@@ -1,13 +1,16 @@
-"""Preference pairs: the schema reader, the HH-RLHF reader, validation errors, the split."""
+"""Preference pairs: the schema reader, the HH-RLHF and TRL readers, .jsonl.gz, skipping bad records,
+validation errors, the split."""
 
+import gzip
 import json
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf.core.errors import DataError, DataErrors
-from rlhf.core.preferences import COLUMNS, LEVELS, load_pairs, split_pairs
+from rlhf.core.errors import ConfigError, DataError, DataErrors
+from rlhf.core.preferences import COLUMNS, LEVELS, load_pairs, read_records, record_format, split_pairs
 
 USER_HI = [{"role": "user", "content": "Hi"}]
 
@@ -116,7 +119,11 @@ def test_identical_pairs_are_reported_and_dropped(tmp_path, caplog):
 
 def test_unsupported_suffix_and_missing_file(tmp_path):
     [err] = load_errors(tmp_path / "p.csv")
-    assert "unsupported file type '.csv'" in err.message and ".jsonl or .parquet" in err.hint
+    assert "unsupported file type '.csv'" in err.message
+    assert err.hint == "give preference pairs as .jsonl, .jsonl.gz or .parquet"
+    [err] = load_errors(tmp_path / "p.json.gz")
+    assert str(err) == (f"{tmp_path / 'p.json.gz'}: unsupported file type '.json.gz' -- give preference pairs as "
+                        ".jsonl, .jsonl.gz or .parquet")
     [err] = load_errors(tmp_path / "absent.jsonl")
     assert err.message == "file not found"
 
@@ -235,8 +242,250 @@ def test_split_without_iteration_column_is_one_batch():
     assert (len(train), len(test)) == (7, 3)
 
 
-@pytest.mark.parametrize("n_test, text", [(-1, ">= 0"), (1.5, "[0, 1)"), (True, "count"), (11, "has 10 pairs")])
+def test_split_fraction_of_one_batch_rounds_to_the_nearest_pair():
+    # 0.2 of 45 pairs = 9 test pairs; 0.25 of 10 = 2.5 -> 2 (round half to even)
+    assert [len(split_pairs(batches([45]), n_test=0.2)[1]), len(split_pairs(batches([10]), n_test=0.25)[1])] == [9, 2]
+
+
+@pytest.mark.parametrize("n_test, text", [(-1, ">= 0"), (1.5, "(0, 1)"), (0.0, "(0, 1)"), (1.0, "(0, 1)"),
+                                          (True, "count"), ("0.2", "count"), (11, "has 10 pairs")])
 def test_split_rejects_bad_n_test(n_test, text):
     with pytest.raises(ValueError) as info:
         split_pairs(batches([10]), n_test=n_test)
     assert text in str(info.value)
+
+
+# ---- HH: answers that contain the turn markers ---------------------------------------------------
+
+def hh(prompt, answer):
+    return prompt + "\n\nAssistant: " + answer
+
+
+@pytest.mark.parametrize("chosen, rejected", [
+    ("Sure.\n\nAssistant: more", "No."),                                   # in chosen only
+    ("Yes.", "Hmm.\n\nAssistant: wait\n\nAssistant: no"),                  # in rejected only, twice
+    ("x\n\nAssistant: a", "y\n\nAssistant: b"),                            # in both, after different text
+    ("Paris.\n\nHuman: Thanks!\n\nAssistant: You're welcome.", "Rome."),  # a made-up next turn, in chosen only
+])
+def test_hh_answers_containing_the_assistant_marker_are_kept_whole(tmp_path, chosen, rejected):
+    prompt = "\n\nHuman: Hi"
+    df, report = load_pairs(write_jsonl(tmp_path / "hh.jsonl", [{"chosen": hh(prompt, chosen),
+                                                                  "rejected": hh(prompt, rejected)}]))
+    assert report.format == "hh"
+    assert df.loc[0, "prompt"] == [{"role": "user", "content": "Hi"}]
+    assert (df.loc[0, "chosen"], df.loc[0, "rejected"]) == (chosen, rejected)
+
+
+def test_hh_multi_turn_with_a_marker_inside_the_final_answer(tmp_path):
+    shared = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: A game for four?"
+    record = {"chosen": hh(shared, "Catan.\n\nAssistant: Or Ticket to Ride."), "rejected": hh(shared, "Monopoly.")}
+    df, _ = load_pairs(write_jsonl(tmp_path / "hh.jsonl", [record]))
+    assert df.loc[0, "prompt"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                   {"role": "user", "content": "A game for four?"}]
+    assert (df.loc[0, "chosen"], df.loc[0, "rejected"]) == ("Catan.\n\nAssistant: Or Ticket to Ride.", "Monopoly.")
+
+
+# ---- .jsonl.gz ----------------------------------------------------------------------------------
+
+def write_gz(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_jsonl_gz_reads_like_jsonl_with_the_same_line_numbers(tmp_path):
+    hh_record = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Go"}
+    df, report = load_pairs(write_gz(tmp_path / "hh.jsonl.gz", [hh_record, "", hh_record]))
+    assert (report.format, report.n_read, len(df)) == ("hh", 2, 2)
+    assert df.loc[1, "chosen"] == "Hello"
+    [err] = load_errors(write_gz(tmp_path / "bad.jsonl.gz", [pair(), "", "{oops"]))
+    assert (err.path, err.line) == (str(tmp_path / "bad.jsonl.gz"), 3) and "not valid JSON" in err.message
+
+
+def test_a_corrupt_gz_is_one_error_naming_the_file(tmp_path):
+    path = tmp_path / "p.jsonl.gz"
+    text = "".join(json.dumps(pair(chosen=f"answer {i} " * i)) + "\n" for i in range(200))
+    compressed = gzip.compress(text.encode())
+    path.write_bytes(compressed[:len(compressed) // 2])  # cut off half-way
+    [err] = load_errors(path)
+    assert err.path == str(path) and err.line is None and "cannot read gzip-compressed JSONL" in err.message
+    (tmp_path / "plain.jsonl.gz").write_text(json.dumps(pair()) + "\n")  # named .gz, not compressed
+    [err] = load_errors(tmp_path / "plain.jsonl.gz")
+    assert "cannot read gzip-compressed JSONL" in err.message
+
+
+def test_record_format_and_read_records(tmp_path):
+    assert [record_format(name) for name in ("a.jsonl", "A.JSONL.GZ", "b.parquet")] == [".jsonl", ".jsonl.gz",
+                                                                                       ".parquet"]
+    with pytest.raises(DataError, match=r"unsupported file type '\.txt' -- give records as \.jsonl, \.jsonl\.gz or "
+                                        r"\.parquet"):
+        record_format(tmp_path / "a.txt")
+    path = write_gz(tmp_path / "r.jsonl.gz", [{"a": 1}, "", "[2]", "nope"])
+    (line1, first), (line3, second), (line4, third) = read_records(path)
+    assert (line1, first, line3, second, line4) == (1, {"a": 1}, 3, [2], 4) and isinstance(third, DataError)
+
+
+# ---- on_bad_record ------------------------------------------------------------------------------
+
+def test_skip_drops_counts_and_logs_each_bad_record(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "p.jsonl", [pair(), '{"prompt": [', pair(chosen=""), "[1]", pair(rejected="Bye"),
+                                              pair(rejected="Hello!"), pair(level="x", rejected=3)])
+    with caplog.at_level(logging.WARNING, logger="rlhf"):
+        df, report = load_pairs(path, on_bad_record="skip")
+    assert df["rejected"].tolist() == ["Go away.", "Bye"]
+    assert report.skipped == [
+        f"{path}:2: not valid JSON (Expecting value at column 13)",  # '{"prompt": [' has 12 characters
+        f"{path}:3: field 'chosen': empty answer",
+        f"{path}:4: expected a JSON object, got array",
+        f"{path}:7: field 'rejected': expected a string, got number; field 'level': unknown level 'x'",
+    ]
+    assert (report.n_read, report.n_skipped_bad, report.skipped_lines) == (7, 4, [2, 3, 4, 7])
+    assert (report.n_dropped_identical, report.dropped_lines, report.n_kept) == (1, [6], 2)
+    assert all(line in caplog.text for line in report.skipped)
+    assert f"{path}: skipped 4 bad record(s) of 7" in caplog.text
+    assert report.summary() == (f"{path}: pairs format, 2/7 pairs kept; 4 bad record(s) skipped, 1 dropped as "
+                                "identical (chosen = rejected)")
+
+
+def test_error_is_the_default_and_lists_every_problem(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [pair(), '{"prompt": [', pair(chosen="")])
+    assert [(e.line, e.field) for e in load_errors(path)] == [(2, None), (3, "chosen")]
+    with pytest.raises(DataErrors) as info:
+        load_pairs(path, option="reward.*.on_bad_record")
+    assert str(info.value).endswith(f"{path}:3: field 'chosen': empty answer -- an empty answer carries no "
+                                    "preference; fill it or remove this line\n  (to drop the bad records instead, "
+                                    "each logged and counted: reward.*.on_bad_record=skip)")
+
+
+def test_skip_with_no_good_record_left_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [pair(chosen=""), "nope"])
+    for on_bad_record in ("skip", "error"):
+        with pytest.raises(DataErrors) as info:
+            load_pairs(path, on_bad_record=on_bad_record)
+        assert [e.line for e in info.value.errors] == [1, 2] and "=skip" not in str(info.value)
+
+
+def test_unknown_on_bad_record_names_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match="unknown value 'ignore'; use error .* or skip"):
+        load_pairs(write_jsonl(tmp_path / "p.jsonl", [pair()]), on_bad_record="ignore")
+
+
+# ---- TRL's preference formats -------------------------------------------------------------------
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def test_trl_standard_prompt_becomes_one_user_turn(tmp_path):
+    path = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green.",
+                                                 "level": "better", "id": 7}])
+    df, report = load_pairs(path)
+    assert report.format == "trl-standard"
+    row = df.iloc[0]
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ([msg("user", "The sky is")], " blue.", " green.")
+    assert (row["level"], row["source"], row["id"]) == ("better", "file", 7)
+
+
+def test_trl_conversational_explicit_prompt(tmp_path):
+    prompt = [msg("system", "Be brief."), msg("user", "What color is the sky?")]
+    path = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": prompt, "chosen": [msg("assistant", "Blue.")],
+                                                 "rejected": [msg("assistant", "Green.")]}])
+    df, report = load_pairs(path)
+    assert report.format == "trl-conversational"
+    assert (df.loc[0, "prompt"], df.loc[0, "chosen"], df.loc[0, "rejected"]) == (prompt, "Blue.", "Green.")
+
+
+def test_trl_conversational_shared_turns_after_the_prompt_join_it(tmp_path):
+    prompt = [msg("user", "Hi")]
+    chosen = [msg("assistant", "Hello!"), msg("user", "Color?"), msg("assistant", "Blue.")]
+    rejected = [msg("assistant", "Hello!"), msg("user", "Color?"), msg("assistant", "No.")]
+    record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    df, _ = load_pairs(write_jsonl(tmp_path / "trl.jsonl", [record]))
+    assert df.loc[0, "prompt"] == [msg("user", "Hi"), msg("assistant", "Hello!"), msg("user", "Color?")]
+    assert (df.loc[0, "chosen"], df.loc[0, "rejected"]) == ("Blue.", "No.")
+
+
+def test_trl_implicit_prompt_is_the_shared_prefix(tmp_path):
+    chosen = [msg("user", "Hi"), msg("assistant", "Hello."), msg("user", "2+2?"), msg("assistant", "4")]
+    rejected = [msg("user", "Hi"), msg("assistant", "Hello."), msg("user", "2+2?"), msg("assistant", "5")]
+    path = tmp_path / "trl.parquet"
+    pd.DataFrame([{"chosen": chosen, "rejected": rejected}]).to_parquet(path)
+    df, report = load_pairs(path)
+    assert report.format == "trl-implicit"
+    assert (df.loc[0, "prompt"], df.loc[0, "chosen"], df.loc[0, "rejected"]) == (chosen[:3], "4", "5")
+
+
+@pytest.mark.parametrize("record, field, text", [
+    # implicit: the conversations part before their final message
+    ({"chosen": [msg("user", "Hi"), msg("assistant", "A"), msg("user", "More"), msg("assistant", "a")],
+      "rejected": [msg("user", "Hi"), msg("assistant", "B"), msg("user", "More"), msg("assistant", "b")]},
+     "rejected", "differ before their final message (from message [1] on, 3 message(s) in chosen and 3 in rejected)"),
+    ({"chosen": [msg("user", "Hi"), msg("assistant", "A"), msg("user", "More"), msg("assistant", "a")],
+      "rejected": [msg("user", "Hi"), msg("assistant", "b")]},
+     "chosen", "differ before their final message (from message [1] on, 3 message(s) in chosen and 1 in rejected)"),
+    ({"prompt": [msg("user", "Hi")], "chosen": [msg("assistant", "A"), msg("user", "More"), msg("assistant", "a")],
+      "rejected": [msg("assistant", "B"), msg("user", "More"), msg("assistant", "b")]},
+     "rejected", "differ before their final message (from message [0] on, 3 message(s) in chosen and 3 in rejected)"),
+    ({"chosen": [msg("user", "Hi"), msg("user", "a")], "rejected": [msg("user", "Hi"), msg("assistant", "b")]},
+     "chosen[1].role", "the final message must be the assistant's answer, got 'user'"),
+    ({"chosen": [msg("user", "Hi"), msg("assistant", " ")], "rejected": [msg("user", "Hi"), msg("assistant", "b")]},
+     "chosen[1].content", "empty answer"),
+    ({"chosen": [msg("assistant", "a")], "rejected": [msg("assistant", "b")]},
+     "chosen", "must end with a user turn"),
+    ({"chosen": [msg("user", "Hi"), msg("assistant", "a")], "rejected": "b"},
+     "rejected", "expected a list of messages, got string"),
+    # explicit prompt
+    ({"prompt": [msg("user", "Hi"), msg("assistant", "x")], "chosen": [msg("assistant", "a")],
+      "rejected": [msg("assistant", "b")]}, "prompt", "must end with a user turn"),
+    ({"prompt": [msg("user", "Hi")], "chosen": [], "rejected": [msg("assistant", "b")]}, "chosen", "no messages"),
+    ({"prompt": [msg("user", "Hi")], "chosen": [msg("bot", "a")], "rejected": [msg("assistant", "b")]},
+     "chosen[0].role", "unknown role 'bot'"),
+    ({"prompt": [msg("user", "Hi")], "rejected": [msg("assistant", "b")]}, "chosen", "missing required field"),
+])
+def test_trl_conversational_problems_name_line_and_field(tmp_path, record, field, text):
+    good = {"chosen": [msg("user", "Hi"), msg("assistant", "a")],
+            "rejected": [msg("user", "Hi"), msg("assistant", "b")]}
+    if "prompt" in record:
+        good = {"prompt": [msg("user", "Hi")], "chosen": [msg("assistant", "a")], "rejected": [msg("assistant", "b")]}
+    [err] = load_errors(write_jsonl(tmp_path / "trl.jsonl", [good, record]))
+    assert (err.line, err.field) == (2, field)
+    assert text in err.message
+
+
+@pytest.mark.parametrize("record, field, text", [
+    ({"prompt": 3, "chosen": "a", "rejected": "b"}, "prompt", "expected a string, got number"),
+    ({"prompt": " ", "chosen": "a", "rejected": "b"}, "prompt", "empty prompt"),
+    ({"prompt": "Hi", "chosen": "", "rejected": "b"}, "chosen", "empty answer"),
+])
+def test_trl_standard_problems(tmp_path, record, field, text):
+    good = {"prompt": "Hi", "chosen": "a", "rejected": "b"}
+    [err] = load_errors(write_jsonl(tmp_path / "trl.jsonl", [good, record]))
+    assert (err.line, err.field) == (2, field) and text in err.message
+
+
+def test_format_is_taken_from_the_first_recognisable_record(tmp_path):
+    hh_record = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Go"}
+    path = write_jsonl(tmp_path / "hh.jsonl", ["[1]", {"chosen": None}, hh_record])
+    df, report = load_pairs(path, on_bad_record="skip")
+    assert (report.format, report.skipped_lines, len(df)) == ("hh", [1, 2], 1)
+
+
+# ---- the annotators read .jsonl.gz and Parquet through the same reader --------------------------
+
+def test_annotators_read_gz_pairs_and_gz_or_parquet_labels(tmp_path):
+    from rlhf.core.annotators import FileAnnotator, read_pairs
+
+    pairs = [{"pair_id": f"p{i}", "prompt_id": f"q{i}", "prompt": USER_HI, "response_a": "a", "response_b": "b",
+              "instructions": "[]", "safety": False, "source": "collect", "iteration": 1} for i in range(2)]
+    frame = read_pairs(write_gz(tmp_path / "pairs.jsonl.gz", pairs))
+    assert frame["pair_id"].tolist() == ["p0", "p1"] and frame.loc[0, "prompt"] == USER_HI
+    labels = [{"pair_id": "p0", "preferred": "b", "level": "better"}, {"pair_id": "p1", "preferred": "a",
+                                                                       "level": "slightly_better"}]
+    for path in (write_gz(tmp_path / "labels.jsonl.gz", labels), tmp_path / "labels.parquet"):
+        pd.DataFrame(labels).to_parquet(tmp_path / "labels.parquet")
+        labelled = FileAnnotator().import_labels(path, frame)
+        assert labelled["chosen"].tolist() == ["b", "a"] and labelled["level"].tolist() == ["better", "slightly_better"]
+    with pytest.raises(DataError, match=r"give labels as \.csv, \.jsonl, \.jsonl\.gz or \.parquet"):
+        FileAnnotator().import_labels(tmp_path / "labels.txt", frame)
+    with pytest.raises(DataError, match=r"give pairs to label as \.jsonl, \.jsonl\.gz or \.parquet"):
+        read_pairs(tmp_path / "pairs.csv")

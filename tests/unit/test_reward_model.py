@@ -2,11 +2,14 @@
 truncation, and the scorer's combination of one or two RMs."""
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from rlhf.core.chat import pad_batch
+from rlhf.core.errors import ConfigError
 from rlhf.core.models import ModelConfig
 from rlhf.core.reward.model import (
     EncodeReport,
@@ -19,7 +22,7 @@ from rlhf.core.reward.model import (
     score,
 )
 from rlhf.core.reward.scorer import RewardScorer
-from rlhf.core.reward.train import RankingObjective, collate_pairs
+from rlhf.core.reward.train import RankingObjective, RewardConfig, RMDataConfig, collate_pairs, encode_pairs
 
 PROMPT = [{"role": "user", "content": "Say something nice."}]
 ANSWERS = ["ok", "You are doing great, keep going!", "hi there", "x" * 40]
@@ -99,6 +102,68 @@ def test_left_truncation_keeps_the_answer_and_counts(rm):
     assert (report.n_sequences, report.n_prompt_truncated, report.n_answer_truncated) == (3, 1, 1)
 
 
+MULTI_TURN = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+              {"role": "user", "content": "Bye"}]
+
+
+def test_truncation_counts_are_measured_on_the_final_answer(chatml_tokenizer):
+    # ChatML, one token per byte plus <|im_start|> and <|im_end|>: "<|im_start|>user\nHi<|im_end|>\n" is 10 tokens,
+    # the assistant turn "Hello" 18, "Bye" 11, the answer's turn "<|im_start|>assistant\nok<|im_end|>\n" 15:
+    # 54 tokens, the answer "ok" starting at token 50 (the first assistant turn's content at 21).
+    tok = chatml_tokenizer
+    assert len(encode_answer(tok, MULTI_TURN, "ok", 10_000)) == 54
+    report = EncodeReport()
+    for max_length in (54, 53, 20, 4):  # the last 4 tokens are "ok<|im_end|>\n": the answer is whole in all
+        encode_answer(tok, MULTI_TURN, "ok", max_length, report)
+    # 53 and 20 cut only the prompt (measured from the first assistant turn, 54 - 21 = 33 > 20 would have
+    # counted 20 as an answer cut), and so does 4.
+    assert (report.n_sequences, report.n_prompt_truncated, report.n_answer_truncated) == (4, 3, 0)
+    cut = encode_answer(tok, MULTI_TURN, "ok", 3, report)  # 3 < 4: "o" is gone
+    assert tok.decode(cut) == "k<|im_end|>\n"
+    assert (report.n_prompt_truncated, report.n_answer_truncated, report.n_tokens) == (3, 1, 54 + 53 + 20 + 4 + 3)
+
+
+def test_encode_pairs_counts_each_answer_of_a_multi_turn_pair(chatml_tokenizer):
+    # chosen "ok": 54 tokens, its answer the last 4; rejected 30 x's: 50 + 30 + 2 = 82 tokens, its answer (from
+    # token 50) the last 32 > 20. Measured from the first assistant turn, both would have counted as answer cuts.
+    pairs = pd.DataFrame({"prompt": [MULTI_TURN], "chosen": ["ok"], "rejected": ["x" * 30], "level": ["better"]})
+    examples, report = encode_pairs(chatml_tokenizer, pairs, max_length=20, margin="large")
+    assert [len(examples[0][0]), len(examples[0][1]), examples[0][2]] == [20, 20, 2.0]
+    assert (report.n_sequences, report.n_prompt_truncated, report.n_answer_truncated) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("data, expected", [(None, None), ("pairs.jsonl", ["pairs.jsonl"]),
+                                            (["a.jsonl", "b.jsonl.gz"], ["a.jsonl", "b.jsonl.gz"]),
+                                            ([Path("c.parquet")], ["c.parquet"]), ([], [])])
+def test_rm_data_takes_one_path_or_a_list(data, expected):
+    assert RMDataConfig(data=data).data == expected
+
+
+@pytest.mark.parametrize("kwargs, key, text", [
+    ({"data": {"a": 1}}, "reward.*.data", "give a list: reward.helpful.data=[path]"),
+    ({"data": [None]}, "reward.*.data", "expected a path, got None"),
+    ({"on_bad_record": "drop"}, "reward.*.on_bad_record", "unknown value 'drop'"),
+])
+def test_rm_data_config_errors_name_the_key(kwargs, key, text):
+    with pytest.raises(ConfigError) as info:
+        RMDataConfig(**kwargs)
+    assert info.value.key == key and text in str(info.value)
+
+
+@pytest.mark.parametrize("n_test", [0, 8, 1000, 0.2, 0.5])
+def test_n_test_is_a_count_or_a_fraction(n_test):
+    assert RewardConfig(n_test=n_test).n_test == n_test
+
+
+@pytest.mark.parametrize("n_test, text", [(-1, "a count must be >= 0"), (1.0, "must be in (0, 1)"),
+                                          (0.0, "must be in (0, 1)"), (True, "expected a count"),
+                                          ("10", "expected a count")])
+def test_bad_n_test_names_reward_train_n_test(n_test, text):
+    with pytest.raises(ConfigError) as info:
+        RewardConfig(n_test=n_test)
+    assert info.value.key == "reward.train.n_test" and text in str(info.value)
+
+
 def test_save_load_round_trip_gives_identical_scores(rm, tmp_path):
     model, tok = rm
     with torch.no_grad():
@@ -113,8 +178,6 @@ def test_save_load_round_trip_gives_identical_scores(rm, tmp_path):
 
 
 def test_load_rejects_a_plain_model_dir(tmp_path):
-    from rlhf.core.errors import ConfigError
-
     with pytest.raises(ConfigError, match="not a reward-model directory"):
         load_reward_model(tmp_path)
 

@@ -112,6 +112,6 @@ def test_last_finished_iteration_is_the_highest_evaluated_one(tmp_path):
     for n, evaluated in ((1, True), (2, True), (3, False)):
         (tmp_path / f"iter-{n}" / "evaluate").mkdir(parents=True)
         if evaluated:
-            (tmp_path / f"iter-{n}" / "evaluate" / "manifest.json").write_text("{}")
+            (tmp_path / f"iter-{n}" / "evaluate" / "manifest.json").write_text('{"key": "k"}')
     (tmp_path / "iter-0" / "sft").mkdir(parents=True)
     assert last_finished_iteration(tmp_path) == 2  # iteration 3 started but did not finish

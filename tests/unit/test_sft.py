@@ -77,6 +77,34 @@ def test_resume_mid_epoch_equals_straight_run(tmp_path):
     assert torch.allclose(params(straight), params(resumed), atol=1e-6)
 
 
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    """A truncated weights file in the newest checkpoint: set aside with a warning, the run resumes from
+    the checkpoint before it, and still ends where a straight run does."""
+    settings = dict(epochs=3, batch_size=2, micro_batch_size=1, lr=1e-3)
+    straight, tok = build_tiny_model(seed=0)
+    run_sft(straight, tok, convs(), cfg(**settings), tmp_path / "straight")
+    crashed, tok = build_tiny_model(seed=0)
+    with pytest.raises(InjectedFault):  # checkpoints at steps 3 and 6, crash after step 7
+        run_sft(crashed, tok, convs(), cfg(**settings, checkpoint_every=3, fail_after_steps=7), tmp_path / "run")
+    weights = tmp_path / "run" / "checkpoints" / "step-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert latest_checkpoint(tmp_path / "run").name == "step-3"
+    assert "step-6 is damaged (model.safetensors has 1000 bytes" in caplog.text
+    resumed, tok = build_tiny_model(seed=1)
+    result, _ = run_sft(resumed, tok, convs(), cfg(**settings, checkpoint_every=3), tmp_path / "run")
+    assert result.resumed_from == 3 and result.steps == 12
+    assert torch.allclose(params(straight), params(resumed), atol=1e-6)
+
+
+def test_no_whole_checkpoint_means_a_fresh_start(tmp_path, caplog):
+    model, tok = build_tiny_model(seed=0)
+    with pytest.raises(InjectedFault):
+        run_sft(model, tok, convs(), cfg(epochs=2, batch_size=2, micro_batch_size=2, checkpoint_every=2,
+                                         keep_checkpoints=1, fail_after_steps=3), tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "step-2" / "trainer_state.json").write_text('{"st')
+    assert latest_checkpoint(tmp_path / "run") is None and "trainer_state.json is unreadable" in caplog.text
+
+
 class NaNAtStep(CausalLMObjective):
     """Fault injection: the loss becomes NaN on the n-th forward pass."""
 

@@ -1,0 +1,122 @@
+"""Content digests of inputs and outputs, and the check that a finished output is still what its
+manifest says it is.
+
+Hashing a model directory (~0.5 GB for SmolLM2) on every run would cost seconds per step, so a file's
+SHA-256 is remembered, in this process and in ``<cache dir>/digests.json``, under the file's identity on
+disk: device, inode, size and modification time. Editing, truncating or replacing a file changes one of
+them and its digest is computed again; renaming a file (what an atomic write does last) keeps them, so
+an output hashed while it was written is not hashed again once it is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger("rlhf")
+MANIFEST = "manifest.json"
+_CACHE_FILE = "digests.json"
+_lock = threading.Lock()
+_memory: dict[str, str] = {}  # identity -> sha256
+_loaded: set[Path] = set()
+
+
+def default_cache_dir() -> Path:
+    """Where the platform caches what it can recompute (the dequantised embedded model, digests):
+    ``RLHF_CACHE_DIR`` or ``~/.cache/rlhf``."""
+    return Path(os.environ.get("RLHF_CACHE_DIR", Path.home() / ".cache" / "rlhf"))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _cache_path() -> Path:
+    return default_cache_dir() / _CACHE_FILE
+
+
+def _load(path: Path) -> None:
+    if path in _loaded:
+        return
+    _loaded.add(path)
+    try:
+        _memory.update(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass  # no cache yet, or a damaged one: it only saves time, digests are recomputed
+
+
+def _save(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_memory))
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only home: digests are still right, only recomputed next time
+        log.debug("digest cache not saved (%s)", err)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, remembered under its identity on disk (see the module's docstring)."""
+    path = Path(path)
+    key = _identity(path.stat())
+    with _lock:
+        _load(_cache_path())
+        if key in _memory:
+            return _memory[key]
+    value = sha256_file(path)
+    if _identity(path.stat()) != key:  # changed while being read: do not remember either version
+        return file_digest(path)
+    with _lock:
+        _memory[key] = value
+        _save(_cache_path())
+    return value
+
+
+def digest(path: str | Path) -> str:
+    """Content digest of a file or directory. A step output is identified by its manifest, which pins
+    its inputs, config and the digests of its own files."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    if (path / MANIFEST).is_file():
+        return file_digest(path / MANIFEST)
+    combined = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        combined.update(file.relative_to(path).as_posix().encode() + b"\0" + file_digest(file).encode())
+    return combined.hexdigest()
+
+
+def file_records(out_dir: str | Path) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file in a step's output directory but its
+    manifest: what :func:`check_files` holds the directory to later."""
+    out_dir = Path(out_dir)
+    return {file.relative_to(out_dir).as_posix(): {"size": file.stat().st_size, "sha256": file_digest(file)}
+            for file in sorted(out_dir.rglob("*")) if file.is_file() and file.name != MANIFEST}
+
+
+def check_files(out_dir: str | Path, records: dict[str, dict]) -> str | None:
+    """Why the files of ``out_dir`` do not match ``records`` (a missing, truncated or changed file), or
+    None when they all do. Sizes first (cheap), then digests (remembered, so cheap when unchanged)."""
+    out_dir = Path(out_dir)
+    for name, record in records.items():
+        file = out_dir / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != record["size"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {record['size']}"
+    for name, record in records.items():
+        if file_digest(out_dir / name) != record["sha256"]:
+            return f"{name} changed since it was written (its SHA-256 differs from the manifest's)"
+    return None
