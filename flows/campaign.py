@@ -15,8 +15,9 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from rlhf.core.artifacts import code_version
+from rlhf.core.artifacts import code_version, prune_weights
 from rlhf.core.errors import ConfigError
+from rlhf.core.steps.outputs import GATT, PPO, RM_NAMES, TRAIN_POLICY, rm_outputs
 from rlhf.record.layout import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -137,6 +138,8 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
             state = CampaignState(**out["state"])
             summary["iterations"].append(out["entry"])
             write_summary(home, summary)
+            if cfg.campaign.keep is not None:
+                prune_models(cfg, summary, n)
         # 3. The summary, and the report attached to the campaign's MLflow run.
         if summary["iterations"]:
             summary["report"] = str(home / REPORT_DIR / "report.md")
@@ -147,6 +150,27 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
             report(str(home))
         finish_run(ids.uri, ids.campaign_run_id)
     return summary
+
+
+def prune_models(cfg, summary: dict, last: int) -> int:
+    """After iteration ``last`` succeeded (``campaign.keep``): delete the model weights of iterations up to
+    ``last - keep``, keeping the SFT model and, when models are registered, every registered one (each
+    iteration's policy and RMs: the registry points at them). Returns the bytes freed."""
+    keep = cfg.campaign.keep
+    protected = {summary["sft"]["policy_path"]}
+    if cfg.tracking.register_models:
+        for entry in summary["iterations"]:
+            protected |= {entry["policy_path"], *entry["reward_model_paths"].values()}
+    freed = 0
+    for n in range(1, last - keep + 1):
+        for contract in (TRAIN_POLICY, PPO, GATT, *(rm_outputs(name) for name in RM_NAMES)):
+            out_dir = contract.dir(iteration_dir(cfg, n))
+            if str(out_dir) not in protected and out_dir.is_dir():
+                freed += prune_weights(out_dir)
+    if freed:
+        log.info("campaign.keep=%d: deleted %.2f GB of model weights of iterations up to %d", keep, freed / 1e9,
+                 last - keep)
+    return freed
 
 
 def _end_runs(cfg, error: BaseException) -> None:

@@ -47,6 +47,10 @@ class CampaignConfig:
     # rejection-sampling round samples from the PPO policy, as the paper's V5 did); [] = never.
     ppo_at: list[int] | None = None
     gatt_from: int | None = None  # Ghost Attention in this iteration and every later one (paper: from V3); null = never
+    # Disk: after each iteration, delete the model weights of iterations older than the last `keep` ones,
+    # except the SFT model and, with tracking.register_models, every registered model (each iteration's
+    # policy and RMs). null = keep every model. Pruned steps stay cached; loading one is a clear error.
+    keep: int | None = None
 
     def validate(self) -> None:
         """The name becomes a directory under ``root``: one plain path component, nothing that escapes."""
@@ -152,6 +156,31 @@ def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
                          split=cfg.eval.split, seed=cfg.eval.seed)
 
 
+# Counts and sizes that must be at least 1 (a 0 or a negative one fails deep inside a step, or silently
+# does nothing) and those that may be 0. Checked on every composed or stored config.
+AT_LEAST_ONE = ("rejection.k", "rejection.n_prompts", "rejection.probe_prompts", "collect.n_prompts",
+                "sampling.max_new_tokens", "sampling.batch_prompts", "eval.n_prompts", "eval.n_bootstrap",
+                "sft.epochs", "sft.batch_size", "sft.micro_batch_size", "sft.max_length",
+                "train_policy.epochs", "train_policy.batch_size", "train_policy.micro_batch_size",
+                "reward.train.epochs", "reward.train.batch_size", "reward.train.micro_batch_size",
+                "reward.train.max_length", "reward.train.eval_batch_size", "ppo.steps", "ppo.batch_size",
+                "ppo.n_prompts", "campaign.iterations", "campaign.iteration", "campaign.keep")
+AT_LEAST_ZERO = ("prompts.n", "prompts.offset", "data.eval_size", "reward.helpful.n_synthetic",
+                 "reward.safety.n_synthetic", "reward.n_eval_synthetic", "sft.max_steps", "sft.checkpoint_every",
+                 "rejection.probe_k", "orchestration.io_retries", "orchestration.retry_delay_seconds")
+
+
+def check_sizes(cfg: RootConfig) -> None:
+    """A clear error for a count or size out of range, naming its key, before anything runs."""
+    for keys, low in ((AT_LEAST_ONE, 1), (AT_LEAST_ZERO, 0)):
+        for key in keys:
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part, None)
+            if value is not None and value < low:
+                raise ConfigError(key, f"must be at least {low}, got {value}")
+
+
 def _register() -> None:
     ConfigStore.instance().store(name="base_config", node=RootConfig)
 
@@ -172,6 +201,7 @@ def compose_config(overrides: list[str] | None = None):
         raise ConfigError(" ".join(overrides or []) or "<defaults>",
                           f"{message}. See `rlhf <command> --cfg` for the keys and their values.") from err
     cfg.campaign.validate()
+    check_sizes(cfg)
     return cfg
 
 
@@ -182,6 +212,7 @@ def config_from_dict(values: dict) -> RootConfig:
     memoised on the dict's JSON and handed out as a copy."""
     cfg = copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True)))
     cfg.campaign.validate()
+    check_sizes(cfg)
     return cfg
 
 

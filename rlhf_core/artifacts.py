@@ -219,5 +219,35 @@ def verify_output(out_dir: str | Path, key: str | None = None) -> tuple[dict | N
         return None, "it was written with another config, other inputs or other code (its key differs)"
     if "files" not in manifest:
         return None, f"its {MANIFEST} records no file digests (written by an older version)"
-    problem = check_files(out_dir, manifest["files"])
+    pruned = set(pruned_files(out_dir))
+    problem = check_files(out_dir, {name: r for name, r in manifest["files"].items() if name not in pruned})
     return (None, problem) if problem else (manifest, None)
+
+
+PRUNED = "pruned.json"  # in an output whose model weights were deleted to save disk (campaign.keep)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def pruned_files(out_dir: str | Path) -> list[str]:
+    """The files of an output deleted on purpose (:func:`prune_weights`); [] for a whole output."""
+    path = Path(out_dir) / PRUNED
+    return json.loads(path.read_text())["files"] if path.is_file() else []
+
+
+def prune_weights(out_dir: str | Path) -> int:
+    """Delete a finished output's weight files to save disk; returns the bytes freed. The output stays a
+    valid, cached step result (its manifest, metrics and tables stay; ``pruned.json``, written before
+    anything is deleted, lists what is gone), so a rerun of the campaign does not recompute it; loading
+    it as a model is a clear error."""
+    manifest = read_manifest(out_dir)
+    weights = sorted(name for name in (manifest or {}).get("files", {}) if name.endswith(WEIGHT_SUFFIXES)
+                     and (Path(out_dir) / name).exists())
+    if not weights:
+        return 0
+    write_json(Path(out_dir) / PRUNED, {"files": sorted(set(pruned_files(out_dir)) | set(weights)),
+                                        "pruned": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    freed = 0
+    for name in weights:
+        freed += (Path(out_dir) / name).stat().st_size
+        (Path(out_dir) / name).unlink()
+    return freed

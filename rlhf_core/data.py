@@ -76,8 +76,8 @@ def validate_messages(messages: Any, path, line: int, key: str = "messages") -> 
         if role != expected:
             errors.append(err(f"expected a {expected} turn here (user and assistant turns alternate, "
                               "starting with user)", f"{where}.role"))
-        elif role == "assistant" and not content.strip():
-            errors.append(err("empty assistant content", f"{where}.content"))
+        elif role in ("user", "assistant") and not content.strip():
+            errors.append(err(f"empty {role} content", f"{where}.content"))
         expected = "assistant" if role == "user" else "user"
     if not errors and not any(m.get("role") == "assistant" for m in messages):
         errors.append(err("no assistant turn: nothing to train on"))

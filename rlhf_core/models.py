@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import atomic_dir
+from .artifacts import PRUNED, atomic_dir, pruned_files
 from .digests import default_cache_dir
 from .errors import ConfigError
 
@@ -118,6 +118,7 @@ def load_model(cfg: ModelConfig):
         source, gguf_file = str(path.parent), path.name
     else:
         gguf_file = cfg.gguf_file
+        check_not_pruned(source, "model.name_or_path")
     kwargs = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -135,6 +136,14 @@ def load_model(cfg: ModelConfig):
     if gguf_file:
         _drop_gguf_quantization(model)
     return model, _ensure_pad_token(tokenizer)
+
+
+def check_not_pruned(path: str | Path, key: str) -> None:
+    """A step output whose weights ``campaign.keep`` deleted cannot be loaded: say so, and what to do."""
+    if Path(path).is_dir() and pruned_files(path):
+        raise ConfigError(key, f"the weights in {path} were deleted to save disk (campaign.keep; see its "
+                               f"{PRUNED}): use a newer iteration's model, or raise campaign.keep (or set it "
+                               "to null) and rerun the campaign to have older models kept")
 
 
 def _ensure_pad_token(tokenizer):

@@ -15,6 +15,7 @@ from torch import nn
 
 from .chat import pad_batch
 from .data import TokenizeReport, tokenize_conversations
+from .errors import ConfigError
 from .training import MetricsCallback, TrainConfig, TrainResult, train
 
 # Models whose logits are post-processed after the LM head (Gemma's soft-capping, Cohere's scale):
@@ -72,7 +73,9 @@ def run_sft(model, tokenizer, conversations: list[dict], cfg: SFTConfig, work_di
     examples, report = tokenize_conversations(tokenizer, conversations, cfg.max_length, cfg.loss_mode,
                                               cfg.overlong)
     if not examples:
-        raise ValueError(f"no trainable conversations left: {report.summary()}")
+        raise ConfigError("sft.max_length", f"no trainable conversations left ({report.summary()}): give more "
+                                            "conversations, or raise sft.max_length, or keep over-long ones "
+                                            "truncated (sft.overlong=truncate)")
     pad_id = tokenizer.pad_token_id
 
     def collate(rows):

@@ -30,6 +30,7 @@ from prefect import task
 
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.artifacts import code_version, digest, source_digest, stable_hash, verify_output
+from rlhf.core.errors import ConfigError
 from rlhf.core.evaluation import EvalConfig
 from rlhf.core.gatt import GAttConfig
 from rlhf.core.models import ModelConfig
@@ -78,6 +79,9 @@ class Fault:
         if not spec:
             return None
         step, _, after = spec.partition(":")
+        if after and not after.isdigit():
+            raise ConfigError("debug.fail_at", f"{spec!r}: after the ':' comes how many optimizer steps to run before "
+                                               "failing, a whole number >= 0 (e.g. debug.fail_at=sft:2)")
         return cls(step, int(after) if after else None)
 
 

@@ -65,11 +65,12 @@ def cmd_gatt_eval(overrides: list[str]) -> int:
     cfg = compose(overrides)
     out = output_dir(cfg, GATT_EVAL)
     _, _, backend = _backend(cfg)
-    curves, judged = evaluate_adherence(backend, cfg.gatt, cfg.sampling)
-    with writing(cfg, out), atomic_dir(out) as tmp:
-        judged.to_parquet(tmp / GATT_EVAL["judgments"])
-        write_json(tmp / GATT_EVAL["adherence"], {name: {str(turn): share for turn, share in curve.items()}
-                                                  for name, curve in curves.items()})
+    with writing(cfg, out):
+        curves, judged = evaluate_adherence(backend, cfg.gatt, cfg.sampling)
+        with atomic_dir(out) as tmp:
+            judged.to_parquet(tmp / GATT_EVAL["judgments"])
+            write_json(tmp / GATT_EVAL["adherence"], {name: {str(turn): share for turn, share in curve.items()}
+                                                      for name, curve in curves.items()})
     print(f"\nadherence to the system instruction per turn ({cfg.model.name_or_path}):")
     for name, curve in curves.items():
         print(f"  {name:<9} " + "  ".join(f"turn {t}: {100 * v:.0f}%" for t, v in curve.items()))

@@ -124,8 +124,15 @@ def write_summary(directory: Path, summary: dict) -> None:
 
 
 def read_summary(directory: Path) -> dict | None:
+    """The campaign's ``summary.json``; None when there is none; an unreadable one is a clear error."""
     path = Path(directory) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise RLHFError(f"{path} is unreadable ({type(err).__name__}: {err}): rerun the campaign (every finished "
+                        "step is cached) to write it again") from err
 
 
 def last_finished_iteration(directory: Path) -> int:

@@ -43,7 +43,7 @@ from torch import nn
 from ..artifacts import write_json
 from ..chat import Message, pad_batch, render_conversation
 from ..errors import ConfigError
-from ..models import ModelConfig, autocast, load_model, resolve_precision, save_model
+from ..models import ModelConfig, autocast, check_not_pruned, load_model, resolve_precision, save_model
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -121,6 +121,7 @@ def load_reward_model(rm_dir: str | Path) -> tuple[RewardModel, object]:
     from transformers import AutoModel, AutoTokenizer
 
     rm_dir = Path(rm_dir)
+    check_not_pruned(rm_dir, "scorer.helpful")
     if not (rm_dir / CONFIG_FILE).is_file() or not (rm_dir / HEAD_FILE).is_file():
         raise ConfigError("reward model", f"{rm_dir} is not a reward-model directory (no {CONFIG_FILE} or "
                           f"{HEAD_FILE}); give the output directory of `rlhf rm train`")

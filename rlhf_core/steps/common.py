@@ -91,6 +91,15 @@ def prepare_work_dir(name: str, out_dir: Path, key: str) -> Path:
     return work
 
 
+def _drop_if_empty(work: Path, parent: Path) -> None:
+    """After a failure before any checkpoint: the work dir (only its key stamp) and an iteration
+    directory left empty are removed, so a bad input leaves nothing behind."""
+    if work.is_dir() and [p.name for p in work.iterdir()] == ["key"]:
+        shutil.rmtree(work, ignore_errors=True)
+    if parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+
+
 def finish(out_dir: Path) -> None:
     shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
 
@@ -119,13 +128,17 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     if (manifest := cached(name, out_dir, key)) is not None:
         log.info("%s: cached, same config and inputs -> %s", name, out_dir)
         return manifest
-    prepare_work_dir(name, out_dir, key)
+    work = prepare_work_dir(name, out_dir, key)
     log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
     started = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
-        metrics = body(tmp)
-        metrics["wall_seconds"] = time.perf_counter() - started
-        manifest = write_manifest(tmp, name, key, config, inputs, metrics)
+    try:
+        with atomic_dir(out_dir) as tmp:
+            metrics = body(tmp)
+            metrics["wall_seconds"] = time.perf_counter() - started
+            manifest = write_manifest(tmp, name, key, config, inputs, metrics)
+    except BaseException:
+        _drop_if_empty(work, out_dir.parent)  # checkpoints stay for the rerun; an empty frame does not
+        raise
     finish(out_dir)
     log.info("%s: done in %.0f s%s -> %s", name, metrics["wall_seconds"],
              f": {summary(metrics)}" if summary else "", out_dir)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import load_conversations
+from ..errors import ConfigError
 from ..models import ModelConfig, load_model
 from ..sft import SFTConfig, mean_target_loss, run_sft
 from ..training import checkpoint_step, latest_checkpoint
@@ -37,9 +38,13 @@ def data_path(cfg: DataConfig) -> Path:
     return asset_path("sft_demo.jsonl")
 
 
-def _split(rows: list[dict], cfg: DataConfig) -> tuple[list[dict], list[dict]]:
+def _split(rows: list[dict], cfg: DataConfig, path: Path) -> tuple[list[dict], list[dict]]:
     if cfg.eval_size <= 0:
         return rows, []
+    if cfg.eval_size >= len(rows):
+        raise ConfigError("data.eval_size", f"holds out {cfg.eval_size} of the {len(rows)} conversations in {path}, "
+                                            "leaving none to train on: lower it (data.eval_size=0 holds out none) "
+                                            "or give more conversations")
     order = list(range(len(rows)))
     random.Random(cfg.seed).shuffle(order)
     held = set(order[:cfg.eval_size])
@@ -57,7 +62,7 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
 
     def body(tmp: Path) -> dict:
         # 1. Data: validated conversations, optional held-out slice.
-        train_rows, eval_rows = _split(load_conversations(path, data_cfg.on_bad_record), data_cfg)
+        train_rows, eval_rows = _split(load_conversations(path, data_cfg.on_bad_record), data_cfg, path)
         # 2. Model, and the held-out loss before training.
         model, tokenizer = load_model(model_cfg)
         resume = latest_checkpoint(work)

@@ -80,3 +80,26 @@ def test_a_truncated_output_is_computed_again(tmp_path, caplog, step, file):
     assert states[step][-1] == "Completed"  # after a Cached result found damaged, or at once (no manifest)
     assert verify_output(damaged.parent)[1] is None  # whole again
     assert "computing it again" in caplog.text
+
+
+@pytest.mark.parametrize("register", [False, True])
+def test_campaign_keep_deletes_old_weights_and_the_campaign_stays_cached(tmp_path, register):
+    from rlhf.core.errors import ConfigError
+    from rlhf.core.models import ModelConfig, load_model
+
+    cfg = compose_config(["experiment=smoke", f"campaign.root={tmp_path}", "campaign.name=c", "campaign.keep=1",
+                          f"tracking.register_models={str(register).lower()}"])
+    summary = run_campaign(cfg)
+    v1, v2 = tmp_path / "c" / "iter-1", tmp_path / "c" / "iter-2"
+    weights = lambda d: sorted(p.name for p in d.glob("*.safetensors"))  # noqa: E731
+    assert weights(v1 / "train_policy") == []  # an intermediate (PPO followed): never registered
+    assert (v1 / "train_policy" / "pruned.json").is_file()
+    kept_v1 = weights(v1 / "ppo") != [] and weights(v1 / "rm-helpful") != []
+    assert kept_v1 == register  # V1's policy and RMs are registered models: kept when registered
+    assert weights(v2 / "gatt") and weights(v2 / "rm-helpful") and weights(tmp_path / "c" / "iter-0" / "sft")
+    assert summary["iterations"][0]["policy_path"] == str(v1 / "ppo")
+
+    states = states_of(lambda: run_campaign(cfg))  # pruned outputs are still valid results
+    assert {state for runs in states.values() for state in runs} == {"Cached"}
+    with pytest.raises(ConfigError, match="campaign.keep"):
+        load_model(ModelConfig(name_or_path=str(v1 / "train_policy")))
