@@ -44,14 +44,17 @@ def prepare(cfg) -> None:
 
 
 # The ephemeral server's task-run recorder writes task runs from the client's events in batches (every
-# 0.5 s or 100 events) instead of one SQLite transaction per event. Per event, its commits kept landing
+# 1 s or 100 events) instead of one SQLite transaction per event. Per event, its commits kept landing
 # inside the server's creation of a subflow's parent task run, a read-then-write transaction that SQLite
 # then fails at once ("database is locked", not covered by busy_timeout); the server answers 503 and the
 # client backs off 2 s or more: cached reruns of the smoke campaign took 3.4-10.8 s instead of ~2 s
 # (benchmarks/README.md). Defaults only: PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_* set by the user win.
+# The interval must be a whole number of seconds: Prefect 3.8 passes int(flush_interval) to the recorder's
+# flush loop, so 0.5 became asyncio.sleep(0) in a `while True`, and the server spun at 100 % of a core
+# for as long as it ran (and, orphaned, long after).
 EPHEMERAL_RECORDER = {"server.services.task_run_recorder.batch_size": 100,
                       "server.services.task_run_recorder.read_batch_size": 100,
-                      "server.services.task_run_recorder.flush_interval": 0.5}
+                      "server.services.task_run_recorder.flush_interval": 1}
 
 
 @contextmanager

@@ -8,6 +8,7 @@ and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -86,6 +87,30 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished steps are kept; rerun (or `rlhf resume <campaign>`) to continue",
               file=sys.stderr)
         return 130
+    except Exception as err:
+        if (problem := storage_problem(err)) is None:
+            raise  # a bug: keep the traceback
+        print(f"error: {problem}: make room (or point campaign.root at another disk), then rerun: finished steps "
+              "are kept and a failed step resumes from its checkpoint", file=sys.stderr)
+        return 2
+
+
+# The storage failures a user fixes (a full or read-only disk, no permission), by errno and by the text
+# libraries that do not raise OSError put in their messages (safetensors, arrow).
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+STORAGE_TEXTS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def storage_problem(err: BaseException) -> str | None:
+    """What a failed write ran into, with the path when known, if it is the disk's fault; else None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            return f"{err.filename}: {STORAGE_ERRNOS[err.errno]}" if err.filename else STORAGE_ERRNOS[err.errno]
+        if any(text in str(err) for text in STORAGE_TEXTS):
+            return " ".join(str(err).split())[:300]
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _interrupt(signum, frame) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import threading
 from pathlib import Path
 
@@ -121,3 +122,36 @@ def test_every_writer_respects_a_running_campaign(tmp_path, capsys):
     finally:
         release.set()
         holder.join()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs of its own (mounting needs root, which CI has; elsewhere the tests are skipped)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_nothing_is_lost(small_disk, tmp_path, capsys):
+    chats = write(tmp_path / "chats.jsonl", "".join(json.dumps(CHAT) + "\n" for _ in range(8)))
+    args = ["sft", "model=tiny", f"data.path={chats}", f"campaign.root={small_disk}", "campaign.name=c"]
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (4 * 2**20 - 96 * 2**10))  # leaves less than the tiny model needs
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no space left on device" in err.lower() and "Traceback" not in err, err
+    assert not list(small_disk.rglob(".sft.tmp-*"))  # no half-written output
+    filler.unlink()
+    assert main(args) == 0  # room again: the same command finishes
+    assert (small_disk / "c" / "iter-0" / "sft" / "model.safetensors").is_file()
+
+
+def test_a_read_only_campaign_root_is_a_clear_error(small_disk, capsys):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert main(["sft", "model=tiny", f"campaign.root={small_disk}", "campaign.name=c"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only file system" in err and "Traceback" not in err, err

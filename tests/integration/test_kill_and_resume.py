@@ -78,10 +78,11 @@ def clean_summary(tmp_path_factory) -> dict:
     return json.loads((root / "c" / "summary.json").read_text())
 
 
-def test_sigkill_leaves_no_server_and_resume_matches_a_clean_run(tmp_path, clean_summary):
+@pytest.mark.parametrize("at", ["rm_train: start", "rejection_sample: start"])
+def test_sigkill_leaves_no_server_and_resume_matches_a_clean_run(tmp_path, clean_summary, at):
     cli = rlhf(tmp_path, "run", *SMOKE)
     server = int(wait_for(tmp_path, r"temporary server on \S+ \(pid (\d+)\)", cli).group(1))
-    wait_for(tmp_path, r"rejection_sample: start", cli)
+    wait_for(tmp_path, at, cli)
     os.kill(cli.pid, signal.SIGKILL)  # the CLI only, not its group: nothing of it runs any cleanup
     cli.wait()
     assert gone(server), "the temporary Prefect server outlived the killed run"
@@ -96,11 +97,12 @@ def test_sigkill_leaves_no_server_and_resume_matches_a_clean_run(tmp_path, clean
     assert not [p for p in (tmp_path / "c").rglob(".*.tmp-*")]
 
 
-def test_sigterm_stops_the_run_cleanly(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_stops_the_run_cleanly(tmp_path, signum):
     cli = rlhf(tmp_path, "run", *SMOKE)
     server = int(wait_for(tmp_path, r"temporary server on \S+ \(pid (\d+)\)", cli).group(1))
     wait_for(tmp_path, r"search_temperature: start", cli)
-    os.kill(cli.pid, signal.SIGTERM)
+    os.kill(cli.pid, signum)
     assert cli.wait(timeout=120) == 130
     assert "interrupted: finished steps are kept" in (tmp_path / "cli.log").read_text()
     assert gone(server)

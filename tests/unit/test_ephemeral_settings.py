@@ -2,9 +2,12 @@
 inside the block and takes the settings with it), and that it changes nothing with a real server or
 against the user's own settings."""
 
+import os
+import time
+
 from prefect.settings import get_current_settings, temporary_settings
 
-from rlhf.flows.environment import EPHEMERAL_RECORDER, ephemeral_server_settings
+from rlhf.flows.environment import EPHEMERAL_RECORDER, ephemeral_server_settings, prefect_api
 
 
 def _recorder():
@@ -28,7 +31,7 @@ def test_the_users_recorder_settings_win(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "1")
     with temporary_settings(restore_defaults={"api.url"}):
         with ephemeral_server_settings():
-            assert _recorder()["batch_size"] == 1 and _recorder()["flush_interval"] == 0.5
+            assert _recorder()["batch_size"] == 1 and _recorder()["flush_interval"] == 1
 
 
 def test_with_a_prefect_server_nothing_changes():
@@ -36,3 +39,23 @@ def test_with_a_prefect_server_nothing_changes():
         before = _recorder()
         with ephemeral_server_settings():
             assert get_current_settings().flows.heartbeat_frequency == 30 and _recorder() == before
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_the_temporary_server_idles_when_nothing_runs():
+    """An idle server costs ~nothing. With the recorder's flush_interval at 0.5 s Prefect's flush loop
+    became asyncio.sleep(0) in a loop and the server took 100 % of a core for every campaign."""
+    with temporary_settings(restore_defaults={"api.url"}):
+        with prefect_api():
+            server = next(int(p) for p in os.listdir("/proc") if p.isdigit() and
+                          "rlhf.flows.environment" in open(f"/proc/{p}/cmdline").read().replace("\0", " ")
+                          and int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]) == os.getpid())
+            time.sleep(3)  # past start-up
+            before = _cpu_seconds(server)
+            time.sleep(5)
+            assert _cpu_seconds(server) - before < 1.0  # spinning would be ~5 s
+    assert not os.path.exists(f"/proc/{server}") or "State:\tZ" in open(f"/proc/{server}/status").read()
