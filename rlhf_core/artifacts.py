@@ -13,6 +13,7 @@ step's *key* hashes its config, its inputs' digests and the code version: same k
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -139,20 +140,21 @@ def write_jsonl(path: str | Path, rows: Iterable[Any], ensure_ascii: bool = True
 
 
 def iter_jsonl(path: str | Path, on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, Any]]:
-    """``(line, value)`` for every non-blank line of a JSONL file; lines are numbered from 1 and blank ones
-    count, so a number is the line an editor shows.
+    """``(line, value)`` for every non-blank line of a JSONL file (``.gz``: gzip-compressed); lines are
+    numbered from 1 and blank ones count, so a number is the line an editor shows.
 
     A line that is not UTF-8 or not JSON is a :class:`DataError` naming the file and the line: raised, or,
-    given ``on_error``, passed to it and the line skipped, so a validator can report every bad line at once.
+    given ``on_error``, passed to it (in file order, before the next line is read) and the line skipped, so
+    a validator can report every bad line at once.
     """
     path = Path(path)
-    with path.open("rb") as handle:
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8")
                 if not text.strip():
                     continue
-                value = json.loads(text)
+                value = json.loads(text.rstrip("\r\n"))  # so an error's column is on this line
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 error = _jsonl_error(path, number, err)
                 if on_error is None:

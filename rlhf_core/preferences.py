@@ -35,8 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import numbers
 import os
@@ -49,6 +47,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from rlhf.core.artifacts import iter_jsonl
 from rlhf.core.errors import ConfigError, DataError, DataErrors
 
 LEVELS = ("significantly_better", "better", "slightly_better", "negligibly_better")
@@ -255,24 +254,15 @@ def read_records(path: str | Path, accepted: tuple[str, ...] = RECORD_FORMATS,
         raise DataError(path, "file not found", hint="check the path")
     if suffix == ".parquet":
         return _read_parquet(path)
-    try:
-        with (gzip.open if suffix.endswith(".gz") else open)(path, "rb") as handle:
-            return [(number, _parse_line(path, number, raw)) for number, raw in enumerate(handle, start=1)
-                    if raw.strip()]
+    records: list[tuple[int, Any]] = []
+    try:  # a bad line comes back as its DataError, in its place
+        for number, value in iter_jsonl(path, on_error=lambda error: records.append((error.line, error))):
+            records.append((number, value))
+        return records
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         kind = "gzip-compressed JSONL" if suffix.endswith(".gz") else "the file"
         raise DataError(path, f"cannot read {kind} ({err})",
                         hint="check that the file is complete (and compressed with gzip for .gz)") from None
-
-
-def _parse_line(path: Path, number: int, raw: bytes) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8").rstrip("\r\n"))
-    except UnicodeDecodeError as err:
-        return DataError(path, f"not UTF-8 text ({err.reason})", number, hint="save the file as UTF-8")
-    except json.JSONDecodeError as err:
-        return DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", number,
-                         hint="fix or remove this line")
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Any]]:

@@ -138,7 +138,8 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_is_a_clear_error_and_nothing_is_lost(small_disk, tmp_path, capsys):
     chats = write(tmp_path / "chats.jsonl", "".join(json.dumps(CHAT) + "\n" for _ in range(8)))
-    args = ["sft", "model=tiny", f"data.path={chats}", f"campaign.root={small_disk}", "campaign.name=c"]
+    args = ["sft", "model=tiny", f"data.path={chats}", "data.eval_size=0", f"campaign.root={small_disk}",
+            "campaign.name=c"]
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (4 * 2**20 - 96 * 2**10))  # leaves less than the tiny model needs
     assert main(args) == 2
