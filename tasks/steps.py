@@ -108,9 +108,15 @@ def _identity(value, field: str = ""):
         return {k: _identity(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_identity(v, field) for v in value]
-    if isinstance(value, str) and field not in NOT_CONTENT and value and Path(value).exists():
+    if isinstance(value, str) and field not in NOT_CONTENT and _looks_like_a_path(value) and Path(value).exists():
         return {"path": value, "digest": digest(value)}
     return value
+
+
+def _looks_like_a_path(value: str) -> bool:
+    """A directory part or a file suffix: not a bare word like "tiny", "auto" or "train" that a folder in the
+    current directory might happen to be called."""
+    return "/" in value or bool(Path(value).suffix)
 
 
 def _holds_refs(value) -> bool:

@@ -10,7 +10,7 @@ from rlhf.core.reward.train import RewardSection
 from rlhf.core.sampling import SamplingConfig
 from rlhf.core.sft import SFTConfig
 from rlhf.core.steps.outputs import REJECTION_SAMPLE, rm_eval_outputs
-from rlhf.tasks.steps import CONTRACTS, Fault, cache_key, io_only, output_dirs, tracked_params
+from rlhf.tasks.steps import CONTRACTS, Fault, _identity, cache_key, io_only, output_dirs, tracked_params
 from rlhf.tracking import Recorder, Tracking, TrackingError
 
 CTX = SimpleNamespace(task=SimpleNamespace(name="train_policy"))
@@ -104,3 +104,18 @@ def test_a_run_created_on_the_tracking_thread_is_the_parent_of_later_writes():
         _ = failed.parent_run_id
     with pytest.raises(TrackingError, match="unreachable"):
         recorder.flush()
+
+
+def test_an_input_file_edited_in_place_changes_the_key(tmp_path, monkeypatch):
+    from rlhf.core.steps.sft import DataConfig
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"messages": []}\n')
+    before = key(data=DataConfig(path=str(data)))
+    assert key(data=DataConfig(path=str(data))) == before
+    data.write_text('{"messages": [1]}\n')  # same path, new content
+    assert key(data=DataConfig(path=str(data))) != before
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train").mkdir()  # a bare word that happens to name a folder here is not an input
+    assert _identity("train", "split") == "train"
+    assert _identity("chats.jsonl", "path")["digest"] == _identity(str(data), "path")["digest"]
