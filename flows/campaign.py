@@ -40,6 +40,7 @@ from rlhf.tracking import (
     Tracking,
     end_unfinished_runs,
     experiment_id,
+    find_experiment,
     find_or_create_run,
     finish_run,
     flushed,
@@ -178,8 +179,9 @@ def _end_runs(cfg, error: BaseException) -> None:
     root = Path(cfg.campaign.root).resolve()
     uri = tracking_uri(cfg.tracking.uri, root)
     status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
-    experiment = experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, None)
-    end_unfinished_runs(uri, experiment, cfg.campaign.name, status)
+    experiment = find_experiment(uri, cfg.tracking.experiment or cfg.campaign.name)
+    if experiment is not None:  # none yet: the run failed before it opened its MLflow runs
+        end_unfinished_runs(uri, experiment, cfg.campaign.name, status)
 
 
 def _end_stale_flow_runs(campaign: str) -> None:

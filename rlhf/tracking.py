@@ -73,15 +73,19 @@ def tracking_uri(uri: str | None, campaign_root: Path) -> str:
     return uri or f"sqlite:///{(campaign_root / 'mlflow.db').resolve()}"
 
 
-def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
-    from mlflow import MlflowClient
+def find_experiment(uri: str, name: str) -> str | None:
+    """The id of the experiment ``name``, or None if there is none (nothing is created)."""
+    found = _client(uri).get_experiment_by_name(name)
+    return found.experiment_id if found is not None else None
 
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(name)
+
+def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
+    """The id of the experiment ``name``, created (artifacts under ``artifact_root/name``) if missing."""
+    found = find_experiment(uri, name)
     if found is not None:
-        return found.experiment_id
+        return found
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return _client(uri).create_experiment(name, artifact_location=location)
 
 
 def find_or_create_run(uri: str, experiment: str, name: str, tags: dict[str, str]) -> str:
