@@ -127,7 +127,9 @@ def _start_server(settings: dict[str, str]) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "rlhf.flows.environment", str(port)], env=env,
                                start_new_session=True, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
+    from prefect.settings import get_current_settings
+
+    deadline = time.monotonic() + get_current_settings().server.ephemeral.startup_timeout_seconds
     with httpx.Client() as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:

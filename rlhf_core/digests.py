@@ -20,6 +20,7 @@ from pathlib import Path
 log = logging.getLogger("rlhf")
 MANIFEST = "manifest.json"
 _CACHE_FILE = "digests.json"
+_CACHE_LIMIT = 20_000  # remembered digests (~2 MB of JSON)
 _lock = threading.Lock()
 _memory: dict[str, str] = {}  # identity -> sha256
 _loaded: set[Path] = set()
@@ -67,20 +68,35 @@ def _save(path: Path) -> None:
         log.debug("digest cache not saved (%s)", err)
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, remembered under its identity on disk (see the module's docstring)."""
-    path = Path(path)
+def _digest(path: Path) -> tuple[str, bool]:
+    """``(sha256, newly computed)``; a new digest is remembered in memory only (see :func:`_saved`)."""
     key = _identity(path.stat())
     with _lock:
         _load(_cache_path())
         if key in _memory:
-            return _memory[key]
+            return _memory[key], False
     value = sha256_file(path)
     if _identity(path.stat()) != key:  # changed while being read: do not remember either version
-        return file_digest(path)
+        return _digest(path)
     with _lock:
         _memory[key] = value
-        _save(_cache_path())
+    return value, True
+
+
+def _saved(new: bool) -> None:
+    """Write the remembered digests once per call that computed any (not once per file), keeping the
+    newest :data:`_CACHE_LIMIT` (identities of deleted files are never looked up again)."""
+    if new:
+        with _lock:
+            for stale in list(_memory)[:max(0, len(_memory) - _CACHE_LIMIT)]:
+                del _memory[stale]
+            _save(_cache_path())
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, remembered under its identity on disk (see the module's docstring)."""
+    value, new = _digest(Path(path))
+    _saved(new)
     return value
 
 
@@ -92,18 +108,26 @@ def digest(path: str | Path) -> str:
         return file_digest(path)
     if (path / MANIFEST).is_file():
         return file_digest(path / MANIFEST)
-    combined = hashlib.sha256()
+    combined, new = hashlib.sha256(), False
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        combined.update(file.relative_to(path).as_posix().encode() + b"\0" + file_digest(file).encode())
+        value, computed = _digest(file)
+        combined.update(file.relative_to(path).as_posix().encode() + b"\0" + value.encode())
+        new |= computed
+    _saved(new)
     return combined.hexdigest()
 
 
 def file_records(out_dir: str | Path) -> dict[str, dict]:
     """``{relative path: {"size", "sha256"}}`` of every file in a step's output directory but its
     manifest: what :func:`check_files` holds the directory to later."""
-    out_dir = Path(out_dir)
-    return {file.relative_to(out_dir).as_posix(): {"size": file.stat().st_size, "sha256": file_digest(file)}
-            for file in sorted(out_dir.rglob("*")) if file.is_file() and file.name != MANIFEST}
+    out_dir, records, new = Path(out_dir), {}, False
+    for file in sorted(out_dir.rglob("*")):
+        if file.is_file() and file.name != MANIFEST:
+            value, computed = _digest(file)
+            records[file.relative_to(out_dir).as_posix()] = {"size": file.stat().st_size, "sha256": value}
+            new |= computed
+    _saved(new)
+    return records
 
 
 def check_files(out_dir: str | Path, records: dict[str, dict]) -> str | None:
@@ -116,7 +140,12 @@ def check_files(out_dir: str | Path, records: dict[str, dict]) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != record["size"]:
             return f"{name} has {file.stat().st_size} bytes, the manifest says {record['size']}"
+    new, problem = False, None
     for name, record in records.items():
-        if file_digest(out_dir / name) != record["sha256"]:
-            return f"{name} changed since it was written (its SHA-256 differs from the manifest's)"
-    return None
+        value, computed = _digest(out_dir / name)
+        new |= computed
+        if value != record["sha256"]:
+            problem = f"{name} changed since it was written (its SHA-256 differs from the manifest's)"
+            break
+    _saved(new)
+    return problem

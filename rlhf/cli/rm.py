@@ -65,9 +65,8 @@ def cmd_rm_train(overrides: list[str]) -> int:
 def cmd_rm_eval(overrides: list[str]) -> int:
     cfg = compose(overrides)
     out = here(cfg)
-    manifests = {}
     with writing(cfg):
-        _evaluate(cfg, out, manifests)
+        manifests = _evaluate(cfg, out)
     source = cfg.reward.eval_data or f"{cfg.reward.n_eval_synthetic} simulated-rater pairs on held-out prompts"
     print(f"\nevaluated on {source}")
     _print_accuracy(manifests)
@@ -75,10 +74,11 @@ def cmd_rm_eval(overrides: list[str]) -> int:
     return 0
 
 
-def _evaluate(cfg, out: Path, manifests: dict) -> None:
-    """``rlhf rm eval``'s work: each trained RM of the iteration on the held-out pairs."""
+def _evaluate(cfg, out: Path) -> dict[str, dict]:
+    """``rlhf rm eval``'s work: each trained RM of the iteration on the held-out pairs; their manifests."""
     from rlhf.core.steps.reward import rm_eval_step
 
+    manifests = {}
     for name in rm_names(cfg.reward.train_safety):
         rm_dir = rm_outputs(name).dir(out)
         if not (rm_dir / MANIFEST).is_file():
@@ -87,6 +87,7 @@ def _evaluate(cfg, out: Path, manifests: dict) -> None:
         synthetic = replace(getattr(cfg.reward, name), n_synthetic=cfg.reward.n_eval_synthetic)
         manifests[name] = rm_eval_step(rm_dir, cfg.reward.eval_data, rm_eval_outputs(name).dir(out),
                                        cfg.reward.train.eval_batch_size, cfg.model.precision, synthetic)
+    return manifests
 
 
 def cmd_rm_ablate(overrides: list[str]) -> int:
