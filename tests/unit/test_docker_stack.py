@@ -1,7 +1,10 @@
-"""docker/compose.yaml (and the opt-in compose.auth.yaml): what is published where, and where credentials come from.
+"""docker/ (compose.yaml, the opt-in compose.auth.yaml, the Dockerfile) and the repository's .dockerignore: what is
+published where, where credentials come from, the health-gated start order, the MLflow server's stores, the
+volumes' ownership and the build context.
 
-Parsed with PyYAML, so no Docker daemon is needed. When the docker CLI has its compose plugin, `docker compose
-config` (which only parses and interpolates) also renders the files with docker/.env.example and without it.
+Parsed with PyYAML, so no Docker daemon is needed. When Compose v2 is on PATH (the docker CLI's compose plugin, or
+a `docker-compose` binary of version 2), `docker compose config` (which only parses, validates and interpolates)
+also renders the files with docker/.env.example and without it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 AUTH = DOCKER / "compose.auth.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
+DOCKERFILE = DOCKER / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE_FILES = [COMPOSE, AUTH]
+IMAGE = "rlhf-platform:latest"  # the image docker/Dockerfile builds (compose.yaml's mlflow `build:`)
 
 BIND = "${RLHF_BIND:-127.0.0.1}"
 SHORT_PORT = re.compile(r"\$\{RLHF_BIND:-127\.0\.0\.1\}:(\d+):(\d+)(/tcp|/udp)?")
@@ -193,27 +199,396 @@ def test_auth_override_runs_the_same_mlflow_command_with_the_basic_auth_app():
     assert {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(worker)
 
 
-# --- docker compose config (parses and interpolates; needs no daemon) -------------------------------------------
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``--name value`` or ``--name=value`` in a command line; None if absent."""
+    for i, arg in enumerate(args):
+        if arg == name:
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
-def _compose_cli() -> str:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker CLI on this machine")
+def _bucket_created_by_minio_init() -> str:
+    entrypoint = _services(COMPOSE)["minio-init"]["entrypoint"]
+    made = re.search(r"mc mb (?:--ignore-existing )?local/([a-z0-9.-]+)", str(entrypoint))
+    assert made, f"minio-init does not create a bucket: {entrypoint!r}"
+    return made.group(1)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_mlflow_serves_artifacts_from_the_bucket_minio_init_creates(path):
+    # Clients (the worker, teammates) upload and download through the server (mlflow-artifacts:), so only the
+    # server holds S3 keys; a --default-artifact-root elsewhere would send new experiments around the proxy.
+    args = _mlflow_args(path)
+    assert "--serve-artifacts" in args and "--no-serve-artifacts" not in args, args
+    assert _option(args, "--artifacts-destination") == f"s3://{_bucket_created_by_minio_init()}", args
+    root = _option(args, "--default-artifact-root")
+    assert root is None or root.startswith("mlflow-artifacts:"), root
+    environment = _environment(_services(COMPOSE)["mlflow"])
+    assert environment["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+# --- the start order: health-gated dependencies ------------------------------------------------------------------
+
+GATES = {"service_healthy", "service_completed_successfully"}
+
+
+def _depends_on(service: dict) -> dict[str, object]:
+    """A service's depends_on as name -> its settings (None for an entry of the short, list syntax)."""
+    depends = service.get("depends_on") or {}
+    return dict.fromkeys(depends) if isinstance(depends, list) else dict(depends)
+
+
+def _one_shots(services: dict[str, dict]) -> set[str]:
+    """Services others wait to have exited 0 (minio-init): they run once, so they have no healthcheck."""
+    return {
+        name
+        for service in services.values()
+        for name, settings in _depends_on(service).items()
+        if isinstance(settings, dict) and settings.get("condition") == "service_completed_successfully"
+    }
+
+
+def _depends_problems(services: dict[str, dict]) -> list[str]:
+    problems = []
+    for name, service in services.items():
+        for dependency, settings in _depends_on(service).items():
+            condition = settings.get("condition") if isinstance(settings, dict) else None
+            if condition not in GATES:  # the list syntax and service_started wait for the start only
+                problems.append(f"{name} -> {dependency}: condition {condition!r}, not one of {sorted(GATES)}")
+            elif dependency not in services:
+                problems.append(f"{name} -> {dependency}: no such service")
+            elif condition == "service_healthy" and not _healthcheck(services[dependency]):
+                problems.append(f"{name} waits for {dependency} to be healthy, which has no healthcheck")
+    return problems
+
+
+def _healthcheck(service: dict) -> list[str] | str | None:
+    check = service.get("healthcheck") or {}
+    test = check.get("test")
+    if check.get("disable") or not test or test in (["NONE"], "NONE"):
+        return None
+    return test
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_every_dependency_waits_for_a_condition(path):
+    services = _services(COMPOSE)
+    overrides = _services(path) if path != COMPOSE else {}
+    for name, override in overrides.items():  # an override's depends_on entries add to compose.yaml's
+        base = services.setdefault(name, {})
+        base["depends_on"] = {**_depends_on(base), **_depends_on(override)}
+    assert _depends_problems(services) == []
+
+
+def test_the_depends_check_catches_the_list_syntax_service_started_and_a_missing_healthcheck():
+    services = {
+        "a": {"depends_on": ["b"]},
+        "b": {"depends_on": {"c": {"condition": "service_started"}}},
+        "c": {"depends_on": {"d": {"condition": "service_healthy"}}},
+        "d": {"healthcheck": {"test": ["NONE"]}},
+    }
+    assert len(_depends_problems(services)) == 3
+
+
+def test_every_long_running_service_has_a_healthcheck_and_one_shots_are_only_waited_for():
+    services = _services(COMPOSE)
+    one_shots = _one_shots(services)
+    assert one_shots == {"minio-init"}
+    missing = [name for name, service in services.items() if name not in one_shots and not _healthcheck(service)]
+    assert missing == []
+    for name in one_shots:  # nobody must wait for a one-shot to be healthy, nor may it publish anything
+        assert not services[name].get("ports"), name
+        assert not any(_depends_on(service).get(name) == {"condition": "service_healthy"}
+                       for service in services.values())
+
+
+def test_the_start_order():
+    services = _services(COMPOSE)
+    order = {name: {dependency: (settings or {}).get("condition") for dependency, settings in
+                    _depends_on(service).items()} for name, service in services.items()}
+    healthy, done = "service_healthy", "service_completed_successfully"
+    assert order == {
+        "postgres": {},
+        "minio": {},
+        "minio-init": {"minio": healthy},
+        "prefect-server": {"postgres": healthy},
+        "mlflow": {"postgres": healthy, "minio-init": done},
+        "worker": {"prefect-server": healthy, "mlflow": healthy, "minio-init": done},
+    }
+
+
+def _python_check(service: dict) -> str:
+    """The code of a `python -c` healthcheck."""
+    test = _healthcheck(service)
+    assert isinstance(test, list) and test[:3] == ["CMD", "python", "-c"] and len(test) == 4, test
+    return test[3]
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("prefect-server", "http://localhost:4200/api/health"),
+        ("mlflow", "http://localhost:5000/health"),  # exempt from --allowed-hosts and basic-auth logins
+        ("worker", "http://localhost:8080/health"),  # Prefect's runner web server
+    ],
+)
+def test_the_http_healthchecks_get_the_health_endpoints(name, url):
+    code = _python_check(_services(COMPOSE)[name])
+    compile(code, f"{name} healthcheck", "exec")
+    assert f"urlopen('{url}'" in code and "timeout=" in code, code
+
+
+def test_the_worker_starts_the_runner_web_server_its_healthcheck_asks():
+    environment = _environment(_services(COMPOSE)["worker"])
+    assert environment["PREFECT_RUNNER_SERVER_ENABLE"] == "true"
+    assert int(environment["PREFECT_RUNNER_SERVER_MISSED_POLLS_TOLERANCE"]) >= 2
+
+
+def test_postgres_is_healthy_only_over_tcp():
+    # During initdb/ the image's temporary server listens on its Unix socket only: a socket check passes before
+    # the prefect and mlflow databases exist.
+    test = _healthcheck(_services(COMPOSE)["postgres"])
+    assert "pg_isready" in str(test) and re.search(r"-h 127\.0\.0\.1\b", str(test)), test
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
+def test_a_python_healthcheck_fails_exactly_when_the_endpoint_does(status, exit_code):
+    import http.server
+    import sys
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's API)
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        version = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"`docker compose version` did not run: {error}")
-    if version.returncode != 0:
-        said = " ".join((version.stderr or version.stdout).split())
-        pytest.skip(f"the docker CLI has no compose plugin ({said[:200]})")
-    return docker
+        code = _python_check(_services(COMPOSE)["mlflow"]).replace(
+            "localhost:5000", f"127.0.0.1:{server.server_address[1]}")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == exit_code, result.stderr
 
 
-def _compose_config(docker: str, files: list[Path], env_file: Path, **env: str) -> subprocess.CompletedProcess:
+# --- the worker: where it tracks, and that it registers models ---------------------------------------------------
+
+DISABLED_REGISTRATION = re.compile(r"register_models\s*[=:]\s*[\"']?(false|no|off|0)\b", re.IGNORECASE)
+
+
+def test_the_worker_tracks_to_the_mlflow_server_and_talks_to_the_prefect_server():
+    worker = _services(COMPOSE)["worker"]
+    assert worker["image"] == IMAGE
+    assert "tracking.uri=http://mlflow:5000" in worker["command"]
+    assert _environment(worker)["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+
+
+def test_nothing_in_docker_turns_model_registration_off():
+    # Models reach the registry through the MLflow server's artifact store (docker/README.md, "Models").
+    for path in [*COMPOSE_FILES, ENV_EXAMPLE, DOCKERFILE]:
+        assert not DISABLED_REGISTRATION.search(path.read_text()), path.name
+    for path in COMPOSE_FILES:
+        for where, _key, value in _strings(_services(path)):
+            assert "register_models" not in value, (path.name, where, value)
+    assert DISABLED_REGISTRATION.search("- tracking.register_models=false")
+
+
+# --- the image: its stores' drivers, its user and the volumes' mount points ---------------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """docker/Dockerfile's instructions as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    instructions, pending = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.strip().startswith("#") or not line.strip():
+            continue  # comment lines inside a continuation are dropped too
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        op, _, args = pending.strip().partition(" ")
+        instructions.append((op.upper(), args.strip()))
+        pending = ""
+    return instructions
+
+
+def _runtime_user() -> str:
+    users = [args for op, args in _instructions() if op == "USER"]
+    assert users, "the Dockerfile never leaves root"
+    return users[-1].split(":")[0]
+
+
+def _owned_by(user: str) -> tuple[set[str], set[str]]:
+    """Directories the RUN instructions before the last USER create or chown for ``user``: (exact, recursive)."""
+    instructions = _instructions()
+    last_user = max(i for i, (op, _args) in enumerate(instructions) if op == "USER")
+    exact, recursive = set(), set()
+    for op, args in instructions[:last_user]:
+        if op != "RUN":
+            continue
+        for command in re.split(r"&&|;|\|\|", args):
+            words = shlex.split(command)
+            if not words:
+                continue
+            if words[0] == "install" and "-d" in words:
+                owner, paths, i = None, [], 1
+                while i < len(words):
+                    if words[i] in ("-o", "--owner", "-g", "--group", "-m", "--mode"):
+                        owner = words[i + 1] if words[i] in ("-o", "--owner") else owner
+                        i += 2
+                        continue
+                    if words[i].startswith("--owner="):
+                        owner = words[i].split("=", 1)[1]
+                    elif not words[i].startswith("-"):
+                        paths.append(words[i])
+                    i += 1
+                if owner == user:
+                    exact.update(paths)
+            elif words[0] == "chown":
+                options = [w for w in words[1:] if w.startswith("-")]
+                spec, *paths = [w for w in words[1:] if not w.startswith("-")]
+                if spec.split(":")[0] == user:
+                    (recursive if {"-R", "--recursive"} & set(options) else exact).update(paths)
+    return exact, recursive
+
+
+def _our_volume_targets() -> set[str]:
+    """Where compose mounts named volumes into our image (whose user must be able to write there)."""
+    targets = set()
+    for path in COMPOSE_FILES:
+        merged = _services(COMPOSE) if path == AUTH else {}
+        for name, service in _services(path).items():
+            image = service.get("image") or merged.get(name, {}).get("image")
+            if image != IMAGE:
+                continue
+            for volume in service.get("volumes") or []:
+                if isinstance(volume, dict):
+                    if volume.get("type") == "volume":
+                        targets.add(volume["target"])
+                    continue
+                source, target = str(volume).split(":")[:2]
+                if not source.startswith((".", "/", "~", "$")):  # a named volume, not a bind mount
+                    targets.add(target)
+    return targets
+
+
+def test_the_image_has_the_mlflow_servers_postgres_and_s3_drivers():
+    installs = " ".join(args for op, args in _instructions() if op == "RUN" and "pip install" in args)
+    for package in ("psycopg2-binary", "boto3"):
+        assert re.search(rf"(?<![\w-]){package}(?![\w-])", installs), f"docker/Dockerfile does not install {package}"
+
+
+def test_the_image_runs_as_a_user_who_owns_every_volume_mount_point():
+    user = _runtime_user()
+    assert user not in ("root", "0"), user
+    targets = _our_volume_targets()
+    assert targets == {"/work/runs", "/home/rlhf/.cache/rlhf", "/work"}  # runs, models, mlflow-auth
+    exact, recursive = _owned_by(user)
+    home = f"/home/{user}"
+    for target in sorted(targets):
+        # Docker creates a missing parent of a mount point root-owned: those under the home must exist too.
+        parents = [str(p) for p in Path(target).parents if str(p).startswith(home + "/")]
+        for directory in [target, *parents]:
+            owned = directory in exact or any(directory == r or directory.startswith(r + "/") for r in recursive)
+            assert owned, f"{directory} (mount point {target}) is not created owned by {user} before USER {user}"
+
+
+def test_the_ownership_parser_reads_install_and_chown(tmp_path, monkeypatch):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "FROM x\nRUN useradd app \\\n # a comment\n && install -d -o app -g app -m 755 /a /b\n"
+        "RUN mkdir -p /c/d && chown -R app:app /c && chown root /e\nUSER app\nRUN install -d -o app /late\n"
+    )
+    monkeypatch.setitem(globals(), "DOCKERFILE", dockerfile)
+    assert _runtime_user() == "app"
+    assert _owned_by("app") == ({"/a", "/b"}, {"/c"})
+
+
+# --- the build context: .dockerignore ---------------------------------------------------------------------------
+
+
+def _dockerignore() -> list[str]:
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _copied_sources() -> list[str]:
+    """What the Dockerfile COPYs (or ADDs) from the build context."""
+    sources = []
+    for op, args in _instructions():
+        if op in ("COPY", "ADD"):
+            words = shlex.split(args)
+            if any(word.startswith("--from") for word in words):
+                continue
+            sources += [word for word in words if not word.startswith("--")][:-1]
+    return sources
+
+
+def test_dockerignore_exists_and_keeps_the_venv_and_campaign_outputs_out():
+    patterns = {pattern.strip("/") for pattern in _dockerignore()}
+    for needed in (".venv", "runs", ".git", "mlflow.db", "**/__pycache__", ".pytest_cache"):
+        assert needed in patterns, f".dockerignore does not exclude {needed}"
+
+
+def test_dockerignore_excludes_what_it_should_and_nothing_the_dockerfile_copies():
+    build = pytest.importorskip("docker.utils.build", reason="the docker SDK (the .dockerignore matcher) is missing")
+    matcher = build.PatternMatcher(_dockerignore())
+    for excluded in (".venv/bin/python", "runs/demo/iter-1/policy/model.safetensors", "mlflow.db", ".git/HEAD",
+                     "rlhf/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v/cache/lastfailed", "docker/.env",
+                     "mlartifacts/1/a/b", ".prefect/prefect.db", "benchmarks/results/sft.json", "model.gguf"):
+        assert matcher.matches(excluded), f".dockerignore lets {excluded} into the build context"
+    sources = _copied_sources()
+    assert sources and all((REPO / source).exists() for source in sources), sources
+    files = list(sources)
+    git = shutil.which("git")
+    listed = subprocess.run([git, "ls-files", "--", *sources], cwd=REPO, capture_output=True, text=True,
+                            timeout=60) if git and (REPO / ".git").exists() else None
+    if listed is not None and listed.returncode == 0:  # every tracked file the COPYs take
+        files += listed.stdout.split()
+    kept_out = [path for path in files if matcher.matches(path)]
+    assert kept_out == [], f".dockerignore excludes files the Dockerfile COPYs: {kept_out[:10]}"
+
+
+# --- docker compose config (parses, validates and interpolates; needs no daemon) ---------------------------------
+
+COMPOSE_VERSION = re.compile(r"version v?(\d+)\.\d+", re.IGNORECASE)
+
+
+def _compose_cli() -> list[str]:
+    """The command of Compose v2: the docker CLI's plugin, else a `docker-compose` v2 binary on PATH. Compose v1
+    (the Python `docker-compose` 1.x) renders and words its errors differently: skipped."""
+    reasons = []
+    for name, prefix in (("docker", ["compose"]), ("docker-compose", [])):
+        binary = shutil.which(name)
+        if binary is None:
+            reasons.append(f"no {name} on PATH")
+            continue
+        command = [binary, *prefix]
+        try:
+            version = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            reasons.append(f"`{name} {' '.join(prefix)} version` did not run: {error}")
+            continue
+        said = " ".join((version.stdout or version.stderr).split())
+        found = COMPOSE_VERSION.search(said)
+        if version.returncode == 0 and found and int(found.group(1)) >= 2:
+            return command
+        reasons.append(f"`{' '.join([name, *prefix, 'version'])}`: {said[:120]!r}")
+    pytest.skip("no Compose v2 on this machine: " + "; ".join(reasons))
+
+
+def _compose_config(cli: list[str], files: list[Path], env_file: Path, **env: str) -> subprocess.CompletedProcess:
     referenced = {name for path in COMPOSE_FILES for name, _op, _rest in REFERENCE.findall(path.read_text())}
     clean = {k: v for k, v in os.environ.items() if k not in referenced and not k.startswith("COMPOSE_")}
-    args = [docker, "compose"]
+    args = list(cli)
     for path in files:
         args += ["-f", str(path)]
     args += ["--env-file", str(env_file), "config"]
@@ -230,26 +605,31 @@ def _host_ips(rendered: dict) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, AUTH]], ids=["compose", "compose+auth"])
 def test_docker_compose_config_renders_with_the_env_example(files):
-    docker = _compose_cli()
-    result = _compose_config(docker, files, ENV_EXAMPLE)
+    cli = _compose_cli()
+    result = _compose_config(cli, files, ENV_EXAMPLE)
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)
     assert _host_ips(rendered) == {"minio": {"127.0.0.1"}, "prefect-server": {"127.0.0.1"}, "mlflow": {"127.0.0.1"}}
     assert rendered["services"]["mlflow"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "change-me-minio-password"
     command = rendered["services"]["mlflow"]["command"]
     assert "postgresql+psycopg2://rlhf:change-me-postgres-password@postgres:5432/mlflow" in command
+    # Compose writes every depends_on out with its condition (the list syntax becomes service_started).
+    services = rendered["services"]
+    assert _depends_problems(services) == []
+    assert [name for name in services if name not in _one_shots(services) and not _healthcheck(services[name])] == []
+    assert not any(DISABLED_REGISTRATION.search(part) for part in services["worker"]["command"])
 
-    opted_in = _compose_config(docker, files, ENV_EXAMPLE, RLHF_BIND="0.0.0.0")
+    opted_in = _compose_config(cli, files, ENV_EXAMPLE, RLHF_BIND="0.0.0.0")
     assert opted_in.returncode == 0, opted_in.stderr
     assert set().union(*_host_ips(yaml.safe_load(opted_in.stdout)).values()) == {"0.0.0.0"}
 
 
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, AUTH]], ids=["compose", "compose+auth"])
 def test_docker_compose_config_without_credentials_fails_naming_the_variable(files, tmp_path):
-    docker = _compose_cli()
+    cli = _compose_cli()
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    result = _compose_config(docker, files, empty)
+    result = _compose_config(cli, files, empty)
     assert result.returncode != 0, result.stdout
     required = set().union(*(_required_in(path.read_text()) for path in files))
     named = re.search(r"required variable (\w+) is missing a value", result.stderr)
