@@ -33,6 +33,7 @@ import pandas as pd
 
 from .chat import Message
 from .errors import ConfigError
+from .progress import progress
 from .rater.constraints import check_constraint, make_constraints
 from .rater.gold import quality
 from .sampling import SamplingConfig
@@ -145,22 +146,28 @@ def synthesize(backend, users: list[list[str]], instructions: pd.DataFrame, cfg:
     alive = list(range(len(users)))
     scfg = replace(sampling, temperature=cfg.temperature,
                    max_new_tokens=cfg.max_new_tokens or sampling.max_new_tokens)
-    for turn in range(cfg.turns):
-        if not alive:
-            break
-        chats = [with_instruction(users[i][:turn + 1], answers[i], instructions.iloc[i].instruction) for i in alive]
-        samples = backend.sample(chats, cfg.k, replace(scfg, seed=cfg.seed * 1009 + turn))
-        by_chat = samples.groupby("prompt_index").text.apply(list)  # rows come sorted by (prompt, sample)
-        still = []
-        for j, i in enumerate(alive):
-            texts = by_chat[j]
-            constraint = instructions.iloc[i]
-            follows = [check_constraint(t, constraint) for t in texts]
-            shares[i].append(float(np.mean(follows)))
-            if any(follows):
-                answers[i].append(max((t for t, ok in zip(texts, follows) if ok), key=quality))
-                still.append(i)
-        alive = still
+    # The bar counts dialogue turns answered; a dialogue that ends early takes its remaining turns off the total.
+    with progress(len(users) * cfg.turns, "gatt dialogues", "turn") as bar:
+        for turn in range(cfg.turns):
+            if not alive:
+                break
+            chats = [with_instruction(users[i][:turn + 1], answers[i], instructions.iloc[i].instruction)
+                     for i in alive]
+            samples = backend.sample(chats, cfg.k, replace(scfg, seed=cfg.seed * 1009 + turn))
+            by_chat = samples.groupby("prompt_index").text.apply(list)  # rows come sorted by (prompt, sample)
+            still = []
+            for j, i in enumerate(alive):
+                texts = by_chat[j]
+                constraint = instructions.iloc[i]
+                follows = [check_constraint(t, constraint) for t in texts]
+                shares[i].append(float(np.mean(follows)))
+                if any(follows):
+                    answers[i].append(max((t for t, ok in zip(texts, follows) if ok), key=quality))
+                    still.append(i)
+            bar.total -= (len(alive) - len(still)) * (cfg.turns - turn - 1)
+            bar.set_postfix(alive=len(still), refresh=False)
+            bar.update(len(alive))
+            alive = still
     return pd.DataFrame({"constraint_id": instructions.constraint_id, "instruction": instructions.instruction,
                          "users": users, "answers": answers, "followed_share": shares})
 
@@ -170,19 +177,21 @@ def synthesize(backend, users: list[list[str]], instructions: pd.DataFrame, cfg:
 
 
 def converse(backend, users: list[list[str]], instructions: pd.DataFrame, turns: int,
-             sampling: SamplingConfig) -> pd.DataFrame:
+             sampling: SamplingConfig, desc: str = "gatt adherence") -> pd.DataFrame:
     """The model's own multi-turn chats, instruction in the system message only: one row per dialogue and
-    turn with ``answer`` and ``follows`` (the checker's judgment)."""
+    turn with ``answer`` and ``follows`` (the checker's judgment). ``desc`` labels the progress bar."""
     answers: list[list[str]] = [[] for _ in users]
     rows = []
-    for turn in range(turns):
-        chats = [system_chat(instructions.iloc[i].instruction, users[i][:turn + 1], answers[i])
-                 for i in range(len(users))]
-        out = backend.sample(chats, 1, replace(sampling, seed=sampling.seed + turn)).sort_values("prompt_index")
-        for i, text in enumerate(out.text):
-            answers[i].append(text)
-            rows.append({"dialogue": i, "turn": turn + 1, "constraint_id": instructions.iloc[i].constraint_id,
-                         "answer": text, "follows": bool(check_constraint(text, instructions.iloc[i]))})
+    with progress(len(users) * turns, desc, "turn") as bar:
+        for turn in range(turns):
+            chats = [system_chat(instructions.iloc[i].instruction, users[i][:turn + 1], answers[i])
+                     for i in range(len(users))]
+            out = backend.sample(chats, 1, replace(sampling, seed=sampling.seed + turn)).sort_values("prompt_index")
+            for i, text in enumerate(out.text):
+                answers[i].append(text)
+                rows.append({"dialogue": i, "turn": turn + 1, "constraint_id": instructions.iloc[i].constraint_id,
+                             "answer": text, "follows": bool(check_constraint(text, instructions.iloc[i]))})
+            bar.update(len(users))
     return pd.DataFrame(rows)
 
 
@@ -194,6 +203,6 @@ def adherence_by_turn(judgments: pd.DataFrame) -> dict[int, float]:
 
 
 def adherence(backend, users: list[list[str]], instructions: pd.DataFrame, turns: int,
-              sampling: SamplingConfig) -> tuple[dict[int, float], pd.DataFrame]:
-    judged = converse(backend, users, instructions, turns, sampling)
+              sampling: SamplingConfig, desc: str = "gatt adherence") -> tuple[dict[int, float], pd.DataFrame]:
+    judged = converse(backend, users, instructions, turns, sampling, desc)
     return adherence_by_turn(judged), judged

@@ -38,6 +38,7 @@ import torch
 from .chat import Message, render_prompt
 from .models import resolve_precision
 from .ppo import PPOConfig, ValueModel, make_batch, make_experience, update
+from .progress import progress, quiet
 from .reward.combine import whiten
 from .sampling import SamplingConfig, TransformersBackend
 from .training import InjectedFault, MetricsCallback, adamw, atomic_checkpoint, checkpoint_step, latest_checkpoint
@@ -155,8 +156,6 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
 
     ``reference`` is the frozen pre-PPO policy; prompts are frames with ``messages`` and ``safety``.
     """
-    from tqdm.auto import tqdm
-
     cfg.validate()
     work_dir = Path(work_dir)
     run = PPORun(policy, tokenizer, reference, value_model, reward_fn, cfg, sampling, precision)
@@ -169,33 +168,35 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
         state = {"history": [{"step": 0, "reward": first}], "best": {"step": 0, "reward": first},
                  "best_policy": _cpu_copy(policy), "since_best": 0, "kl_end": 0.0, "timings": []}
     early_stopped, step = False, start
-    bar = tqdm(range(start, cfg.steps), desc="ppo", initial=start, total=cfg.steps)
-    for step in bar:
-        index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
-        metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
-        state["kl_end"] = metrics["kl/per_answer"]
-        state["timings"].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s")})
-        done = step + 1
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-            reward = run.evaluate(eval_prompts)
-            state["history"].append({"step": done, "reward": reward})
-            metrics["eval/reward"] = reward
-            if reward > state["best"]["reward"]:
-                state["best"], state["best_policy"], state["since_best"] = ({"step": done, "reward": reward},
-                                                                            _cpu_copy(policy), 0)
-            else:
-                state["since_best"] += 1
-            early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
-        if on_metrics is not None:
-            on_metrics(metrics, done)
-        bar.set_postfix(reward=f"{metrics['reward/raw_mean']:.3f}", kl=f"{metrics['kl/per_answer']:.3f}")
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and not early_stopped:
-            run.save(work_dir, done, state)
-        if fail_after_steps is not None and done == fail_after_steps:
-            raise InjectedFault(f"injected fault after PPO step {done} (fail_after_steps); rerun to resume")
-        if early_stopped:
-            break
-    bar.close()
+    # One bar for the run; the rollouts, scoring and evaluations of each step make none of their own (quiet).
+    with progress(cfg.steps, "ppo", "step", initial=start, leave=True) as bar, quiet():
+        for step in range(start, cfg.steps):
+            index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
+            metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
+            state["kl_end"] = metrics["kl/per_answer"]
+            state["timings"].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s")})
+            done = step + 1
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                reward = run.evaluate(eval_prompts)
+                state["history"].append({"step": done, "reward": reward})
+                metrics["eval/reward"] = reward
+                if reward > state["best"]["reward"]:
+                    state["best"], state["best_policy"], state["since_best"] = ({"step": done, "reward": reward},
+                                                                                _cpu_copy(policy), 0)
+                else:
+                    state["since_best"] += 1
+                early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
+            if on_metrics is not None:
+                on_metrics(metrics, done)
+            bar.set_postfix(reward=f"{metrics['reward/raw_mean']:.3f}", kl=f"{metrics['kl/per_answer']:.3f}",
+                            refresh=False)
+            bar.update(1)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and not early_stopped:
+                run.save(work_dir, done, state)
+            if fail_after_steps is not None and done == fail_after_steps:
+                raise InjectedFault(f"injected fault after PPO step {done} (fail_after_steps); rerun to resume")
+            if early_stopped:
+                break
     policy.load_state_dict(state["best_policy"])  # the best-evaluated weights (the last ones if still improving)
     timings = pd.DataFrame(state["timings"]).mean().to_dict() if state["timings"] else {}
     return PPOResult(steps=step + 1 if cfg.steps > start else start, reward_start=state["history"][0]["reward"],

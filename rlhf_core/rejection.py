@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
+from .progress import progress
 from .sampling import SamplingBackend, SamplingConfig
 
 Scorer = Callable[[pd.DataFrame, list], np.ndarray]
@@ -68,10 +69,14 @@ def search_temperature(backend: SamplingBackend, prompts: pd.DataFrame, temperat
     if not temperatures:
         raise ConfigError("rejection.temperatures", "give at least one temperature")
     curve, drawn = [], []
-    for temperature in sorted(temperatures):
-        samples = sample_and_score(backend, prompts, k, _with(cfg, temperature=temperature), scorer)
-        curve.append({"temperature": temperature, **max_of_k_stats(samples)})
-        drawn.append(samples)
+    # One bar over the whole grid; each temperature's sampling and scoring bars show below it meanwhile.
+    with progress(len(temperatures) * len(prompts), "temperature search", "prompt") as bar:
+        for temperature in sorted(temperatures):
+            samples = sample_and_score(backend, prompts, k, _with(cfg, temperature=temperature), scorer)
+            curve.append({"temperature": temperature, **max_of_k_stats(samples)})
+            drawn.append(samples)
+            bar.set_postfix(T=temperature, mean_max=f"{curve[-1]['mean_max']:.3f}", refresh=False)
+            bar.update(len(prompts))
     curve = pd.DataFrame(curve)
     best = float(curve.temperature[curve.mean_max.idxmax()])
     return best, curve, pd.concat(drawn, ignore_index=True)
@@ -99,7 +104,9 @@ def build_pool(candidates: pd.DataFrame, scorer: Scorer, scored_iteration: int |
         else np.ones(len(rescored), dtype=bool)
     if stale.any():
         old = rescored[stale]
-        rescored.loc[stale, "score"] = np.asarray(scorer(old, list(old.text)), dtype=float)
+        with progress(len(old), "re-score pool", "answer") as bar:  # a label for the RM's scoring bar below it
+            rescored.loc[stale, "score"] = np.asarray(scorer(old, list(old.text)), dtype=float)
+            bar.update(len(old))
     return best_of_k(rescored)
 
 

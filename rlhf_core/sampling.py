@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .chat import Message, pad_batch, render_prompt
 from .errors import ConfigError
 from .models import autocast, contiguous_head_input, resolve_precision
+from .progress import progress, shown
 
 
 @dataclass
@@ -166,6 +167,11 @@ def _roomy_cache_class():
     return RoomyCache
 
 
+def _bar_desc(k: int, cfg: SamplingConfig) -> str:
+    """The sampling bar's label, e.g. ``sample T=0.8 x4`` (the bar counts prompts; each gets k answers)."""
+    return f"sample T={cfg.temperature:g}" + (f" x{k}" if k > 1 else "")
+
+
 class TransformersBackend:
     """The default backend: a transformers causal LM on CPU or one GPU."""
 
@@ -189,10 +195,12 @@ class TransformersBackend:
         encoded = [render_prompt(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         rows = []
-        for b, start in enumerate(range(0, len(order), cfg.batch_prompts)):
-            chunk = order[start:start + cfg.batch_prompts]
-            generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + b)
-            rows += self._sample_batch(decoder, cast, [encoded[i] for i in chunk], chunk, k, cfg, generator)
+        with progress(len(order), _bar_desc(k, cfg), "prompt") as bar:
+            for b, start in enumerate(range(0, len(order), cfg.batch_prompts)):
+                chunk = order[start:start + cfg.batch_prompts]
+                generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + b)
+                rows += self._sample_batch(decoder, cast, [encoded[i] for i in chunk], chunk, k, cfg, generator)
+                bar.update(len(chunk))
         self.model.train(was_training)
         frame = pd.DataFrame(rows).sort_values(["prompt_index", "sample_index"], kind="stable")
         return frame.reset_index(drop=True)
@@ -282,7 +290,8 @@ class VLLMBackend:
         texts = [self.tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
                  for p in prompts]
         rows = []
-        for prompt_index, request in enumerate(self.llm.generate(texts, params)):
+        # vLLM draws its own bar (prompts done, rate); it follows the same on/off rules as ours.
+        for prompt_index, request in enumerate(self.llm.generate(texts, params, use_tqdm=shown())):
             for sample_index, completion in enumerate(request.outputs):
                 ids = list(completion.token_ids)
                 lps = [step[token].logprob for step, token in zip(completion.logprobs, ids)]

@@ -16,6 +16,7 @@ from torch import nn
 from .chat import pad_batch
 from .data import TokenizeReport, tokenize_conversations
 from .errors import ConfigError
+from .progress import progress
 from .training import MetricsCallback, TrainConfig, TrainResult, train
 
 # Models whose logits are post-processed after the LM head (Gemma's soft-capping, Cohere's scale):
@@ -94,9 +95,11 @@ def mean_target_loss(model, tokenizer, conversations: list[dict], max_length: in
     examples, _ = tokenize_conversations(tokenizer, conversations, max_length, mode)
     objective = CausalLMObjective(model).eval()
     total, n = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        rows = examples[i:i + batch_size]
-        input_ids, attention_mask, loss_mask = pad_batch(rows, tokenizer.pad_token_id)
-        total += float(objective(input_ids, attention_mask, loss_mask)["loss_sum"])
-        n += sum(target_count(r) for r in rows)
+    with progress(len(examples), "eval loss", "conversation") as bar:
+        for i in range(0, len(examples), batch_size):
+            rows = examples[i:i + batch_size]
+            input_ids, attention_mask, loss_mask = pad_batch(rows, tokenizer.pad_token_id)
+            total += float(objective(input_ids, attention_mask, loss_mask)["loss_sum"])
+            n += sum(target_count(r) for r in rows)
+            bar.update(len(rows))
     return total / max(1, n)

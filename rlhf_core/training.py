@@ -38,6 +38,7 @@ from torch import nn
 from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
 from .models import resolve_precision
+from .progress import progress
 
 log = logging.getLogger("rlhf")
 
@@ -249,8 +250,6 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
     ``precision`` is the model's (``auto`` | ``bf16`` autocast | ``fp32``; weights stay fp32).
     Returns a :class:`TrainResult`; the trained weights stay in ``objective``.
     """
-    from tqdm.auto import tqdm
-
     if cfg.batch_size % cfg.micro_batch_size:
         raise ConfigError("batch_size", f"{cfg.batch_size} is not a multiple of micro_batch_size "
                                         f"{cfg.micro_batch_size}")
@@ -287,8 +286,7 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
     # 3. Steps: accumulate micro-batches, normalise by the batch's units, clip, step.
     result = TrainResult(steps=start, resumed_from=start)
     plans: dict[int, list] = {}
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not accelerator.is_main_process,
-               dynamic_ncols=True)
+    bar = progress(total, desc, "step", initial=start, leave=True, disable=not accelerator.is_main_process)
     for step in range(start, total):
         epoch = step // per_epoch
         if epoch not in plans:

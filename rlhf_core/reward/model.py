@@ -44,6 +44,7 @@ from ..artifacts import write_json
 from ..chat import Message, pad_batch, render_conversation
 from ..errors import ConfigError
 from ..models import ModelConfig, autocast, check_not_pruned, load_model, resolve_precision, save_model
+from ..progress import progress
 
 HEAD_FILE = "reward_head.safetensors"
 CONFIG_FILE = "reward_config.json"
@@ -196,11 +197,13 @@ def score_ids(rm: RewardModel, sequences: Sequence[torch.Tensor], pad_id: int, b
     was_training = rm.training
     rm.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            input_ids, attention_mask = pad_batch([sequences[i] for i in chunk], pad_id)
-            with autocast(precision, device):
-                rewards[chunk] = rm(input_ids.to(device), attention_mask.to(device)).cpu()
+        with progress(len(order), f"score {rm.info['name']}", "answer") as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                input_ids, attention_mask = pad_batch([sequences[i] for i in chunk], pad_id)
+                with autocast(precision, device):
+                    rewards[chunk] = rm(input_ids.to(device), attention_mask.to(device)).cpu()
+                bar.update(len(chunk))
     finally:
         rm.train(was_training)
     return rewards

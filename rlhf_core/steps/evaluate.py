@@ -18,6 +18,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..evaluation import EvalConfig, judge, summarise
 from ..models import ModelConfig, load_model
+from ..progress import progress
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..sampling import SamplingConfig, make_backend
 from ..scorers import ScorerConfig, gold_scorer
@@ -79,9 +80,13 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
     def body(tmp: Path) -> dict:
         # 1. Answers: one per prompt and distinct model, same sampling seed for all (a paired comparison).
         by_path: dict[str, list[str]] = {}
+        distinct: dict[str, ModelConfig] = {}
         for cfg_ in models.values():
-            if cfg_.name_or_path not in by_path:
-                by_path[cfg_.name_or_path] = _answers(cfg_, prompts, answer_cfg)
+            distinct.setdefault(cfg_.name_or_path, cfg_)  # the first config naming a model answers for it
+        with progress(len(distinct) * len(prompts), "evaluate: answers", "prompt") as bar:
+            for path, cfg_ in distinct.items():
+                by_path[path] = _answers(cfg_, prompts, answer_cfg)
+                bar.update(len(prompts))
         answers = {name: by_path[c.name_or_path] for name, c in models.items()}
         asked = [messages[-1]["content"] for messages in prompts.messages]
         pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "text": text} for name, texts in answers.items()
@@ -97,8 +102,10 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
                 log.warning("evaluate: gold judge skipped: %s", skipped["gold"])
         if "rm" in cfg.judges:
             reward = _reward_judges(scorer_cfg, model_cfg.precision)
-            for name, texts in answers.items():
-                scores[name] |= reward(prompts, texts)
+            with progress(len(answers) * len(prompts), "evaluate: rm judge", "answer") as bar:
+                for name, texts in answers.items():
+                    scores[name] |= reward(prompts, texts)
+                    bar.update(len(prompts))
         # 3. Judgments and win rates per baseline and judge.
         rows, win_rate = [], {}
         for i, baseline in enumerate(baselines):

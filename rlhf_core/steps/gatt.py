@@ -67,7 +67,7 @@ def evaluate_adherence(backend, cfg: GAttConfig, sampling: SamplingConfig) -> tu
         users = _users(cfg, "eval", n, cfg.eval_turns, offset)
         offset += n * cfg.eval_turns
         curves[name], judged = adherence(backend, users, draw_instructions(n, held_out, cfg, cfg.seed + salt),
-                                         cfg.eval_turns, scfg)
+                                         cfg.eval_turns, scfg, desc=f"adherence {name}")
         frames.append(judged.assign(set=name))
     return curves, pd.concat(frames, ignore_index=True)
 
