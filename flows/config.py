@@ -8,16 +8,19 @@ caching and tie the core to Hydra). Compose once per process, in the CLI or the 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.errors import ConfigError
@@ -32,6 +35,7 @@ from rlhf.core.sampling import SamplingConfig
 from rlhf.core.scorers import ScorerConfig
 from rlhf.core.sft import SFTConfig
 from rlhf.core.steps.sft import DataConfig
+from rlhf.record.layout import CONFIG_FILE, no_such_campaign
 
 CAMPAIGN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -95,7 +99,9 @@ class GAttSection(GAttConfig):
 @dataclass
 class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; null = sqlite:///<root>/mlflow.db (absolute path)
-    artifact_root: str | None = None  # null = <root>/mlartifacts (absolute); ignored for an existing experiment
+    # null = <root>/mlartifacts for the default store, the server's own store (mlflow-artifacts:) for an MLflow
+    # server; ignored for an existing experiment
+    artifact_root: str | None = None
     experiment: str | None = None  # MLflow experiment; null = the campaign name
     register_models: bool = True  # register each iteration's policy and RMs as model versions
 
@@ -186,23 +192,170 @@ def _register() -> None:
 
 
 def compose_config(overrides: list[str] | None = None):
-    """The composed config as a ``RootConfig`` dataclass; bad overrides raise :class:`ConfigError`."""
+    """The composed config as a ``RootConfig`` dataclass; bad overrides raise :class:`ConfigError`, naming
+    the key and what to do (the keys or group options it was probably meant to be)."""
+    overrides = list(overrides or [])
+    for override in overrides:
+        if "=" not in override and not override.startswith("~"):
+            raise bare_word_error(override)
     _register()
     try:
         with initialize_config_module(config_module="rlhf.conf", version_base="1.3"):
-            cfg = OmegaConf.to_object(compose(config_name="config", overrides=list(overrides or [])))
+            composed = compose(config_name="config", overrides=overrides)
+        unknown = next(_unknown_keys(composed), None)  # `+key=value` adds a key the schema lacks, silently
+        if unknown is not None:
+            raise unknown_key_error(unknown[0], _value_of(unknown[0], overrides), unknown[1])
+        cfg = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as err:
-        message = str(err).strip().splitlines()[0]
-        cause = err.__cause__
-        while cause is not None and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if cause is not None and str(cause).strip():  # Hydra's first line hides why ("Error merging override")
-            message += f": {str(cause).strip().splitlines()[0]}"
-        raise ConfigError(" ".join(overrides or []) or "<defaults>",
-                          f"{message}. See `rlhf <command> --cfg` for the keys and their values.") from err
+        raise _config_error(err, overrides) from err
     cfg.campaign.validate()
     check_sizes(cfg)
     return cfg
+
+
+SEE_CFG = "`rlhf <command> --cfg` prints every key and its value"
+
+
+def _config_error(err: Exception, overrides: list[str]) -> ConfigError:
+    """What Hydra's or OmegaConf's error means, as a :class:`ConfigError` naming the key."""
+    cause = err.__cause__
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(err, MissingConfigException) and err.options is not None and "/" in (err.missing_cfg_file or ""):
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        return ConfigError(group, f"no option {option!r} in config group {group!r} (no conf/{group}/{option}.yaml). "
+                                  f"Available options in {group!r}: {', '.join(err.options)}"
+                                  + _did_you_mean([f"{group}={o}" for o in _closest(option, err.options)]))
+    unknown = re.match(r"Could not override '([^']+)'", str(err))  # Hydra names the override's whole key
+    if unknown and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return unknown_key_error(unknown.group(1), _value_of(unknown.group(1), overrides),
+                                 str(cause).strip().splitlines()[0])
+    message = str(err).strip().splitlines()[0]
+    if cause is not None and str(cause).strip():  # Hydra's first line hides why ("Error merging override")
+        message += f": {str(cause).strip().splitlines()[0]}"
+    key = getattr(cause, "full_key", None) or " ".join(overrides) or "<defaults>"
+    return ConfigError(key, f"{message} ({SEE_CFG})")
+
+
+def _value_of(key: str, overrides: list[str]) -> str | None:
+    return next((value for o in overrides for k, _, value in [o.partition("=")] if k.lstrip("+~") == key), None)
+
+
+def _closest(word: str, candidates, n: int = 3) -> list[str]:
+    """The candidates nearest to ``word`` (difflib's ratio at least 0.6, and close to the best one; a
+    candidate that ``word`` begins, like ``sampling.temperature`` for ``sampling.temp``, counts as near)."""
+    scored = sorted(((max(difflib.SequenceMatcher(None, word, c).ratio(), 0.95 if c.startswith(word) else 0), c)
+                     for c in candidates), reverse=True)
+    best = scored[0][0] if scored else 0.0
+    return [c for score, c in scored[:n] if score >= max(0.6, best - 0.1)]
+
+
+def _did_you_mean(suggestions: list[str]) -> str:
+    return f"; did you mean {' or '.join(suggestions)}?" if suggestions else ""
+
+
+def unknown_key_error(key: str, value: str | None = None, why: str | None = None) -> ConfigError:
+    """A key that is not in the config, with the keys (or config groups) it was probably meant to be;
+    ``why`` is OmegaConf's own line ("Key 'kk' not in 'RejectionConfig'")."""
+    groups = config_groups()
+    mapping = next((k for k in _config_index()[1] if key.startswith(k + ".")), None)
+    if mapping is not None:  # a new entry of a mapping (eval.references): Hydra wants the `+`
+        return ConfigError(key, f"{mapping} is a mapping: add an entry with +{key}={value or '<value>'}")
+    if "." in key:
+        suggestions = _closest(key, config_keys())
+    else:  # a top-level word: a config group (experiment=smoke) or a section (campaign.<key>)
+        sections = sorted({k.split(".")[0] for k in config_keys()} - set(groups))
+        suggestions = [f"{c}={value if value is not None else '<option>'}" if c in groups else f"{c}.<key>"
+                       for c in _closest(key, [*groups, *sections])]
+    return ConfigError(key, f"no such key{f' ({why})' if why else ''}{_did_you_mean(suggestions)} ({SEE_CFG})")
+
+
+def bare_word_error(word: str, exact: bool = False) -> ConfigError | None:
+    """The error for an override without ``=``: a config group's name (``rlhf run experiment`` for
+    ``experiment=smoke``) lists the group's options, a key's name asks for its value, anything else gets
+    the nearest keys and groups. With ``exact``, only a group's or a key's own name is an error (None
+    otherwise): a bare first word is a campaign's name (``rlhf resume demo``) unless it names config."""
+    groups = config_groups()
+    # the first word: say how to name a campaign like a config group
+    campaign = f". A campaign called {word!r}: campaign.name={word}" if exact else ""
+    if word in groups:
+        return ConfigError(word, f"a config group needs an option: did you mean {word}=<option>? Available options "
+                                 f"in {word!r}: {', '.join(groups[word])}{campaign}")
+    if "." in word and word in config_keys():
+        return ConfigError(word, f"a config key needs a value: did you mean {word}=<value>? ({SEE_CFG}){campaign}")
+    if exact:
+        return None
+    suggestions = [f"{c}=<option>" for c in _closest(word, groups)] + [f"{c}=<value>" for c in
+                                                                        _closest(word, config_keys())]
+    return ConfigError(word, f"not a key=value override{_did_you_mean(suggestions[:3])} ({SEE_CFG})")
+
+
+@lru_cache(maxsize=1)
+def config_groups() -> dict[str, list[str]]:
+    """The config groups (``conf/<group>/``) and their options, e.g. ``{"experiment": ["demo", "llama2",
+    "smoke"], ...}`` (Hydra's own ``hydra`` group left out)."""
+    _register()
+    with initialize_config_module(config_module="rlhf.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return {group: list(loader.get_group_options(group)) for group in loader.list_groups("")
+                if group != "hydra"}
+
+
+def config_keys() -> tuple[str, ...]:
+    """The dotted paths of every value of the composed (default) config, e.g. ``rejection.k``."""
+    return _config_index()[0]
+
+
+@lru_cache(maxsize=1)
+def _config_index() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The composed (default) config's value paths, and the paths of its mappings (``eval.references``:
+    free keys, added with ``+``)."""
+    _register()
+    with initialize_config_module(config_module="rlhf.conf", version_base="1.3"):
+        composed = compose(config_name="config")
+    keys, mappings = [], []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        if not is_dataclass(OmegaConf.get_type(node)):
+            mappings.append(prefix.rstrip("."))
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing() and len(child):
+                walk(child, f"{prefix}{key}.")
+            else:
+                keys.append(f"{prefix}{key}")
+                if isinstance(child, DictConfig) and not is_dataclass(OmegaConf.get_type(child)):
+                    mappings.append(f"{prefix}{key}")
+
+    walk(composed, "")
+    return tuple(keys), tuple(m for m in mappings if m)
+
+
+def _unknown_keys(node: DictConfig, prefix: str = ""):
+    """(dotted path, why) of each key in a composed config that its schema does not have (``+key=value``
+    adds them without complaint, and ``OmegaConf.to_object`` then drops them without a word)."""
+    kind = OmegaConf.get_type(node)
+    known = {f.name for f in fields(kind)} if is_dataclass(kind) else None
+    for key in node.keys():
+        if known is not None and key not in known:
+            yield f"{prefix}{key}", f"Key {key!r} not in {kind.__name__!r}"
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            yield from _unknown_keys(child, f"{prefix}{key}.")
+
+
+def stored_config(root: str, name: str) -> RootConfig:
+    """The resolved config a campaign last ran with (``<root>/<name>/config.yaml``), without its fault
+    switch: what ``rlhf resume`` reruns. Imports no Prefect, so the CLI reads it before preparing
+    Prefect's environment (``rlhf.flows.environment.prepare``)."""
+    path = Path(root).resolve() / name / CONFIG_FILE
+    if not path.is_file():
+        raise no_such_campaign(root, name)
+    import yaml
+
+    cfg = config_from_dict(yaml.safe_load(path.read_text()))
+    return replace(cfg, debug=replace(cfg.debug, fail_at=None))
 
 
 def config_from_dict(values: dict) -> RootConfig:

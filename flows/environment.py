@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -41,6 +42,59 @@ def prepare(cfg) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if os.environ.get("PREFECT_API_URL") == "":
         del os.environ["PREFECT_API_URL"]  # an empty URL is not "unset" to Prefect: it fails to connect
+    name_finished_lines()
+
+
+# Prefect's task and flow engines end every run with "Finished in state Completed()" on the
+# prefect.task_runs / prefect.flow_runs loggers. The run's name is only in the record's extras: Prefect's own
+# console format shows it, the CLI's (and any plain "%(message)s" one) did not, so a campaign printed a
+# column of unnamed lines. A filter on those two loggers puts the name and the run's duration in the
+# message itself, for every handler (console, Prefect's API): "sft: Finished in state Completed() after 41.2 s".
+RUN_LOGGERS = {"prefect.task_runs": ("task_run_name", "task_run_id", "task_run"),
+               "prefect.flow_runs": ("flow_run_name", "flow_run_id", "flow_run")}
+FINISHED = "Finished in state "
+
+
+class NameFinishedLines(logging.Filter):
+    """Rewrites a run's "Finished in state ..." line to start with the run's name and end (its first
+    line) with how long the run took; other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name_field, id_field, run_field = RUN_LOGGERS.get(record.name, (None, None, None))
+        name = getattr(record, name_field, None) if name_field else None
+        if name and isinstance(record.msg, str) and record.msg.startswith(FINISHED) and not record.args:
+            first, newline, rest = record.msg.partition("\n")
+            seconds = _run_seconds(record, getattr(record, id_field, None), run_field)
+            took = "" if seconds is None else f" after {seconds:.1f} s"
+            record.msg = f"{name}: {first}{took}{newline}{rest}"
+        return True
+
+
+def _run_seconds(record: logging.LogRecord, run_id, run_field: str) -> float | None:
+    """How long the run logging ``record`` took (start to end, or to now while it is ending), read from
+    the engine that logs it -- the record carries the run's id, not its times. None if not found."""
+    try:
+        frame = sys._getframe(2)
+        for _ in range(12):  # the engine's method is a few calls up (Logger.log, the adapter, Logger._log)
+            if frame is None:
+                return None
+            run = getattr(frame.f_locals.get("self"), run_field, None)
+            if run is not None and run_id is not None and str(run.id) == str(run_id) and run.start_time:
+                end = run.end_time or datetime.fromtimestamp(record.created, timezone.utc)
+                return max(0.0, (end - run.start_time).total_seconds())
+            frame = frame.f_back
+    except Exception:  # a Prefect whose engine looks different: the line just has no duration
+        return None
+    return None
+
+
+def name_finished_lines() -> None:
+    """Install :class:`NameFinishedLines` on Prefect's run loggers (once). Prefect's logging set-up at
+    import keeps a logger's filters, so this may run before Prefect is imported."""
+    for logger_name in RUN_LOGGERS:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, NameFinishedLines) for f in logger.filters):
+            logger.addFilter(NameFinishedLines())
 
 
 # The ephemeral server's task-run recorder writes task runs from the client's events in batches (every

@@ -57,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _campaign_shorthand(overrides: list[str]) -> list[str]:
-    """A bare first word names the campaign: `rlhf resume demo` = `rlhf resume campaign.name=demo`."""
+    """A bare first word names the campaign: `rlhf resume demo` = `rlhf resume campaign.name=demo`. A word
+    that names a config group or key instead (`rlhf run experiment`, a forgotten `=smoke`) is an error
+    listing what it takes, never a campaign of that name."""
     if overrides and "=" not in overrides[0] and not overrides[0].startswith(("+", "~")):
+        from rlhf.flows.config import bare_word_error
+
+        if (err := bare_word_error(overrides[0], exact=True)) is not None:
+            raise err
         return [f"campaign.name={overrides[0]}", *overrides[1:]]
     return overrides
 

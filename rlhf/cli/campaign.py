@@ -10,21 +10,27 @@ import os
 import sys
 from pathlib import Path
 
-from rlhf.core.errors import ConfigError
-from rlhf.record.layout import campaign_dir, last_finished_iteration
+from rlhf.core.errors import ConfigError, RLHFError
+from rlhf.record.layout import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    campaign_dir,
+    last_finished_iteration,
+    no_such_campaign,
+    read_summary,
+    remove_leftovers,
+)
 
-from .common import Command, compose, writing
+from .common import Command, compose, prefect_prepared, writing
 
 
 def _campaign(cfg, upto: int | None) -> int:
-    from rlhf.flows.environment import prepare
+    with prefect_prepared(cfg):
+        from rlhf.flows.campaign import check_fault, end_of_run_report, run_campaign
+        from rlhf.flows.iteration import check_slots
 
-    prepare(cfg)
-    from rlhf.flows.campaign import check_fault, end_of_run_report, run_campaign
-    from rlhf.flows.iteration import check_slots
-
-    check_slots(cfg)  # config mistakes before any server starts
-    check_fault(cfg.debug.fail_at)
+        check_slots(cfg)  # config mistakes before any server starts
+        check_fault(cfg.debug.fail_at)
     summary = run_campaign(cfg, upto)
     print(end_of_run_report(summary))
     return 0
@@ -42,21 +48,28 @@ def cmd_iterate(overrides: list[str]) -> int:
 
 
 def cmd_resume(overrides: list[str]) -> int:
-    from rlhf.flows.campaign import stored_config
+    from rlhf.flows.config import stored_config  # no Prefect: it is imported after prepare() (in _campaign)
 
     given = compose(overrides)  # campaign.name / campaign.root say which campaign
     return _campaign(stored_config(given.campaign.root, given.campaign.name), None)
 
 
 def cmd_report(overrides: list[str]) -> int:
-    from rlhf.flows.environment import prepare
-
     cfg = compose(overrides)
-    prepare(cfg)
-    from rlhf.flows.campaign import publish_report
-
+    home = campaign_dir(cfg)
+    if not home.is_dir():  # said before anything is created
+        raise no_such_campaign(cfg.campaign.root, cfg.campaign.name)
     with writing(cfg):
-        path = publish_report(campaign_dir(cfg))
+        if not (read_summary(home) or {}).get("iterations"):
+            name = cfg.campaign.name
+            rerun = f"rlhf resume {name}" if (home / CONFIG_FILE).is_file() else f"rlhf run campaign.name={name} ..."
+            raise RLHFError(f"campaign {name!r} has no finished iteration to report on ({home / SUMMARY_FILE} is "
+                            f"missing or lists none): run the campaign first, `{rerun}`")
+        with prefect_prepared(cfg):
+            from rlhf.flows.campaign import publish_report
+
+        remove_leftovers(home)  # e.g. the temp folder of a report that was killed
+        path = publish_report(home)
     print(f"report: {path}\n        {path.with_suffix('.html')}\nplots:  {path.parent / 'plots'}")
     return 0
 
@@ -67,12 +80,10 @@ def cmd_serve(overrides: list[str]) -> int:
     if not (orchestration.cron or orchestration.interval or orchestration.watch):
         raise ConfigError("orchestration.cron", "say when to run the next iteration: orchestration.cron='0 3 * * 1', "
                                                 "orchestration.interval=<seconds> or orchestration.watch=<directory>")
-    from rlhf.flows.environment import prepare
+    with prefect_prepared(cfg):
+        from rlhf.flows.serve import check_schedule, serve
 
-    prepare(cfg)
-    from rlhf.flows.serve import check_schedule, serve
-
-    check_schedule(orchestration.cron, orchestration.interval)  # before a server starts
+        check_schedule(orchestration.cron, orchestration.interval)  # before a server starts
     serve(cfg, overrides)
     return 0
 

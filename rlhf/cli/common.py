@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from rlhf.core.steps.outputs import Outputs
-from rlhf.record.layout import campaign_dir, campaign_lock, iteration_dir
+from rlhf.record.layout import campaign_dir, campaign_lock, iteration_dir, remove_empty_dirs
 
 
 @dataclass
@@ -46,3 +47,22 @@ def writing(cfg, *outputs: Path) -> Iterator[None]:
     inside = not outputs or any(Path(path).resolve().is_relative_to(home) for path in outputs)
     with campaign_lock(home) if inside else nullcontext():
         yield
+
+
+@contextmanager
+def prefect_prepared(cfg) -> Iterator[None]:
+    """Prepare Prefect's environment (``rlhf.flows.environment.prepare``: PREFECT_HOME, by default
+    ``<campaign.root>/.prefect``, and its logging) for a block that imports Prefect and checks the config
+    before anything runs. When the block fails, the folders made for it that are still empty (the
+    Prefect home, a new campaign.root) are removed: a config mistake leaves nothing behind."""
+    from rlhf.flows.environment import prepare
+
+    root = Path(cfg.campaign.root).resolve()
+    homes = [Path(p).resolve() for p in (os.environ.get("PREFECT_HOME"), cfg.orchestration.prefect_home) if p]
+    new = {path for start in (*homes, root / ".prefect") for path in (start, *start.parents) if not path.exists()}
+    try:
+        prepare(cfg)
+        yield
+    except BaseException:
+        remove_empty_dirs(new)
+        raise

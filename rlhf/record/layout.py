@@ -19,6 +19,7 @@ Inside ``iter-<n>`` each step's directory and file names are its output contract
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import json
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rlhf.core.artifacts import read_manifest, write_json, write_text
-from rlhf.core.errors import RLHFError
+from rlhf.core.errors import ConfigError, RLHFError
 from rlhf.core.steps.outputs import EVALUATE
 
 CONFIG_FILE, SUMMARY_FILE = "config.yaml", "summary.json"
@@ -45,6 +46,25 @@ class CampaignLocked(RLHFError):
 
 def campaign_dir(cfg) -> Path:
     return Path(cfg.campaign.root).resolve() / cfg.campaign.name
+
+
+def campaign_names(root: str | Path) -> list[str]:
+    """The campaigns under ``root``: its directories that hold a ``config.yaml`` or a ``summary.json``."""
+    root = Path(root)
+    return sorted(path.name for path in root.iterdir() if path.is_dir() and (
+        (path / CONFIG_FILE).is_file() or (path / SUMMARY_FILE).is_file())) if root.is_dir() else []
+
+
+def no_such_campaign(root: str | Path, name: str) -> ConfigError:
+    """The error for a campaign name with no campaign behind it, listing the campaigns there are."""
+    root = Path(root).resolve()
+    names = campaign_names(root)
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    there = (f"the campaigns there: {', '.join(names)}" + (f"; did you mean {' or '.join(near)}?" if near else "")
+             if names else "it holds none" if root.is_dir() else "no such folder")
+    return ConfigError("campaign.name", f"no campaign {name!r} under {root} ({there}): run the campaign first, "
+                                        f"`rlhf run campaign.name={name} ...` (campaign.root says where campaigns "
+                                        "live)")
 
 
 def iteration_dir(cfg, iteration: int) -> Path:
@@ -63,8 +83,9 @@ def finished(out_dir: str | Path) -> bool:
 def campaign_lock(directory: Path) -> Iterator[None]:
     """Hold ``<campaign>/.lock`` for the duration. A second run on the same campaign fails at once with
     who holds it. The OS releases the lock when the holder dies, so a crash never leaves it stuck. A
-    campaign directory created here and left empty (the command failed before writing) is removed."""
-    created = not directory.exists()
+    campaign directory created here that holds nothing but empty folders when the block ends (the command
+    failed before writing) is removed, with the lock and the parent folders created for it."""
+    created = [path for path in (directory, *directory.parents) if not path.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ".lock"
     handle = open(path, "a+")
@@ -85,11 +106,36 @@ def campaign_lock(directory: Path) -> Iterator[None]:
     finally:
         handle.seek(0)
         handle.truncate()
-        if created and [p.name for p in directory.iterdir()] == [path.name]:
+        if created and _only_empty_folders(directory, path):
             path.unlink()
-            directory.rmdir()
+            remove_empty_dirs(created)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _only_empty_folders(directory: Path, lock: Path) -> bool:
+    """Nothing in ``directory`` but the lock file and (nested) empty folders."""
+    return all(p == lock or (p.is_dir() and not p.is_symlink()) for p in directory.rglob("*"))
+
+
+def remove_empty_dirs(paths) -> None:
+    """Remove those of ``paths`` that are empty folders (or hold only empty folders), deepest first;
+    anything with a file in it stays."""
+    for top in sorted(paths, key=lambda p: len(Path(p).parts), reverse=True):
+        top = Path(top)
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()),
+                             key=lambda p: len(p.parts), reverse=True):
+            _rmdir(folder)
+        _rmdir(top)
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 # What an interrupted writer leaves: atomic_dir's temp and old dirs, atomic_file's temp files, a

@@ -35,15 +35,25 @@ def test_overrides_win_over_the_experiment():
     assert cfg.campaign.iterations == 3 and cfg.rejection.k == 5 and cfg.model.name_or_path == "tiny"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("campaign.iterations=many", "campaign.iterations"),
-    ("rejection.kk=3", "rejection.kk"),
-    ("experiment=nope", "experiment"),
+@pytest.mark.parametrize("override, key, hint", [
+    ("campaign.iterations=many", "campaign.iterations", "--cfg"),
+    ("rejection.kk=3", "rejection.kk", "did you mean rejection.k?"),
+    ("+rejection.kk=3", "rejection.kk", "did you mean rejection.k?"),  # `+` would add it, and it was dropped
+    ("experimnt=smoke", "experimnt", "did you mean experiment=smoke?"),
+    ("sampling.temp=0.9", "sampling.temp", "did you mean sampling.temperature?"),
+    ("campain.name=x", "campain.name", "did you mean campaign.name?"),
+    ("experiment=nope", "experiment", "Available options in 'experiment': demo, llama2, smoke"),
+    ("experiment=smok", "experiment", "did you mean experiment=smoke?"),
+    ("eval.references.x=y", "eval.references.x", "+eval.references.x=y"),
 ])
-def test_a_bad_override_names_the_key(override, key):
+def test_a_bad_override_names_the_key_and_what_to_do(override, key, hint):
     with pytest.raises(ConfigError) as err:
         compose_config([override])
-    assert key in str(err.value) and "--cfg" in str(err.value)
+    assert str(err.value).startswith(f"config '{key}': ") and hint in str(err.value)
+
+
+def test_a_mapping_takes_new_entries_with_plus():
+    assert compose_config(["+eval.references.x=y"]).eval.references == {"x": "y"}
 
 
 def test_resolved_config_round_trips():
