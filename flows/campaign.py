@@ -9,11 +9,11 @@ checkpoints, and runs only what a changed config touches. One run at a time per 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, tags, task
+from prefect.utilities.annotations import quote
 
 from rlhf.core.artifacts import code_version, prune_weights
 from rlhf.core.errors import ConfigError
@@ -38,23 +38,35 @@ from rlhf.tracking import (
     KIND,
     RECORDER,
     Tracking,
+    check_store,
     end_unfinished_runs,
     experiment_id,
     find_experiment,
     find_or_create_run,
     finish_run,
     flushed,
+    is_remote,
     iteration_run,
     log_dir,
     log_outputs,
     log_params,
     register,
+    run_link,
     tracking_uri,
 )
 
 from .config import compose_config, config_from_dict, to_dict, to_yaml
 from .environment import prefect_api
-from .iteration import CampaignState, TrackingIds, call, check_slots, iteration_flow
+from .iteration import (
+    CampaignState,
+    Finished,
+    Steps,
+    TrackingIds,
+    artifact_key,
+    check_slots,
+    iteration_flow,
+    iteration_params,
+)
 
 log = logging.getLogger("rlhf")
 TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo", "gatt")
@@ -79,7 +91,9 @@ def open_tracking(cfg, home: Path) -> TrackingIds:
     Runs an earlier, killed run of the campaign left RUNNING are ended FAILED first."""
     root = Path(cfg.campaign.root).resolve()
     uri = tracking_uri(cfg.tracking.uri, root)
-    artifacts = Path(cfg.tracking.artifact_root) if cfg.tracking.artifact_root else root / "mlartifacts"
+    check_store(uri)
+    # a server keeps artifacts in its own store unless tracking.artifact_root names one
+    artifacts = cfg.tracking.artifact_root or (None if is_remote(uri) else root / "mlartifacts")
     experiment = experiment_id(uri, cfg.tracking.experiment or cfg.campaign.name, artifacts)
     if ended := end_unfinished_runs(uri, experiment, cfg.campaign.name, "FAILED"):
         log.info("MLflow: %d run(s) an interrupted run of %s left RUNNING are now FAILED", ended, cfg.campaign.name)
@@ -89,21 +103,23 @@ def open_tracking(cfg, home: Path) -> TrackingIds:
     return TrackingIds(uri, experiment, run_id)
 
 
-def iteration_zero(cfg, ids: TrackingIds, fault: str | None) -> CampaignState:
-    """SFT of the base model and the RMs' seed pairs."""
-    run = RECORDER.submit(iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0)
+def iteration_zero(cfg, ids: TrackingIds, fault: str | None) -> tuple[CampaignState, list]:
+    """SFT of the base model and the RMs' seed pairs; with the two tasks' Prefect states (the iterations'
+    upstream edges)."""
+    run = RECORDER.submit(iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0,
+                          iteration_params(cfg, to_dict(cfg), 0))
     tracking = Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
-    common = {"tracking": tracking, "retries": cfg.orchestration, "here": str(iteration_dir(cfg, 0)),
-              "fault": steps.Fault.parse(fault)}
-    sft = call(steps.sft, model=cfg.model, data=cfg.data, config=cfg.sft, **common)
-    seed = call(steps.seed_pairs, reward=cfg.reward, **common)
+    zero = Steps(tracking, cfg.orchestration, here=str(iteration_dir(cfg, 0)), fault=steps.Fault.parse(fault))
+    with tags(*run_tags(cfg.campaign.name, 0)):
+        sft = zero.run(steps.sft, model=cfg.model, data=cfg.data, config=cfg.sft)
+        seed = zero.run(steps.seed_pairs, reward=cfg.reward)
     RECORDER.submit(_record_zero, ids, tracking, cfg.campaign.name, sft, cfg.tracking.register_models)
-    return CampaignState(sft=sft, seed=seed, policy=sft)
+    return CampaignState(sft=sft, seed=seed, policy=sft), [finished for _, finished in zero.done]
 
 
 def _record_zero(ids: TrackingIds, tracking: Tracking, campaign: str, sft: dict, register_models: bool) -> None:
     if register_models:
-        register(ids.uri, f"{campaign}-policy", Path(sft["path"]), tracking.parent_run_id, 0)
+        register(ids.uri, f"{campaign}-policy", sft, tracking.parent_run_id, 0)
     finish_run(ids.uri, tracking.parent_run_id)
 
 
@@ -127,15 +143,21 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
         write_config(home, to_yaml(cfg))
         ids = open_tracking(cfg, home)
         # 1. Iteration 0: SFT and the seed pairs.
-        state = iteration_zero(cfg, ids, cfg.debug.fail_at)
+        state, upstream = iteration_zero(cfg, ids, cfg.debug.fail_at)
         summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
                    "code_version": code_version(), "campaign_dir": str(home), "tracking_uri": ids.uri,
                    "mlflow_run_id": ids.campaign_run_id, "config": resolved,
                    "sft": {"policy_path": state.sft["path"], "metrics": state.sft["metrics"]}, "iterations": []}
         # 2. RLHF-V1..V<last>, each a subflow; the summary is rewritten after each.
         for n in range(1, last + 1):
-            out = iteration_flow(config=resolved, iteration=n, state=state.__dict__, ids=ids.__dict__,
-                                 campaign_name=cfg.campaign.name, fault=cfg.debug.fail_at)
+            # quoted, with the edges declared: each iteration depends on SFT, the seed pairs and every earlier
+            # iteration (their labelled pairs and candidates); Prefect's own guess matches dicts by id()
+            with tags(*run_tags(cfg.campaign.name, n)):
+                run = iteration_flow(config=quote(resolved), iteration=n, state=quote(state.__dict__),
+                                     ids=quote(ids.__dict__), campaign_name=cfg.campaign.name,
+                                     fault=cfg.debug.fail_at, wait_for=upstream, return_state=True)
+            out = run.result()
+            upstream.append(Finished(run))
             state = CampaignState(**out["state"])
             summary["iterations"].append(out["entry"])
             write_summary(home, summary)
@@ -149,8 +171,21 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
         log_outputs(ids.uri, ids.campaign_run_id, home, [home / SUMMARY_FILE])
         if summary["iterations"]:
             report(str(home))
+            publish_campaign(cfg, summary, ids)
         finish_run(ids.uri, ids.campaign_run_id)
     return summary
+
+
+def publish_campaign(cfg, summary: dict, ids: TrackingIds) -> None:
+    """The campaign's per-iteration table as a Prefect artifact of its flow run, with its report and MLflow run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    link = run_link(ids.uri, ids.experiment_id, ids.campaign_run_id)
+    report_html = Path(summary["report"]).with_suffix(".html")
+    create_markdown_artifact(
+        key=artifact_key(cfg.campaign.name, None), description=f"{cfg.campaign.name}: results per iteration",
+        markdown=f"```\n{table(summary)}\n```\n\nReport: `{report_html}` (also attached to the MLflow run)\n\n"
+                 f"MLflow campaign run: [{link}]({link})")
 
 
 def prune_models(cfg, summary: dict, last: int) -> int:
@@ -179,6 +214,7 @@ def _end_runs(cfg, error: BaseException) -> None:
     root = Path(cfg.campaign.root).resolve()
     uri = tracking_uri(cfg.tracking.uri, root)
     status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    check_store(uri, timeout=5)  # a server that is gone: say so now, not after minutes of the client's retries
     experiment = find_experiment(uri, cfg.tracking.experiment or cfg.campaign.name)
     if experiment is not None:  # none yet: the run failed before it opened its MLflow runs
         end_unfinished_runs(uri, experiment, cfg.campaign.name, status)
@@ -223,26 +259,21 @@ def publish_report(home: Path) -> Path:
     path = write_report(home)
     summary = read_summary(home)
     if summary.get("tracking_uri") and summary.get("mlflow_run_id"):
-        log_dir(summary["tracking_uri"], summary["mlflow_run_id"], path.parent, REPORT_DIR)
+        # the default store is found beside the campaign (which may have moved since the summary was written)
+        uri = tracking_uri(summary.get("config", {}).get("tracking", {}).get("uri"), Path(home).resolve().parent)
+        log_dir(uri, summary["mlflow_run_id"], path.parent, REPORT_DIR)
     return path
+
+
+def run_tags(campaign: str, iteration: int | None = None) -> list[str]:
+    """Prefect tags of a campaign's runs (filter by them in the UI): ``campaign:<name>``, ``iteration:<n>``."""
+    return [f"campaign:{campaign}"] + ([f"iteration:{iteration}"] if iteration is not None else [])
 
 
 def run_campaign(cfg, upto: int | None = None) -> dict:
     """Run (or rerun, or resume) the campaign ``cfg`` describes, up to iteration ``upto``."""
-    with prefect_api():
+    with prefect_api(), tags(*run_tags(cfg.campaign.name)):
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
-
-
-def stored_config(root: str, name: str):
-    """The resolved config a campaign last ran with, without its fault switch (``rlhf resume``)."""
-    path = Path(root).resolve() / name / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError("campaign.name", f"no campaign {name!r} under {Path(root).resolve()} (no {path}); "
-                                           "start it with `rlhf run campaign.name=...`")
-    import yaml
-
-    cfg = config_from_dict(yaml.safe_load(path.read_text()))
-    return replace(cfg, debug=replace(cfg.debug, fail_at=None))
 
 
 @flow(name="rlhf-next-iteration")
@@ -252,7 +283,8 @@ def next_iteration_flow(overrides: list[str]) -> dict:
     each scheduled run picks up the overrides it was deployed with."""
     cfg = compose_config(overrides)
     upto = last_finished_iteration(campaign_dir(cfg)) + 1
-    return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
+    with tags(*run_tags(cfg.campaign.name)):
+        return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
 
 
 def end_of_run_report(summary: dict) -> str:

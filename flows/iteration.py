@@ -16,27 +16,36 @@ policy). Where each step writes is its output contract's business (``rlhf.core.s
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prefect import flow, pause_flow_run
+from prefect.futures import PrefectTaskRunFuture
 from prefect.input import RunInput
+from prefect.states import State
+from prefect.utilities.annotations import quote
 
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.errors import ConfigError
-from rlhf.record.layout import finished, iteration_dir
-from rlhf.record.summary import iteration_entry, progression_metrics
+from rlhf.record.layout import campaign_dir, finished, iteration_dir
+from rlhf.record.report import REPORT_DIR, plot_win_rates
+from rlhf.record.summary import iteration_entry, iteration_markdown, progression_metrics
 from rlhf.tasks import steps
 from rlhf.tracking import (
     RECORDER,
     Tracking,
     fail_step,
     finish_run,
+    is_remote,
     iteration_run,
+    log_file,
     log_metrics_once,
     record_step,
     register,
+    run_link,
     start_step,
 )
 
@@ -70,32 +79,113 @@ class Labels(RunInput):
     labels_path: str
 
 
-def call(task, tracking: Tracking, retries: OrchestrationConfig, **params):
+def call(task, tracking: Tracking, retries: OrchestrationConfig, after: list[Finished] | tuple = (), **params):
     """Run ``task`` and record it in its MLflow run (on the tracking thread, overlapping what comes next):
     a RUNNING run while a step computes, then its params, metrics and artifacts, or FAILED. Failures on
-    I/O are retried as ``orchestration.io_retries`` / ``retry_delay_seconds`` say.
+    I/O are retried as ``orchestration.io_retries`` / ``retry_delay_seconds`` say. ``after``: the states of
+    the steps whose outputs ``params`` carry (the edges Prefect draws; see :class:`Steps`).
 
     A cached result is trusted only if its outputs are on disk as their manifests recorded them, under
     the result's key: an output deleted, truncated or edited by hand, or replaced by a run with another
     config, is computed again (a log line says why)."""
+    return _call(task, tracking, retries, after, **params)[0]
+
+
+def _call(task, tracking: Tracking, retries: OrchestrationConfig, after, **params) -> tuple[dict, State]:
     options = {"retries": retries.io_retries, "retry_delay_seconds": retries.retry_delay_seconds}
     missing = [d for d in steps.output_dirs(task.name, params) if not finished(d)]
+    # quoted: Prefect neither walks the inputs for edges (``after`` declares them) nor copies them
+    inputs = {name: quote(value) for name, value in params.items()}
     started = time.time()
     if missing:
         RECORDER.submit(start_step, tracking, task.name, started)
     try:
-        result = task.with_options(**options, **({"refresh_cache": True} if missing else {}))(**params)
+        state = task.with_options(**options, **({"refresh_cache": True} if missing else {}))(
+            **inputs, wait_for=list(after), return_state=True)
+        result = state.result()
         if not missing and (problem := steps.untrusted(result)):
             log.info("%s: the cached result is not trusted (%s); computing it again", task.name, problem)
             RECORDER.submit(start_step, tracking, task.name, started)
-            result = task.with_options(**options, refresh_cache=True)(**params)
+            state = task.with_options(**options, refresh_cache=True)(**inputs, wait_for=list(after), return_state=True)
+            result = state.result()
     except BaseException:
         RECORDER.submit(fail_step, tracking, task.name, started, time.time())
         raise
     outputs = {task.name: result} if "path" in result else result
     RECORDER.submit(record_step, tracking, task.name, steps.tracked_params(task.name, params), outputs, started,
                     time.time())
-    return result
+    return result, state
+
+
+class Steps:
+    """The steps of one flow run: ``run(task, **params)`` is :func:`call` with the run's common arguments,
+    and tells Prefect exactly the edges the data makes: the earlier steps of this flow run whose results
+    ``params`` carry. (Prefect's own inference matches plain dicts by ``id()``: recycled addresses and
+    shared values drew false edges; the iteration graph had 17 edges, 6 of them data nobody passed.)"""
+
+    def __init__(self, tracking: Tracking, retries: OrchestrationConfig, **common) -> None:
+        self.tracking, self.retries, self.common = tracking, retries, common
+        self.done: list[tuple[object, State]] = []
+
+    def run(self, task, **params) -> dict:
+        after = [state for result, state in self.done if _carries(params, result)]
+        result, state = _call(task, self.tracking, self.retries, after, **self.common, **params)
+        self.done.append((result, Finished(state)))
+        return result
+
+
+class Finished(PrefectTaskRunFuture):
+    """A finished run as an explicit upstream (``wait_for``): Prefect draws its edge from the task run id
+    and walks nothing else (it walks a State field by field, its data included, back into its id()
+    matching). Works for a subflow's state too (its parent task run)."""
+
+    def __init__(self, state: State) -> None:
+        super().__init__(state.state_details.task_run_id)
+        self._final_state = state
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True):
+        return self._final_state.result(raise_on_failure=raise_on_failure)
+
+    def add_done_callback(self, fn) -> None:
+        fn(self)
+
+
+def _carries(value, result) -> bool:
+    """Whether ``value`` is ``result`` or holds it (in dicts, lists and tuples)."""
+    if value is result:
+        return True
+    if isinstance(value, dict):
+        return any(_carries(v, result) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_carries(v, result) for v in value)
+    return False
+
+
+# Config sections about how a campaign is run, not what an iteration computes: left out of the iteration
+# run's params (the campaign run has them), so resuming without debug.fail_at, or a moved campaign.root,
+# logs into the same iteration run. What campaign.* means for an iteration is in iteration.*.
+NOT_COMPUTED = ("campaign", "tracking", "orchestration", "debug", "io")
+
+
+def iteration_params(cfg: RootConfig, resolved: dict, iteration: int) -> dict:
+    """The iteration run's params: the resolved config's sections that decide what it computes, and what
+    the campaign's settings mean for this iteration (whether PPO and Ghost Attention run, where its new
+    prompts start), so comparing iteration runs in MLflow shows what differed."""
+    computed = {key: value for key, value in resolved.items() if key not in NOT_COMPUTED}
+    if iteration == 0:
+        return computed | {"iteration": {"number": 0}}
+    return computed | {"iteration": {
+        "number": iteration, "runs_ppo": runs_ppo(cfg, iteration), "runs_gatt": runs_gatt(cfg, iteration),
+        "collect_offset": collect_offset(cfg, iteration)}}
+
+
+def collect_offset(cfg: RootConfig, iteration: int) -> int:
+    """Where this iteration's new prompts start: after the rejection-sampling prompts and every earlier
+    iteration's new ones (the paper's weekly batches)."""
+    return cfg.prompts.offset + cfg.rejection.n_prompts + (iteration - 1) * cfg.collect.n_prompts
 
 
 def _per_iteration(path: str | None, iteration: int) -> str | None:
@@ -132,73 +222,94 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     carried, track_ids = CampaignState(**state), TrackingIds(**ids)
     here = iteration_dir(cfg, iteration)
     run = RECORDER.submit(iteration_run, track_ids.uri, track_ids.experiment_id, campaign_name,
-                                    track_ids.campaign_run_id, iteration)
+                          track_ids.campaign_run_id, iteration, iteration_params(cfg, config, iteration))
     tracking = Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run, iteration)
-    common = {"tracking": tracking, "retries": cfg.orchestration, "here": str(here), "fault": steps.Fault.parse(fault)}
+    step = Steps(tracking, cfg.orchestration, here=str(here), fault=steps.Fault.parse(fault)).run
     rs_prompts = replace(cfg.prompts, n=cfg.rejection.n_prompts)
-    # New prompts each iteration, after the rejection-sampling prompts (the paper's weekly batches).
-    new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts,
-                          offset=cfg.prompts.offset + cfg.rejection.n_prompts + (iteration - 1) * cfg.collect.n_prompts)
+    new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts, offset=collect_offset(cfg, iteration))
     refs: dict = {}
 
     # 1. Pairs from the current policy, labelled.
-    refs["collect_pairs"] = call(steps.collect_pairs, policy=carried.policy, model=cfg.model, prompts=new_prompts,
-                                 sampling=cfg.sampling, temperatures=cfg.collect.temperatures, iteration=iteration,
-                                 **common)
+    refs["collect_pairs"] = step(steps.collect_pairs, policy=carried.policy, model=cfg.model, prompts=new_prompts,
+                                 sampling=cfg.sampling, temperatures=cfg.collect.temperatures, iteration=iteration)
     annotator = annotator_for(cfg, iteration, here, refs["collect_pairs"])
-    refs["annotate"] = call(steps.annotate, pairs=refs["collect_pairs"], annotator=annotator, **common)
+    refs["annotate"] = step(steps.annotate, pairs=refs["collect_pairs"], annotator=annotator)
     labelled = carried.labelled + [refs["annotate"]]
     # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
-    rms = refs["train_reward_models"] = call(steps.train_reward_models, init=carried.sft, model=cfg.model,
-                                             reward=cfg.reward, seed=carried.seed, labelled=labelled, **common)
-    refs["eval_reward_models"] = call(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward, **common)
+    rms = refs["train_reward_models"] = step(steps.train_reward_models, init=carried.sft, model=cfg.model,
+                                             reward=cfg.reward, seed=carried.seed, labelled=labelled)
+    refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
     sampling = {"model": cfg.model, "sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
-    refs["search_temperature"] = call(steps.search_temperature, policy=carried.policy, rms=rms, prompts=rs_prompts,
-                                      **sampling, **common)
-    refs["rejection_sample"] = call(steps.rejection_sample, policy=carried.policy, rms=rms,
+    refs["search_temperature"] = step(steps.search_temperature, policy=carried.policy, rms=rms, prompts=rs_prompts,
+                                      **sampling)
+    refs["rejection_sample"] = step(steps.rejection_sample, policy=carried.policy, rms=rms,
                                     search=refs["search_temperature"], previous=carried.candidates,
-                                    prompts=rs_prompts, iteration=iteration, **sampling, **common)
+                                    prompts=rs_prompts, iteration=iteration, **sampling)
     # 4. The new policy: fine-tuned on the pool.
-    policy = refs["train_policy"] = call(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
-                                         model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student,
-                                         **common)
+    policy = refs["train_policy"] = step(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
+                                         model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student)
     # 5. PPO on the new policy (campaign.ppo_at), KL-anchored to it; its output becomes the iteration's policy.
     if runs_ppo(cfg, iteration):
-        policy = refs["ppo"] = call(steps.ppo, policy=policy, rms=rms, model=cfg.model,
+        policy = refs["ppo"] = step(steps.ppo, policy=policy, rms=rms, model=cfg.model,
                                     prompts=replace(cfg.prompts, n=cfg.ppo.n_prompts),
                                     eval_prompts=ppo_eval_prompts(cfg), sampling=cfg.sampling, scorer=cfg.scorer,
-                                    config=cfg.ppo, **common)
+                                    config=cfg.ppo)
     # 6. Ghost Attention from campaign.gatt_from on: the policy learns to keep the system instruction.
     if runs_gatt(cfg, iteration):
-        policy = refs["gatt"] = call(steps.gatt, policy=policy, model=cfg.model, config=cfg.gatt,
-                                     train=cfg.gatt.train, sampling=cfg.sampling, **common)
+        policy = refs["gatt"] = step(steps.gatt, policy=policy, model=cfg.model, config=cfg.gatt,
+                                     train=cfg.gatt.train, sampling=cfg.sampling)
     # 7. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
     baselines = {"sft": carried.sft, "previous": carried.policy, **reference_refs(cfg)}
-    refs["evaluate"] = call(steps.evaluate, policy=policy, baselines=baselines, rms=rms, model=cfg.model,
-                            sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval, **common)
+    refs["evaluate"] = step(steps.evaluate, policy=policy, baselines=baselines, rms=rms, model=cfg.model,
+                            sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval)
 
     entry = iteration_entry(iteration, refs, tracking.parent_run_id)  # created on the tracking thread long since
-    RECORDER.submit(record, track_ids, tracking, entry, refs, policy, cfg.tracking.register_models,
-                              campaign_name)
+    publish_results(cfg, entry, track_ids)
+    RECORDER.submit(record, track_ids, tracking, entry, refs, policy, cfg.tracking.register_models, campaign_name)
     carried_out = CampaignState(sft=carried.sft, seed=carried.seed, policy=policy, labelled=labelled,
                                 candidates=carried.candidates + [refs["rejection_sample"]])
     return {"entry": entry, "state": carried_out.__dict__}
 
 
+def publish_results(cfg: RootConfig, entry: dict, ids: TrackingIds) -> None:
+    """The iteration's results as a Prefect artifact of its flow run: a table, and where to read more (its
+    MLflow run, the campaign report). Keyed per campaign and iteration, so reruns show as its versions."""
+    from prefect.artifacts import create_markdown_artifact
+
+    home = campaign_dir(cfg)
+    link = run_link(ids.uri, ids.experiment_id, entry["mlflow_run_id"])
+    where = f"MLflow run: [{link}]({link})" + ("" if is_remote(ids.uri) else
+                                              f" (start the UI with `rlhf ui campaign.root={home.parent}`)")
+    create_markdown_artifact(
+        key=artifact_key(cfg.campaign.name, entry["iteration"]),
+        description=f"{cfg.campaign.name} RLHF-V{entry['iteration']}: results",
+        markdown="\n\n".join([iteration_markdown(entry), where, "Campaign report (rebuilt when the campaign run "
+                               f"ends): `{home / REPORT_DIR / 'report.html'}`"]))
+
+
+def artifact_key(campaign: str, iteration: int | None) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) for a campaign's iteration, or for
+    the campaign itself (``iteration=None``)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", campaign.lower()).strip("-") or "campaign"
+    return f"{slug}-campaign" if iteration is None else f"{slug}-rlhf-v{iteration}"
+
+
 def record(ids: TrackingIds, tracking: Tracking, entry: dict, refs: dict, policy: dict, register_models: bool,
            campaign: str) -> None:
-    """Progression metrics on the campaign and iteration runs (``step=iteration``), the models in the
-    registry, and the iteration run closed."""
+    """Progression metrics on the campaign and iteration runs (``step=iteration``), the iteration's win
+    rates with their 95 % CIs as a plot (MLflow's charts draw no bands), the models in the registry, and the
+    iteration run closed."""
     metrics = progression_metrics(entry)
     for run in (ids.campaign_run_id, tracking.parent_run_id):
         log_metrics_once(tracking.uri, run, metrics, step=tracking.iteration)
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_win_rates([entry], Path(tmp) / "win_rates.png")
+        log_file(tracking.uri, tracking.parent_run_id, Path(tmp) / "win_rates.png")
     if register_models:
-        register(tracking.uri, f"{campaign}-policy", Path(policy["path"]), tracking.parent_run_id,
-                           tracking.iteration)
+        register(tracking.uri, f"{campaign}-policy", policy, tracking.parent_run_id, tracking.iteration)
         for name, ref in refs["train_reward_models"].items():
-            register(tracking.uri, f"{campaign}-rm-{name}", Path(ref["path"]), tracking.parent_run_id,
-                               tracking.iteration)
+            register(tracking.uri, f"{campaign}-rm-{name}", ref, tracking.parent_run_id, tracking.iteration)
     finish_run(tracking.uri, tracking.parent_run_id)
 
 

@@ -10,6 +10,13 @@ Runs are found again by their tags, so a rerun or a resumed campaign logs into t
 piling up new ones: a step already recorded for the same output (tag ``rlhf.key``) is not logged twice, a
 step that failed and resumed finishes the run it started, a step rerun for a changed config gets a new run.
 
+The store may be the default SQLite file under ``campaign.root`` or an MLflow server (``tracking.uri=http://...``).
+On a server, experiments are created without a client-side artifact location (so artifacts go through the
+server to its store: ``mlflow-artifacts:``, S3, ...), and a model is registered from a copy logged as
+artifacts of its iteration's run (a server refuses client-local paths as model-version sources). Locally,
+models are registered by path (no copies), and the SQLite store is relocatable: moved or copied with its
+campaign root, its paths are rewritten the next time it is opened (:func:`relocate`).
+
 Writes go through :class:`Recorder`: one background thread that performs them in submission order, so a
 step's bookkeeping (its run, params, metrics, history and artifacts: several SQLite transactions) and an
 iteration's (progression metrics, model registry) run while the next step computes instead of adding to
@@ -24,6 +31,7 @@ import json
 import logging
 import math
 import queue
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future
@@ -33,10 +41,16 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from rlhf.core.artifacts import stable_hash
+from rlhf.core.errors import RLHFError
 
 KIND, CAMPAIGN, ITERATION, STEP = "rlhf.kind", "rlhf.campaign", "rlhf.iteration", "rlhf.step"
 KEY = "rlhf.key"  # on a step run: the outputs it records (their manifest keys, hashed)
 PARENT = "mlflow.parentRunId"
+CONFIG = "rlhf.config"  # on an iteration run: a hash of the effective config it ran with (its params)
+ROOT = "rlhf.root"  # on an experiment of the default SQLite store: the campaign root it was created under
+# MLflow 3's UI opens an experiment without this tag on its GenAI "Traces" page; ours are training runs.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+REMOTE = ("http://", "https://", "databricks")
 # Small step outputs worth a look in the UI; models are registered by path, not copied.
 ARTIFACT_SUFFIXES = (".json", ".jsonl", ".csv", ".md", ".yaml", ".png", ".html")
 ARTIFACT_MAX_BYTES = 20 << 20
@@ -69,8 +83,69 @@ class Tracking:
 
 def tracking_uri(uri: str | None, campaign_root: Path) -> str:
     """The configured URI, or an absolute SQLite file under the campaign root (MLflow's own default is
-    relative to the current directory)."""
-    return uri or f"sqlite:///{(campaign_root / 'mlflow.db').resolve()}"
+    relative to the current directory), relocated first if the root was moved or copied."""
+    if uri:
+        return uri
+    root = Path(campaign_root).resolve()
+    if (root / "mlflow.db").is_file():
+        relocate(root / "mlflow.db", root)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(REMOTE)
+
+
+# Where the default SQLite store keeps absolute paths: artifact locations and model-version sources.
+PATH_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
+                ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
+
+
+def relocate(db: Path, root: Path) -> int:
+    """Rewrite the absolute paths in the default SQLite store ``db`` after its campaign root moved: every
+    path under the root it was created in (the experiments' ``rlhf.root`` tag) now points under ``root``,
+    so a copied campaign root opens with its artifacts and registered models. Returns the rows changed."""
+    changed = 0
+    with sqlite3.connect(db) as con:
+        try:
+            olds = {v for (v,) in con.execute("select value from experiment_tags where key = ?", (ROOT,))}
+        except sqlite3.OperationalError:  # not (yet) an MLflow store
+            return 0
+        tables = {name for (name,) in con.execute("select name from sqlite_master where type = 'table'")}
+        for old in olds - {str(root)}:
+            for before, after in ((Path(old).as_uri() + "/", root.as_uri() + "/"), (old + "/", f"{root}/")):
+                for table, column in PATH_COLUMNS:
+                    if table in tables:
+                        changed += con.execute(
+                            f"update {table} set {column} = ? || substr({column}, ?) where substr({column}, 1, ?) = ?",
+                            (after, len(before) + 1, len(before), before)).rowcount
+            con.execute("update experiment_tags set value = ? where key = ? and value = ?", (str(root), ROOT, old))
+    if changed:
+        log.info("MLflow: the store %s was moved from %s; %d stored path(s) now point under %s", db,
+                 ", ".join(sorted(olds - {str(root)})), changed, root)
+    return changed
+
+
+def run_link(uri: str, experiment: str, run_id: str) -> str:
+    """Where a run opens in the MLflow UI: on the server itself, or (a local store) in `rlhf ui`'s default."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def check_store(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, with what to change, when the tracking server cannot be reached (before any step runs;
+    MLflow's client would otherwise retry for minutes at the first write)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(f"the MLflow server at tracking.uri={uri} does not answer ({err}): start it, or fix "
+                            "tracking.uri (null = a SQLite store under campaign.root)") from err
 
 
 def find_experiment(uri: str, name: str) -> str | None:
@@ -79,13 +154,25 @@ def find_experiment(uri: str, name: str) -> str | None:
     return found.experiment_id if found is not None else None
 
 
-def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
-    """The id of the experiment ``name``, created (artifacts under ``artifact_root/name``) if missing."""
+def experiment_id(uri: str, name: str, artifact_root: Path | str | None) -> str:
+    """The id of the experiment ``name``, created if missing: on a server with the server's artifact store
+    (unless ``artifact_root`` names one, e.g. an ``s3://`` URL), locally under ``artifact_root/name``."""
+    client = _client(uri)
     found = find_experiment(uri, name)
-    if found is not None:
-        return found
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return _client(uri).create_experiment(name, artifact_location=location)
+    if found is None:
+        tags = dict(EXPERIMENT_TAGS)
+        if is_remote(uri):
+            location = str(artifact_root).rstrip("/") + f"/{name}" if artifact_root else None
+        else:
+            location = (Path(artifact_root) / name).resolve().as_uri() if artifact_root else None
+        if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
+            tags[ROOT] = str(Path(uri.removeprefix("sqlite:///")).parent)
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    tags = client.get_experiment(found).tags
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in tags:  # an experiment made before the tag was set
+            client.set_experiment_tag(found, key, value)
+    return found
 
 
 def find_or_create_run(uri: str, experiment: str, name: str, tags: dict[str, str]) -> str:
@@ -106,13 +193,22 @@ def _client(uri: str):
     return MlflowClient(uri)
 
 
-def iteration_run(uri: str, experiment: str, campaign: str, campaign_run_id: str, iteration: int) -> str:
+def iteration_run(uri: str, experiment: str, campaign: str, campaign_run_id: str, iteration: int,
+                  params: dict | None = None) -> str:
+    """The iteration's run, with its effective config as params (so comparing RLHF-V1 with RLHF-V2 in the
+    UI shows what differed). Params are write-once in MLflow, so a changed config gets a new run (tagged
+    with the config's hash); a rerun or a resume of the same config logs into the same run."""
     name = "SFT" if iteration == 0 else f"RLHF-V{iteration}"
-    return find_or_create_run(uri, experiment, name, {KIND: "iteration", CAMPAIGN: campaign, ITERATION: str(iteration),
-                                                       PARENT: campaign_run_id})
+    tags = {KIND: "iteration", CAMPAIGN: campaign, ITERATION: str(iteration), PARENT: campaign_run_id}
+    if params is not None:
+        tags[CONFIG] = stable_hash(params)[:16]
+    run_id = find_or_create_run(uri, experiment, name, tags)
+    if params:
+        log_params(uri, run_id, params)
+    return run_id
 
 
-class TrackingError(RuntimeError):
+class TrackingError(RLHFError, RuntimeError):
     """Writing to MLflow failed (the step outputs are fine; rerun the campaign to record them)."""
 
 
@@ -173,13 +269,22 @@ def flushed(on_failure: Callable[[BaseException], None] | None = None) -> Iterat
         yield
     except BaseException as error:
         RECORDER.flush(raise_errors=False)
-        if on_failure is not None:
-            try:
-                on_failure(error)
-            except Exception as err:  # the original error is what the user must see
-                log.warning("tracking: could not end the open MLflow runs: %s: %s", type(err).__name__, err)
+        _after_failure(on_failure, error)
         raise
-    RECORDER.flush()
+    try:
+        RECORDER.flush()
+    except TrackingError as error:  # a write failed at the very end: the runs it left open are ended too
+        _after_failure(on_failure, error)
+        raise
+
+
+def _after_failure(on_failure: Callable[[BaseException], None] | None, error: BaseException) -> None:
+    if on_failure is None:
+        return
+    try:
+        on_failure(error)
+    except Exception as err:  # the original error is what the user must see
+        log.warning("tracking: could not end the open MLflow runs: %s: %s", type(err).__name__, err)
 
 
 def _step_tags(tracking: Tracking, step: str) -> dict[str, str]:
@@ -330,6 +435,10 @@ def log_outputs(uri: str, run_id: str, out_dir: Path, files: Iterable[Path] | No
             client.log_artifact(run_id, str(file), out_dir.name)
 
 
+def log_file(uri: str, run_id: str, file: Path, artifact_path: str | None = None) -> None:
+    _client(uri).log_artifact(run_id, str(file), artifact_path)
+
+
 def log_dir(uri: str, run_id: str, directory: Path, artifact_path: str) -> None:
     """A whole directory (the campaign report with its plots) as artifacts under ``artifact_path``."""
     _client(uri).log_artifacts(run_id, str(directory), artifact_path)
@@ -351,19 +460,32 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(uri).set_terminated(run_id, status)
 
 
-def register(uri: str, name: str, source: Path, run_id: str, iteration: int) -> str:
-    """Register ``source`` (a model directory, by absolute path) as a version of ``name``, aliased
-    ``RLHF-V<n>`` and ``current``, and tagged ``latest=true`` (the tag moves off older versions).
-    Idempotent: the same source registered again returns its existing version."""
+def register(uri: str, name: str, model: dict, run_id: str, iteration: int) -> str:
+    """Register the model of a step reference ``model`` (``{"path", "key", ...}``) as a version of ``name``,
+    aliased ``RLHF-V<n>`` and ``current``, and tagged ``latest=true`` (the tag moves off older versions).
+    Locally the source is the model directory itself; on a server, a copy logged as artifacts of the run
+    ``run_id`` (``runs:/<run>/models/<name>``), which any teammate's client can load through the server.
+    Idempotent: a model already registered (same output key, or same source) returns its version."""
     client = _client(uri)
     label = "SFT" if iteration == 0 else f"RLHF-V{iteration}"
-    source_uri = source.resolve().as_uri()
+    path = Path(model["path"]).resolve()
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        client.create_registered_model(name, tags={"rlhf.kind": "model"})
+        client.create_registered_model(name, tags={KIND: "model"})
     versions = client.search_model_versions(f"name = '{name}'")
-    existing = next((v for v in versions if v.source == source_uri), None)
-    version = existing or client.create_model_version(name, source_uri, run_id=run_id,
-                                                      tags={"rlhf.iteration": str(iteration), "rlhf.label": label})
+    existing = next((v for v in versions if v.tags.get(KEY) == model["key"] or v.source == path.as_uri()), None)
+    if existing is not None:
+        version = existing
+    else:
+        if is_remote(uri):
+            artifact_path = f"models/{name}"
+            for file in sorted(path.iterdir()):  # the model's files; not its checkpoints or work folders
+                if file.is_file():
+                    client.log_artifact(run_id, str(file), artifact_path)
+            source = f"runs:/{run_id}/{artifact_path}"
+        else:
+            source = path.as_uri()
+        version = client.create_model_version(name, source, run_id=run_id, tags={
+            "rlhf.iteration": str(iteration), "rlhf.label": label, KEY: model["key"]})
     for other in versions:
         if other.version != version.version and other.tags.get("latest") == "true":
             client.delete_model_version_tag(name, other.version, "latest")

@@ -1,10 +1,14 @@
 """A small document model rendered both as Markdown and as a self-contained HTML page (the report's two
-formats come from one source, so they cannot disagree)."""
+formats come from one source, so they cannot disagree). The HTML carries its images inline, so it renders
+wherever it is opened alone: MLflow's artifact viewer, a mail attachment, a copied file."""
 
 from __future__ import annotations
 
+import base64
 import html
+import mimetypes
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -53,7 +57,8 @@ class Doc:
                 out += ["```yaml", value.rstrip("\n"), "```", ""]
         return "\n".join(out)
 
-    def html(self) -> str:
+    def html(self, base: Path | None = None) -> str:
+        """The page; images (paths relative to ``base``) are inlined as data URIs when ``base`` is given."""
         e = html.escape
         body = [f"<h1>{e(self.title)}</h1>"]
         for kind, value in self.blocks:
@@ -67,7 +72,8 @@ class Doc:
                             + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
                             + "</table>")
             elif kind == "image":
-                body.append(f'<figure><img src="{e(value[0])}" alt="{e(value[1])}"></figure>')
+                src = _data_uri(base / value[0]) if base is not None else value[0]
+                body.append(f'<figure><img src="{e(src)}" alt="{e(value[1])}"></figure>')
             elif kind == "quote":
                 body.append(f"<p><b>{e(value[0])}</b></p><blockquote>{e(value[1] or '(empty)')}</blockquote>")
             elif kind == "code":
@@ -80,6 +86,11 @@ STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
          "th{background:#f3f3f3}img{max-width:100%}blockquote{white-space:pre-wrap;border-left:3px solid #ccc;"
          "margin:.3em 0 1em;padding-left:1em;color:#333}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+
+
+def _data_uri(path: Path) -> str:
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 def _inline(text: str) -> str:

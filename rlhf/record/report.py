@@ -1,7 +1,7 @@
 """The campaign report (``rlhf report``; also written at the end of every campaign run)::
 
     <campaign>/report/report.md, report.html    the same content in two formats
-    <campaign>/report/plots/*.png               the figures both link to
+    <campaign>/report/plots/*.png               the figures (linked from report.md, inlined in report.html)
 
 Everything in it comes from ``summary.json`` (the numbers MLflow also holds) plus the steps' own tables
 (the rejection-sampling gain for Fig. 7, the evaluation's answers for the examples, the table of a margin
@@ -457,5 +457,5 @@ def write_report(home: Path) -> Path:
         (tmp / "plots").mkdir()
         doc = build(home, tmp / "plots")
         (tmp / "report.md").write_text(doc.markdown())
-        (tmp / "report.html").write_text(doc.html())
+        (tmp / "report.html").write_text(doc.html(base=tmp))
     return home / REPORT_DIR / "report.md"

@@ -67,28 +67,37 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
     }
 
 
+# Metric sections in reading order, numbered so MLflow (which sorts names alphabetically) lists the
+# headline first and the rest in the DAG's order: win rates, RMs, temperature, pool, PPO, GAtt.
+SECTION_ORDER = ("win_rate", "rm", "temperature", "rejection", "ppo", "gatt")
+
+
 def progression_metrics(entry: dict) -> dict[str, float]:
-    """The numbers plotted across iterations in MLflow (logged with ``step=iteration``)."""
-    out = {"temperature/chosen": entry["temperature"]["chosen"],
-           "rejection/pool_mean_score": entry["rejection"]["pool_mean_score"],
-           "rejection/pool_size": entry["rejection"]["pool_size"]}
-    if entry["rejection"].get("max_of_k_mean") is not None:
-        out["rejection/max_of_k_mean"] = entry["rejection"]["max_of_k_mean"]
+    """The numbers plotted across iterations in MLflow (logged with ``step=iteration``), named
+    ``<n>_<section>/...`` (``1_win_rate/sft/gold``, ``2_rm/helpful/accuracy``, ...); a win rate's 95 % CI
+    bounds sit beside it (``.../ci_lo``, ``.../ci_hi``)."""
+    out = {}
+    for key, result in entry["win_rate"].items():
+        out[f"win_rate/{key}"] = result["win_rate"]
+        out[f"win_rate/{key}/ci_lo"], out[f"win_rate/{key}/ci_hi"] = result["ci95"]
+    for name, rm in entry["reward"].items():
+        out[f"rm/{name}/accuracy"] = rm["accuracy"]
+        out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}
+    out["temperature/chosen"] = entry["temperature"]["chosen"]
     for t, value in entry["temperature"]["curve"].items():
         out[f"temperature/curve/T{t}"] = value
+    out["rejection/pool_mean_score"] = entry["rejection"]["pool_mean_score"]
+    out["rejection/pool_size"] = entry["rejection"]["pool_size"]
+    if entry["rejection"].get("max_of_k_mean") is not None:
+        out["rejection/max_of_k_mean"] = entry["rejection"]["max_of_k_mean"]
+    if entry.get("ppo"):
+        out |= {f"ppo/{k}": entry["ppo"][k] for k in ("reward_start", "reward_end", "kl_end", "steps")}
     if entry.get("gatt"):
         g = entry["gatt"]
         out |= {f"gatt/adherence_mean/{k}": v for k, v in g["adherence_mean"].items()}
         out |= {f"gatt/zero_shot/{k}": v for k, v in g["zero_shot"].items()}
-    if entry.get("ppo"):
-        out |= {f"ppo/{k}": entry["ppo"][k] for k in ("reward_start", "reward_end", "kl_end", "steps")}
-    for name, rm in entry["reward"].items():
-        out[f"rm/{name}/accuracy"] = rm["accuracy"]
-        out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}
-    for key, result in entry["win_rate"].items():
-        out[f"win_rate/{key}"] = result["win_rate"]
-        out[f"win_rate/{key}/ci_lo"], out[f"win_rate/{key}/ci_hi"] = result["ci95"]
-    return {k: float(v) for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    return {f"{SECTION_ORDER.index(k.split('/')[0]) + 1}_{k}": float(v) for k, v in out.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
 def table(summary: dict) -> str:
@@ -109,3 +118,22 @@ def _win(entry: dict, key: str) -> str:
         return "-"
     lo, hi = result["ci95"]
     return f"{100 * result['win_rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] n={result['n']}"
+
+
+def iteration_markdown(entry: dict) -> str:
+    """One iteration's results as a Markdown table (the Prefect artifact of its flow run)."""
+    rows = [("win rate vs " + key.replace("/", ", judge "), _win(entry, key)) for key in entry["win_rate"]]
+    for name, rm in entry["reward"].items():
+        acc = "-" if rm["accuracy"] is None else f"{100 * rm['accuracy']:.0f}%"
+        rows.append((f"{name} RM accuracy (held out)", f"{acc} n={rm['n_test']}"))
+    pool = entry["rejection"]
+    rows += [("temperature chosen", f"{entry['temperature']['chosen']:g}"),
+             ("pool mean score", f"{pool['pool_mean_score']:.3f} ({pool['pool_size']} prompts)")]
+    if entry.get("ppo"):
+        ppo = entry["ppo"]
+        rows.append(("PPO reward (start -> end)", f"{ppo['reward_start']:.3f} -> {ppo['reward_end']:.3f}"))
+    if entry.get("gatt"):
+        rows.append(("GAtt zero-shot adherence (before -> after)",
+                     " -> ".join(f"{100 * entry['gatt']['zero_shot'][k]:.0f}%" for k in ("before", "after"))))
+    return "\n".join(["| RLHF-V{} | |".format(entry["iteration"]), "|---|---|",
+                      *(f"| {name} | {value} |" for name, value in rows)])

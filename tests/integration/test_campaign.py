@@ -10,13 +10,13 @@ import time
 from datetime import datetime, timezone
 
 import pandas as pd
+import prefect_runs  # a helper module beside this file (pytest puts its folder on the path)
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.testing.utilities import prefect_test_harness
-from prefect_runs import task_states  # a helper module beside this file (pytest puts its folder on the path)
 
 from rlhf.cli import main
 from rlhf.core.training import InjectedFault
@@ -56,12 +56,34 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     tmp_path, cfg, summary, t0, first = (smoke_run[k] for k in ("root", "cfg", "summary", "t0", "seconds"))
 
     # Prefect: every step ran once per iteration, all Completed.
-    states = task_states(t0)
+    states = prefect_runs.task_states(t0)
     assert set(states) == set(STEPS)
     assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
     assert len(states["ppo"]) == 1  # campaign.ppo_at defaults to the iteration before the last: V1
     assert len(states["gatt"]) == 1  # smoke: campaign.gatt_from=2
     assert {s for v in states.values() for s in v} == {"Completed"}
+
+    # Prefect's graphs: exactly the data dependencies; runs tagged; each iteration publishes its results.
+    flows = {run.name: run for run in prefect_runs.flow_runs(t0)}
+    assert set(flows) == {"c", "c-RLHF-V1", "c-RLHF-V2"}
+    assert flows["c"].tags == ["campaign:c"]
+    assert sorted(flows["c-RLHF-V2"].tags) == ["campaign:c", "iteration:2"]
+    zero_tags, zero_edges = prefect_runs.graph(flows["c"].id)  # the iterations are its subflows' task runs
+    assert zero_tags["sft"] == ["campaign:c", "iteration:0"]
+    assert zero_edges == {("sft", "rlhf-iteration-0"), ("seed_pairs", "rlhf-iteration-0"), ("sft", "rlhf-iteration-1"),
+                          ("seed_pairs", "rlhf-iteration-1"), ("rlhf-iteration-0", "rlhf-iteration-1")}
+    v1_tags, v1_edges = prefect_runs.graph(flows["c-RLHF-V1"].id)
+    rms_feed = {"eval_reward_models", "search_temperature", "rejection_sample", "ppo", "evaluate"}
+    assert v1_edges == {("collect_pairs", "annotate"), ("annotate", "train_reward_models"),
+                        *(("train_reward_models", s) for s in rms_feed), ("search_temperature", "rejection_sample"),
+                        ("rejection_sample", "train_policy"), ("train_policy", "ppo"), ("ppo", "evaluate")}
+    assert v1_tags["annotate"] == ["campaign:c", "iteration:1"]
+    _, v2_edges = prefect_runs.graph(flows["c-RLHF-V2"].id)  # GAtt instead of PPO
+    assert {("train_policy", "gatt"), ("gatt", "evaluate")} <= v2_edges and ("train_policy", "ppo") not in v2_edges
+    published = prefect_runs.artifacts(flows["c-RLHF-V2"].id)
+    assert [a["key"] for a in published] == ["c-rlhf-v2"] and published[0]["type"] == "markdown"
+    assert "| win rate vs sft, judge gold |" in published[0]["data"] and "/#/experiments/" in published[0]["data"]
+    assert [a["key"] for a in prefect_runs.artifacts(flows["c"].id)] == ["c-campaign"]
 
     # summary.json: the schema scripts rely on, filled.
     on_disk = json.loads((tmp_path / "c" / "summary.json").read_text())
@@ -115,10 +137,10 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS) + 2  # + PPO in V1, GAtt in V2
     assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["rlhf.kind"] == "iteration" for r in step_runs)
     assert {r.info.status for r in step_runs} == {"FINISHED"}
-    history = client.get_metric_history(campaign[0].info.run_id, "temperature/chosen")
+    history = client.get_metric_history(campaign[0].info.run_id, "3_temperature/chosen")
     assert sorted(m.step for m in history) == [1, 2]
-    assert client.get_metric_history(campaign[0].info.run_id, "rm/helpful/accuracy/significantly_better")
-    assert client.get_metric_history(campaign[0].info.run_id, "win_rate/sft/gold")
+    assert client.get_metric_history(campaign[0].info.run_id, "2_rm/helpful/accuracy/significantly_better")
+    assert client.get_metric_history(campaign[0].info.run_id, "1_win_rate/sft/gold")
     rm_step = next(r for r in step_runs if r.data.tags["rlhf.step"] == "train_reward_models")
     assert any(m.startswith("helpful/train/loss") for m in rm_step.data.metrics) or \
         client.get_metric_history(rm_step.info.run_id, "helpful/train/loss")
@@ -137,7 +159,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     started = time.perf_counter()
     again = run_campaign(cfg)
     second = time.perf_counter() - started
-    states = task_states(t1)
+    states = prefect_runs.task_states(t1)
     assert {s for v in states.values() for s in v} == {"Cached"}, states
     assert (tmp_path / "c" / "iter-2" / "train_policy" / "manifest.json").read_text() == manifest
     assert again["iterations"] == summary["iterations"]
@@ -163,7 +185,7 @@ def test_fault_mid_training_then_resume(tmp_path):
     t0 = datetime.now(timezone.utc)
     assert main(["resume", f"campaign.root={tmp_path}", "campaign.name=f"]) == 0  # the stored config, minus the fault
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
-    states = task_states(t0)
+    states = prefect_runs.task_states(t0)
     before = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
               "search_temperature", "rejection_sample")
     assert all(states[s][0] == "Cached" for s in before), states  # iteration 1's (and 0's) finished steps
@@ -248,7 +270,8 @@ def test_report_of_the_smoke_campaign(smoke_run):
     assert "| RLHF-V2 | after GAtt |" in md and "| RLHF-V1 |" in md.split("## PPO")[1].split("##")[0]
     for name in plots:
         assert (report / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"plots/{name}" in md and f'src="plots/{name}"' in page
+        assert f"plots/{name}" in md  # linked from the Markdown, inlined in the HTML
+    assert 'src="plots/' not in page and page.count('src="data:image/png;base64,') == len(plots)
     # The numbers: each iteration's win rates as printed, and the same as MLflow's.
     client = MlflowClient(summary["tracking_uri"])
     for it in summary["iterations"]:

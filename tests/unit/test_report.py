@@ -3,6 +3,7 @@ summary with the optional parts missing (no Safety RM, no step outputs on disk) 
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from rlhf.core.errors import RLHFError
 from rlhf.record.document import Doc
 from rlhf.record.report import SECTIONS, verdict, write_report
+from rlhf.record.summary import iteration_markdown, progression_metrics
 
 
 def result(win_rate, lo, hi, n=40):
@@ -68,6 +70,31 @@ def test_report_from_a_summary_with_optional_parts_missing(tmp_path):
     assert "**RLHF-V2 is not distinguishable from the SFT model** by the gold judge" in md
     assert {p.name for p in (path.parent / "plots").iterdir()} == {"win_rates.png", "rm_accuracy.png",
                                                                    "temperature.png", "pool.png"}
+    # The HTML stands alone (MLflow's artifact viewer shows it without its folder): each plot inlined.
+    page = (path.parent / "report.html").read_text()
+    assert 'src="plots/' not in page and page.count('src="data:image/png;base64,') == 4
+    png = (path.parent / "plots" / "pool.png").read_bytes()
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
     # Rebuilt in place: the old report is replaced whole, no temp directories left behind.
     write_report(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "summary.json"]
+
+
+def test_progression_metrics_sort_in_reading_order_with_ci_bounds_beside():
+    metrics = progression_metrics(entry(2, ppo={"steps": 12, "reward_start": 0.1, "reward_end": 0.4, "kl_end": 0.02}))
+    names = sorted(metrics)  # as MLflow lists them
+    sections = [name.split("/")[0] for name in names]
+    assert sections == sorted(sections, key=lambda s: int(s.split("_")[0]))
+    assert sections[0] == "1_win_rate" and sections[-1] == "5_ppo"
+    assert names[:3] == ["1_win_rate/sft/gold", "1_win_rate/sft/gold/ci_hi", "1_win_rate/sft/gold/ci_lo"]
+    assert (metrics["1_win_rate/sft/gold/ci_lo"], metrics["1_win_rate/sft/gold/ci_hi"]) == (0.5, 0.75)
+    assert metrics["2_rm/helpful/accuracy/better"] == 0.7 and metrics["3_temperature/chosen"] == 0.8
+    assert metrics["4_rejection/pool_size"] == 10 and metrics["5_ppo/reward_end"] == 0.4
+
+
+def test_iteration_markdown_is_a_table_of_the_results():
+    text = iteration_markdown(entry(1))
+    lines = text.splitlines()
+    assert lines[:2] == ["| RLHF-V1 | |", "|---|---|"] and all(line.count("|") == 3 for line in lines)
+    assert "| win rate vs sft, judge gold | 62% [50, 75] n=40 |" in lines
+    assert "| helpful RM accuracy (held out) | 65% n=20 |" in lines and "| temperature chosen | 0.8 |" in lines
