@@ -94,10 +94,28 @@ def mlflow_server(backend_uri: str, artifacts: Path) -> Iterator[str]:
         wait_for(f"{url}/health", process, 120, log)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
         shutil.rmtree(log.parent, ignore_errors=True)
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process group a server was started in (``start_new_session``), then wait until every
+    member is gone, not only the leader (``mlflow server`` runs uvicorn and several job consumers, which
+    take a few seconds to exit); SIGKILL whatever is left after ``timeout``."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # raises once the group is empty
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait()
