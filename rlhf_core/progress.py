@@ -69,3 +69,14 @@ def quiet() -> Iterator[None]:
         yield
     finally:
         _QUIET.reset(token)
+
+
+def follow_library_bars() -> None:
+    """transformers' own bars (loading weights, writing shards) follow the same rule as ours: off when
+    ours would not show (no terminal, ``RLHF_PROGRESS=0``), so a CI log has none of their carriage returns."""
+    from transformers.utils import logging as hf_logging
+
+    if shown():
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()

@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..artifacts import atomic_dir, digest, read_jsonl, step_key, verify_output, write_jsonl, write_manifest, write_text
 from ..models import EMBEDDED, TINY, ModelConfig, save_model
+from ..progress import follow_library_bars
 from .outputs import METRICS
 
 log = logging.getLogger("rlhf")
@@ -123,6 +124,7 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     ``tmp_dir``, which replaces ``out_dir`` only when it returns (resumable state goes to
     :func:`work_dir_for`, prepared here for this key). Returns the manifest.
     """
+    follow_library_bars()
     out_dir = Path(out_dir)
     key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
     if (manifest := cached(name, out_dir, key)) is not None:

@@ -119,3 +119,16 @@ def test_gatt_synthesis_total_shrinks_when_dialogues_end(backend, monkeypatch, c
                      SamplingConfig(max_new_tokens=6, seed=0))
     answered = sum(len(shares) for shares in out.followed_share)  # one share per turn a dialogue reached
     assert last_count(capsys.readouterr().err, "gatt dialogues") == (answered, answered)
+
+
+def test_transformers_bars_follow_ours(monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from rlhf.core.progress import follow_library_bars
+
+    monkeypatch.setenv("RLHF_PROGRESS", "0")
+    follow_library_bars()
+    assert not hf_logging.is_progress_bar_enabled()
+    monkeypatch.setenv("RLHF_PROGRESS", "1")
+    follow_library_bars()
+    assert hf_logging.is_progress_bar_enabled()
