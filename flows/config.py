@@ -26,6 +26,7 @@ from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.errors import ConfigError
 from rlhf.core.evaluation import EvalConfig
 from rlhf.core.gatt import GAttConfig
+from rlhf.core.launch import LaunchConfig, check_launch
 from rlhf.core.models import ModelConfig
 from rlhf.core.ppo import PPOConfig
 from rlhf.core.prompt_sets import PromptsConfig
@@ -153,6 +154,7 @@ class RootConfig:
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     io: IOConfig = field(default_factory=IOConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)  # processes per training step (SFT and RMs for now)
 
 
 def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
@@ -187,6 +189,13 @@ def check_sizes(cfg: RootConfig) -> None:
                 raise ConfigError(key, f"must be at least {low}, got {value}")
 
 
+def check_launched_training(cfg: RootConfig) -> None:
+    """The ``launch`` group, and the training sections it applies to (``sft``, ``reward.train``) against
+    its number of processes: a clear error naming the key before anything runs. ``train_policy``, ``ppo``
+    and ``gatt`` run in one process whatever ``launch`` says, so they are not checked."""
+    check_launch(cfg.launch, {"sft": cfg.sft, "reward.train": cfg.reward.train})
+
+
 def _register() -> None:
     ConfigStore.instance().store(name="base_config", node=RootConfig)
 
@@ -210,6 +219,7 @@ def compose_config(overrides: list[str] | None = None):
         raise _config_error(err, overrides) from err
     cfg.campaign.validate()
     check_sizes(cfg)
+    check_launched_training(cfg)
     return cfg
 
 
@@ -366,6 +376,7 @@ def config_from_dict(values: dict) -> RootConfig:
     cfg = copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True)))
     cfg.campaign.validate()
     check_sizes(cfg)
+    check_launched_training(cfg)
     return cfg
 
 

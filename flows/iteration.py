@@ -237,7 +237,8 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     labelled = carried.labelled + [refs["annotate"]]
     # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
     rms = refs["train_reward_models"] = step(steps.train_reward_models, init=carried.sft, model=cfg.model,
-                                             reward=cfg.reward, seed=carried.seed, labelled=labelled)
+                                             reward=cfg.reward, seed=carried.seed, labelled=labelled,
+                                             launch=cfg.launch)
     refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
     sampling = {"model": cfg.model, "sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}

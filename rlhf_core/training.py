@@ -37,6 +37,7 @@ from torch import nn
 
 from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
+from .launch import is_main_process
 from .models import resolve_precision
 from .progress import progress
 
@@ -164,11 +165,14 @@ def _damage(checkpoint: Path) -> str | None:
 
 def latest_checkpoint(work_dir: Path) -> Path | None:
     """The newest checkpoint that is whole. A damaged one (a crash mid-write, a truncated file) is set
-    aside with a warning and the one before it is taken; None when none is left (a fresh start)."""
+    aside with a warning and the one before it is taken; None when none is left (a fresh start). With
+    several processes only the main one sets it aside; the others pass over it (damaged, or gone)."""
     for checkpoint in reversed(_checkpoints(work_dir)):
         problem = _damage(checkpoint)
         if problem is None:
             return checkpoint
+        if not is_main_process():
+            continue
         aside = checkpoint.with_name(f".damaged-{checkpoint.name}")
         log.warning("checkpoint %s is damaged (%s): set aside as %s; resuming from the one before it, if any",
                     checkpoint, problem, aside.name)
@@ -198,6 +202,8 @@ def atomic_checkpoint(work_dir: Path, step: int, keep: int = 2, accelerator=None
     if accelerator is not None:
         accelerator.wait_for_everyone()
     yield tmp
+    if accelerator is not None:  # every process's share (its RNG state) is written before the dir is sealed
+        accelerator.wait_for_everyone()
     if main:
         (tmp / TRAINER_STATE).write_text(json.dumps({"step": step, **(state or {})}))
         (tmp / CHECKPOINT_FILES).write_text(json.dumps(file_records(tmp)))
@@ -294,22 +300,26 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
         micro_batches = plans[epoch][step % per_epoch]
         n_units = sum(units(examples[i]) for mb in micro_batches for i in mb)
         mine = micro_batches[rank::world]
+        # An epoch's short last batch may leave a process without a micro-batch. It still joins the
+        # gradient all-reduce (DDP syncs in backward; a process that skips it stalls the others): it
+        # runs the batch's first micro-batch at weight 0 and counts nothing from it.
+        idle = not mine
         started = time.perf_counter()
         sums: dict[str, float] = {}
         n_tokens = 0
-        for k, indices in enumerate(mine):
+        for k, indices in enumerate(micro_batches[:1] if idle else mine):
             batch = {key: value.to(accelerator.device) for key, value in
                      collate([examples[i] for i in indices]).items()}
-            n_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-            sync = k == len(mine) - 1
+            n_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch and not idle else 0
+            sync = idle or k == len(mine) - 1
             with (accelerator.no_sync(objective) if not sync else nullcontext()), accelerator.autocast():
                 out = objective(**batch)
-                loss = out["loss_sum"] * world / max(1, n_units)
+                loss = out["loss_sum"] * 0.0 if idle else out["loss_sum"] * world / max(1, n_units)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(_nonfinite_message("loss", step, work_dir))
             accelerator.backward(loss)
             for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums[key] = sums.get(key, 0.0) + (0.0 if idle else float(value.detach()))
         grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
         if not torch.isfinite(torch.as_tensor(grad_norm)):
             raise NonFiniteLossError(_nonfinite_message("gradient norm", step, work_dir))

@@ -33,6 +33,7 @@ from rlhf.core.artifacts import code_version, digest, source_digest, stable_hash
 from rlhf.core.errors import ConfigError
 from rlhf.core.evaluation import EvalConfig
 from rlhf.core.gatt import GAttConfig
+from rlhf.core.launch import LaunchConfig
 from rlhf.core.models import ModelConfig
 from rlhf.core.ppo import PPOConfig
 from rlhf.core.prompt_sets import PromptsConfig
@@ -129,8 +130,11 @@ def tracked_params(step: str, parameters: dict) -> dict:
     """What a step's MLflow run shows as params: the config sections and values the task was called with
     (``config`` named after the step); upstream references (in the step's manifest), the iteration
     directory and the fault switch are left out."""
-    return {step if name == "config" else name: _plain(value) for name, value in parameters.items()
-            if name not in NOT_KEYED | {"here"} and not _holds_refs(value)}
+    params = {step if name == "config" else name: _plain(value) for name, value in parameters.items()
+              if name not in NOT_KEYED | {"here"} and not _holds_refs(value)}
+    if isinstance(parameters.get("launch"), LaunchConfig):  # the steps that can run on several processes
+        params["world_size"] = parameters["launch"].num_processes
+    return params
 
 
 def cache_key(context, parameters: dict) -> str:
@@ -214,10 +218,13 @@ def scorer_for(base: ScorerConfig, rms: dict[str, Ref]) -> ScorerConfig:
 
 
 @step_task("sft")
-def sft(model: ModelConfig, data: DataConfig, config: SFTConfig, here: str, fault: Fault | None = None) -> Ref:
+def sft(model: ModelConfig, data: DataConfig, config: SFTConfig, here: str, fault: Fault | None = None,
+        launch: LaunchConfig | None = None) -> Ref:
+    """SFT of the base model; on ``launch.num_processes`` processes when that is more than one."""
     from rlhf.core.steps.sft import sft_step
 
-    return _one("sft", SFT, here, fault, lambda out, f: sft_step(model, data, _failing(config, f), out))
+    return _one("sft", SFT, here, fault, lambda out, f: sft_step(model, data, _failing(config, f), out,
+                                                                  launch=launch))
 
 
 @step_task("seed_pairs")
@@ -257,14 +264,15 @@ def rm_data(reward: RewardSection, name: str, seed: Ref, labelled: list[Ref]) ->
 
 @step_task("train_reward_models")
 def train_reward_models(init: Ref, model: ModelConfig, reward: RewardSection, seed: Ref, labelled: list[Ref],
-                        here: str, fault: Fault | None = None) -> dict[str, Ref]:
-    """The Helpfulness and (unless ``reward.train_safety`` is off) Safety RMs, from the SFT checkpoint."""
+                        here: str, fault: Fault | None = None, launch: LaunchConfig | None = None) -> dict[str, Ref]:
+    """The Helpfulness and (unless ``reward.train_safety`` is off) Safety RMs, from the SFT checkpoint; each
+    on ``launch.num_processes`` processes when that is more than one."""
     from rlhf.core.steps.reward import rm_train_step
 
     def body(f: Fault | None) -> dict:
         return {name: (rm_outputs(name), rm_outputs(name).dir(here), rm_train_step(
             _model(model, init), rm_data(reward, name, seed, labelled), _failing(reward.train, f),
-            rm_outputs(name).dir(here), name=name)) for name in rm_names(reward.train_safety)}
+            rm_outputs(name).dir(here), name=name, launch=launch)) for name in rm_names(reward.train_safety)}
 
     return _outputs("train_reward_models", fault, body)
 

@@ -47,7 +47,7 @@ def cmd_rm_train(overrides: list[str]) -> int:
     out = here(cfg)
     with writing(cfg):
         manifests = {name: rm_train_step(cfg.model, getattr(cfg.reward, name), cfg.reward.train,
-                                         rm_outputs(name).dir(out), name=name)
+                                         rm_outputs(name).dir(out), name=name, launch=cfg.launch)
                      for name in rm_names(cfg.reward.train_safety)}
     for name, manifest in manifests.items():
         metrics = manifest["metrics"]

@@ -22,7 +22,7 @@ def cmd_sft(overrides: list[str]) -> int:
     cfg = compose(overrides)
     out_dir = SFT.dir(iteration_dir(cfg, 0))
     with writing(cfg):
-        metrics = sft_step(cfg.model, cfg.data, cfg.sft, out_dir)["metrics"]
+        metrics = sft_step(cfg.model, cfg.data, cfg.sft, out_dir, launch=cfg.launch)["metrics"]
     print(f"\nSFT model: {out_dir}")
     print(f"  steps {metrics['steps']}, train loss {metrics['train_loss_first']:.3f} -> "
           f"{metrics['train_loss_last']:.3f}", end="")

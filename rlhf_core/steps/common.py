@@ -1,5 +1,11 @@
 """What every step runner shares: logging its start/end line, the model digest, the work dir, the metrics
-log and the model output of a training step."""
+log and the model output of a training step.
+
+A training step may run on several processes (``rlhf.core.launch``): then the runner is called on every
+rank, and this frame lets only the main rank write (the work dir's preparation, the output dir, the
+manifest, ``metrics.jsonl``, the model); the other ranks compute their share and exit.
+:func:`launched_step` is the calling process's side: it starts the ranks and returns the manifest the
+main rank committed."""
 
 from __future__ import annotations
 
@@ -13,6 +19,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..artifacts import atomic_dir, digest, read_jsonl, step_key, verify_output, write_jsonl, write_manifest, write_text
+from ..errors import RLHFError
+from ..launch import (
+    LaunchConfig,
+    check_launch,
+    is_main_process,
+    run_launched,
+    runner_path,
+    wait_for_everyone,
+    world_size,
+)
 from ..models import EMBEDDED, TINY, ModelConfig, save_model
 from ..progress import follow_library_bars
 from .outputs import METRICS
@@ -22,12 +38,14 @@ log = logging.getLogger("rlhf")
 
 class MetricsLog:
     """Appends each step's metrics to ``metrics.jsonl`` in the work dir (survives a crash) and forwards
-    them; on resume, lines past the checkpoint are dropped since those steps run again."""
+    them; on resume, lines past the checkpoint are dropped since those steps run again. Only the main
+    process writes it (the training loop reports metrics there only)."""
 
     def __init__(self, path: Path, resume_step: int, forward: Callable[[dict, int], None] | None):
         self.path, self.forward = path, forward
-        kept = [row for row in read_jsonl(path) if row["step"] <= resume_step] if path.is_file() else []
-        write_jsonl(path, kept)
+        if is_main_process():
+            kept = [row for row in read_jsonl(path) if row["step"] <= resume_step] if path.is_file() else []
+            write_jsonl(path, kept)
 
     def __call__(self, metrics: dict, step: int) -> None:
         with self.path.open("a") as handle:
@@ -117,12 +135,18 @@ def keyed(train_cfg) -> dict:
 
 
 def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict],
-             body: Callable[[Path], dict], describe: str = "", summary: Callable[[dict], str] | None = None) -> dict:
+             body: Callable[[Path | None], dict], describe: str = "",
+             summary: Callable[[dict], str] | None = None) -> dict:
     """The frame of every step: cache check, a start and an end log line, atomic output, manifest.
 
     ``inputs`` maps names to ``{"path", "digest"}``; ``body(tmp_dir) -> metrics`` writes the outputs into
     ``tmp_dir``, which replaces ``out_dir`` only when it returns (resumable state goes to
-    :func:`work_dir_for`, prepared here for this key). Returns the manifest.
+    :func:`work_dir_for`, prepared here for this key). Returns the manifest, which records the
+    ``world_size`` the step ran on.
+
+    On the ranks of a launched step, only the main one prepares the work dir (the others wait for it: it
+    may discard another key's checkpoints), writes the output and the manifest and logs the frame's lines;
+    the others call ``body(None)`` (compute, write nothing) and return ``{}``.
     """
     follow_library_bars()
     out_dir = Path(out_dir)
@@ -130,20 +154,59 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     if (manifest := cached(name, out_dir, key)) is not None:
         log.info("%s: cached, same config and inputs -> %s", name, out_dir)
         return manifest
-    work = prepare_work_dir(name, out_dir, key)
+    main = is_main_process()
+    work = prepare_work_dir(name, out_dir, key) if main else work_dir_for(out_dir)
+    wait_for_everyone()
+    if not main:
+        body(None)
+        return {}
     log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
     started = time.perf_counter()
     try:
         with atomic_dir(out_dir) as tmp:
             metrics = body(tmp)
             metrics["wall_seconds"] = time.perf_counter() - started
-            manifest = write_manifest(tmp, name, key, config, inputs, metrics)
+            manifest = write_manifest(tmp, name, key, config, inputs, metrics, world_size=world_size())
     except BaseException:
         _drop_if_empty(work, out_dir.parent)  # checkpoints stay for the rerun; an empty frame does not
         raise
     finish(out_dir)
     log.info("%s: done in %.0f s%s -> %s", name, metrics["wall_seconds"],
              f": {summary(metrics)}" if summary else "", out_dir)
+    return manifest
+
+
+def launch_dir_for(out_dir: Path) -> Path:
+    """Where a launched step keeps its spec and its ranks' logs: a hidden sibling of its output, removed on
+    success and kept after a failure (the error names it)."""
+    return out_dir.parent / f".{out_dir.name}.launch"
+
+
+def launched_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict], launch: LaunchConfig,
+                  runner: Callable, args: dict, batches: dict | None = None,
+                  on_metrics: Callable[[dict, int], None] | None = None) -> dict:
+    """Run the step ``runner(**args)`` on ``launch.num_processes`` ranks (``rlhf.core.launch``) unless the
+    output is cached, and return the manifest its main rank wrote; ``config`` and ``inputs`` are the ones
+    the runner keys its output with (the cache check happens here too, so a cached step starts nothing).
+    ``batches``: the training configs to check against the number of processes (``{"sft": SFTConfig}``).
+    ``on_metrics`` cannot follow the ranks live: it gets every step's metrics from ``metrics.jsonl`` when
+    the step is done."""
+    out_dir = Path(out_dir)
+    check_launch(launch, batches)
+    key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
+    if (manifest := cached(name, out_dir, key)) is not None:
+        log.info("%s: cached, same config and inputs -> %s", name, out_dir)
+        return manifest
+    launch_dir = launch_dir_for(out_dir)
+    run_launched(name, runner_path(runner), args, launch, launch_dir)
+    manifest, problem = verify_output(out_dir, key)
+    if problem:
+        raise RLHFError(f"{name}: the launched processes finished, but {out_dir} is not the output they were to "
+                        f"write ({problem}); their logs: {launch_dir}")
+    shutil.rmtree(launch_dir, ignore_errors=True)
+    if on_metrics is not None:
+        for row in read_jsonl(out_dir / METRICS):
+            on_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
     return manifest
 
 

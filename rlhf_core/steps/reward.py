@@ -8,6 +8,9 @@ Every step goes through ``run_step`` (cache key, start/end log lines, atomic out
 SFT step, checkpoints live in a hidden ``.<name>.work`` sibling while the step runs, and are discarded
 rather than resumed when the config or inputs changed.
 
+``rm_train_step`` with ``launch.num_processes > 1`` trains on that many processes (``rlhf.core.launch``);
+the main one alone evaluates and writes the RM directory.
+
 Pairs come from files (``RMDataConfig.data``: JSONL/Parquet, the Anthropic HH format too) or, when none
 are given, from the simulated rater (``rlhf_core/reward/synthetic.py``).
 """
@@ -24,6 +27,7 @@ import pandas as pd
 
 from ..artifacts import stable_hash
 from ..errors import ConfigError
+from ..launch import LaunchConfig, is_main_process, keyed_launch, launches
 from ..models import ModelConfig
 from ..preferences import LEVELS, load_pairs, split_pairs
 from ..reward.ablation import VARIANTS, ablate_margins
@@ -32,7 +36,17 @@ from ..reward.model import load_reward_model, reward_model_from_policy, save_rew
 from ..reward.synthetic import make_demo_pairs
 from ..reward.train import RewardConfig, RMDataConfig, evaluate_reward_model, train_reward_model
 from ..training import checkpoint_step, latest_checkpoint, steps_per_epoch
-from .common import MetricsLog, file_input, keyed, log, model_input, run_step, save_model_output, work_dir_for
+from .common import (
+    MetricsLog,
+    file_input,
+    keyed,
+    launched_step,
+    log,
+    model_input,
+    run_step,
+    save_model_output,
+    work_dir_for,
+)
 from .outputs import METRICS, RM_ABLATION, rm_eval_outputs, rm_names, rm_outputs  # noqa: F401 (re-exported: the RM steps' contracts)
 
 SHORT = {"significantly_better": "SB", "better": "B", "slightly_better": "SlB", "negligibly_better": "NB"}
@@ -147,16 +161,23 @@ def _write_eval(out: Path, name: str, metrics: dict, scores: pd.DataFrame) -> di
 
 
 def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: RewardConfig, out_dir: str | Path,
-                  on_metrics: Callable[[dict, int], None] | None = None, name: str = "helpful") -> dict:
+                  on_metrics: Callable[[dict, int], None] | None = None, name: str = "helpful",
+                  launch: LaunchConfig | None = None) -> dict:
     """Train the RM ``name`` from ``model_cfg``'s checkpoint (or reuse a finished output with the same
-    key); returns the output's manifest."""
+    key); returns the output's manifest. ``launch`` with more than one process trains on that many (the
+    key then names the number of processes)."""
     out_dir = Path(out_dir)
     pairs, pair_inputs = load_rm_pairs(data_cfg)
     train_pairs, test_pairs = _split(pairs, rm_cfg)  # §3.2.2: held-out test pairs from every batch
     inputs = {"model": model_input(model_cfg), **pair_inputs}
-    config = {"name": name, "model": asdict(model_cfg), "data": asdict(data_cfg), "reward": keyed(rm_cfg)}
+    config = {"name": name, "model": asdict(model_cfg), "data": asdict(data_cfg), "reward": keyed(rm_cfg),
+              **keyed_launch(launch)}
+    if launches(launch):
+        return launched_step("rm_train", out_dir, config, inputs, launch, rm_train_step,
+                             {"model_cfg": model_cfg, "data_cfg": data_cfg, "rm_cfg": rm_cfg, "out_dir": out_dir,
+                              "name": name, "launch": launch}, {"reward.train": rm_cfg}, on_metrics)
 
-    def body(tmp: Path) -> dict:
+    def body(tmp: Path | None) -> dict:
         # 1. The RM: the policy's transformer with a fresh scalar head.
         rm, tokenizer = reward_model_from_policy(model_cfg, name=name, seed=rm_cfg.seed, max_length=rm_cfg.max_length)
         # 2. Train (resumes from the work dir's latest checkpoint).
@@ -170,6 +191,8 @@ def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Reward
                                             desc=f"rm {name}", precision=model_cfg.precision)
         train_seconds = time.perf_counter() - started
         log.info("rm_train %s: data: %s", name, report.summary())
+        if not is_main_process():  # the other ranks of a launched step train their share only
+            return {}
         # 3. The RM directory, its per-step metrics and its test accuracy per level.
         history = save_model_output(tmp, rm, tokenizer, work / METRICS, save=save_reward_model)
         metrics = {

@@ -4,6 +4,9 @@ The output directory is itself a ``save_pretrained`` model directory (safetensor
 loads it with ``model.name_or_path=<out_dir>``. Beside the weights: ``manifest.json`` and
 ``metrics.jsonl`` (one line per optimizer step). Checkpoints live in a hidden ``.<name>.work`` sibling
 while the step runs, so a failed step resumes from them; they are removed when the step succeeds.
+
+With ``launch.num_processes > 1`` the step runs on that many processes (``rlhf.core.launch``): each
+trains on its share of every batch, the main one alone evaluates and writes the model directory.
 """
 
 from __future__ import annotations
@@ -15,10 +18,21 @@ from typing import Callable
 
 from ..data import load_conversations
 from ..errors import ConfigError
+from ..launch import LaunchConfig, is_main_process, keyed_launch, launches
 from ..models import ModelConfig, load_model
 from ..sft import SFTConfig, mean_target_loss, run_sft
 from ..training import checkpoint_step, latest_checkpoint
-from .common import MetricsLog, file_input, keyed, log, model_input, run_step, save_model_output, work_dir_for
+from .common import (
+    MetricsLog,
+    file_input,
+    keyed,
+    launched_step,
+    log,
+    model_input,
+    run_step,
+    save_model_output,
+    work_dir_for,
+)
 from .outputs import METRICS, SFT, TRAIN_POLICY  # noqa: F401 (re-exported: this runner's contracts)
 
 
@@ -52,21 +66,27 @@ def _split(rows: list[dict], cfg: DataConfig, path: Path) -> tuple[list[dict], l
 
 
 def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, out_dir: str | Path,
-             on_metrics: Callable[[dict, int], None] | None = None) -> dict:
-    """Run SFT (or reuse a finished output with the same key); returns the output's manifest."""
+             on_metrics: Callable[[dict, int], None] | None = None, launch: LaunchConfig | None = None) -> dict:
+    """Run SFT (or reuse a finished output with the same key); returns the output's manifest. ``launch``
+    with more than one process runs it on that many (the key then names the number of processes)."""
     out_dir = Path(out_dir)
     path = data_path(data_cfg)
     inputs = {"model": model_input(model_cfg), "data": file_input(path)}
-    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "sft": keyed(sft_cfg)}
+    config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "sft": keyed(sft_cfg), **keyed_launch(launch)}
     work = work_dir_for(out_dir)
+    if launches(launch):
+        return launched_step("sft", out_dir, config, inputs, launch, sft_step,
+                             {"model_cfg": model_cfg, "data_cfg": data_cfg, "sft_cfg": sft_cfg, "out_dir": out_dir,
+                              "launch": launch}, {"sft": sft_cfg}, on_metrics)
 
-    def body(tmp: Path) -> dict:
+    def body(tmp: Path | None) -> dict:
+        main = is_main_process()  # the other ranks of a launched step train their share only
         # 1. Data: validated conversations, optional held-out slice.
         train_rows, eval_rows = _split(load_conversations(path, data_cfg.on_bad_record), data_cfg, path)
         # 2. Model, and the held-out loss before training.
         model, tokenizer = load_model(model_cfg)
         resume = latest_checkpoint(work)
-        loss_before = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
+        loss_before = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows and main else None
         log.info("sft: %d conversations (%d held out) from %s%s", len(train_rows), len(eval_rows), path.name,
                  f", resuming from {resume.name}" if resume else "")
         # 3. Train (resumes from the work dir's latest checkpoint).
@@ -74,6 +94,8 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
         result, report = run_sft(model, tokenizer, train_rows, sft_cfg, work, metrics_log,
                                  precision=model_cfg.precision)
         log.info("sft: data: %s", report.summary())
+        if not main:
+            return {}
         loss_after = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
         # 4. The model directory.
         history = save_model_output(tmp, model, tokenizer, work / METRICS)

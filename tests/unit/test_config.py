@@ -84,3 +84,41 @@ def test_ppo_command_without_reward_models_says_what_to_give(tmp_path, capsys):
 
     assert main(["ppo", "model=tiny", f"campaign.root={tmp_path}"]) == 2
     assert "scorer.helpful" in capsys.readouterr().err and not (tmp_path / "default").exists()
+
+
+def test_the_launch_group_defaults_to_one_process_and_ships_its_accelerate_configs():
+    from rlhf.core.launch import LaunchConfig, accelerate_config
+
+    assert compose_config([]).launch == LaunchConfig()
+    ddp = compose_config(["launch=ddp", "launch.num_processes=2"]).launch
+    assert ddp.name == "ddp" and ddp.num_processes == 2 and ddp.backend is None
+    assert set(config_groups_options("launch")) == {"single", "ddp", "fsdp", "deepspeed"}
+    for name in ("ddp", "fsdp", "deepspeed"):
+        assert accelerate_config(LaunchConfig(name=name)).is_file()
+
+
+def config_groups_options(group: str) -> list[str]:
+    from rlhf.flows.config import config_groups
+
+    return config_groups()[group]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["launch=ddp", "sft.batch_size=8", "sft.micro_batch_size=8"], "sft.batch_size"),
+    (["launch=ddp", "launch.num_processes=4", "reward.train.batch_size=16", "reward.train.micro_batch_size=8"],
+     "reward.train.batch_size"),
+    (["launch.num_processes=2"], "launch.num_processes"),  # launch=single runs in this process
+    (["launch=fsdp"], "launch.name"),  # shipped as a config, not run yet
+    (["launch=deepspeed"], "launch.name"),
+    (["launch=ddp", "launch.backend=mpi"], "launch.backend"),
+])
+def test_a_launch_that_cannot_work_is_refused_at_composition(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        compose_config(overrides)
+    assert str(err.value).startswith(f"config '{key}': ")
+
+
+def test_a_stored_config_without_a_launch_section_reads_as_one_process():
+    values = to_dict(compose_config(["experiment=smoke"]))
+    del values["launch"]
+    assert config_from_dict(values).launch.num_processes == 1
