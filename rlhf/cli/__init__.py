@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 import textwrap
+import threading
 
 from rlhf.core.errors import RLHFError
 
@@ -117,6 +119,33 @@ def storage_problem(err: BaseException) -> str | None:
             return " ".join(str(err).split())[:300]
         err = err.__cause__ or err.__context__
     return None
+
+
+def run() -> None:
+    """The ``rlhf`` command as a process (the console script, ``python -m rlhf``): :func:`main`, then exit
+    with its status; after an interrupt, surely (:func:`exit_even_if_stuck`). ``main`` itself stays safe to
+    call in-process."""
+    status = main()
+    if status == 130:
+        exit_even_if_stuck(status)
+    sys.exit(status)
+
+
+def exit_even_if_stuck(status: int, grace: float = 10.0) -> None:
+    """After an interrupt, make sure the process ends. Interpreter shutdown joins every non-daemon thread,
+    and a library can start one late in it: seen once in CI, an idle executor worker of Prefect's event
+    loop (created after the executors were shut down) kept a Ctrl-C'd run alive forever. Everything that
+    matters is done by now (runs ended, lock released, the Prefect server stopped), so a daemon timer ends
+    the process with ``status`` if it is still here ``grace`` seconds later."""
+    timer = threading.Timer(grace, _exit_now, args=(status,))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _interrupt(signum, frame) -> None:

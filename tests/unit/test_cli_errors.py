@@ -195,3 +195,14 @@ def test_a_task_runs_finished_line_names_the_task_and_its_duration(caplog):
     assert 0.2 <= float(task_line.split(" after ")[1][:-2]) < 30
     assert any(line.startswith("one-task-run: Finished in state Completed() after ") for line in lines), lines
     assert not any(line.startswith("Finished in state") for line in lines)
+
+
+def test_an_interrupted_process_exits_even_if_a_stray_thread_would_keep_it():
+    """After an interrupt, `rlhf` exits with 130 even when a library left a non-daemon thread behind (seen
+    with Prefect: an idle executor worker started during interpreter shutdown kept a Ctrl-C'd run alive)."""
+    import subprocess
+    import sys
+
+    stuck = ("import threading; from rlhf.cli import exit_even_if_stuck; "
+             "threading.Thread(target=threading.Event().wait).start(); exit_even_if_stuck(130, grace=0.5)")
+    assert subprocess.run([sys.executable, "-c", stuck], timeout=60).returncode == 130
