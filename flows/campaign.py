@@ -103,11 +103,11 @@ def open_tracking(cfg, home: Path) -> TrackingIds:
     return TrackingIds(uri, experiment, run_id)
 
 
-def iteration_zero(cfg, ids: TrackingIds, fault: str | None) -> tuple[CampaignState, list]:
+def iteration_zero(cfg, resolved: dict, ids: TrackingIds, fault: str | None) -> tuple[CampaignState, list]:
     """SFT of the base model and the RMs' seed pairs; with the two tasks' Prefect states (the iterations'
     upstream edges)."""
     run = RECORDER.submit(iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0,
-                          iteration_params(cfg, to_dict(cfg), 0))
+                          iteration_params(cfg, resolved, 0))
     tracking = Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
     zero = Steps(tracking, cfg.orchestration, here=str(iteration_dir(cfg, 0)), fault=steps.Fault.parse(fault))
     with tags(*run_tags(cfg.campaign.name, 0)):
@@ -143,7 +143,7 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
         write_config(home, to_yaml(cfg))
         ids = open_tracking(cfg, home)
         # 1. Iteration 0: SFT and the seed pairs.
-        state, upstream = iteration_zero(cfg, ids, cfg.debug.fail_at)
+        state, upstream = iteration_zero(cfg, resolved, ids, cfg.debug.fail_at)
         summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
                    "code_version": code_version(), "campaign_dir": str(home), "tracking_uri": ids.uri,
                    "mlflow_run_id": ids.campaign_run_id, "config": resolved,

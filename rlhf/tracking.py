@@ -50,7 +50,8 @@ CONFIG = "rlhf.config"  # on an iteration run: a hash of the effective config it
 ROOT = "rlhf.root"  # on an experiment of the default SQLite store: the campaign root it was created under
 # MLflow 3's UI opens an experiment without this tag on its GenAI "Traces" page; ours are training runs.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-REMOTE = ("http://", "https://", "databricks")
+HTTP = ("http://", "https://")  # a tracking server we can link to and ask for /health
+REMOTE = (*HTTP, "databricks")
 # Small step outputs worth a look in the UI; models are registered by path, not copied.
 ARTIFACT_SUFFIXES = (".json", ".jsonl", ".csv", ".md", ".yaml", ".png", ".html")
 ARTIFACT_MAX_BYTES = 20 << 20
@@ -128,14 +129,14 @@ def relocate(db: Path, root: Path) -> int:
 
 def run_link(uri: str, experiment: str, run_id: str) -> str:
     """Where a run opens in the MLflow UI: on the server itself, or (a local store) in `rlhf ui`'s default."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    base = uri.rstrip("/") if uri.startswith(HTTP) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def check_store(uri: str, timeout: float = 10.0) -> None:
     """Fail fast, with what to change, when the tracking server cannot be reached (before any step runs;
     MLflow's client would otherwise retry for minutes at the first write)."""
-    if not uri.startswith(("http://", "https://")):
+    if not uri.startswith(HTTP):
         return
     import urllib.error
     import urllib.request
