@@ -111,7 +111,7 @@ def iteration_zero(cfg, resolved: dict, ids: TrackingIds, fault: str | None) -> 
     tracking = Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
     zero = Steps(tracking, cfg.orchestration, here=str(iteration_dir(cfg, 0)), fault=steps.Fault.parse(fault))
     with tags(*run_tags(cfg.campaign.name, 0)):
-        sft = zero.run(steps.sft, model=cfg.model, data=cfg.data, config=cfg.sft, launch=cfg.launch)
+        sft = zero.run(steps.sft, model=cfg.model, data=cfg.data, config=cfg.sft, launch=cfg.launch.for_step("sft"))
         seed = zero.run(steps.seed_pairs, reward=cfg.reward)
     RECORDER.submit(_record_zero, ids, tracking, cfg.campaign.name, sft, cfg.tracking.register_models)
     return CampaignState(sft=sft, seed=seed, policy=sft), [finished for _, finished in zero.done]

@@ -154,7 +154,7 @@ class RootConfig:
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     io: IOConfig = field(default_factory=IOConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)  # processes per training step (SFT and RMs for now)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)  # processes per training step; launch.steps.<step>
 
 
 def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
@@ -189,11 +189,24 @@ def check_sizes(cfg: RootConfig) -> None:
                 raise ConfigError(key, f"must be at least {low}, got {value}")
 
 
+def check_lora(cfg: RootConfig) -> None:
+    """Every training section's LoRA settings (``<section>.lora.*``), named in the error, before anything runs."""
+    for key, section in (("sft", cfg.sft), ("train_policy", cfg.train_policy), ("gatt.train", cfg.gatt.train),
+                         ("reward.train", cfg.reward.train), ("ppo", cfg.ppo)):
+        section.lora.validate(key)
+
+
 def check_launched_training(cfg: RootConfig) -> None:
-    """The ``launch`` group, and the training sections it applies to (``sft``, ``reward.train``) against
-    its number of processes: a clear error naming the key before anything runs. ``train_policy``, ``ppo``
-    and ``gatt`` run in one process whatever ``launch`` says, so they are not checked."""
-    check_launch(cfg.launch, {"sft": cfg.sft, "reward.train": cfg.reward.train})
+    """The ``launch`` group, and each training step's launch (its per-step overrides applied) against that
+    step's batch sizes: a clear error naming the key before anything runs."""
+    from rlhf.core.steps.ppo import check_ppo_launch
+
+    check_launch(cfg.launch)
+    for step, batches in (("sft", {"sft": cfg.sft}), ("train_reward_models", {"reward.train": cfg.reward.train}),
+                          ("train_policy", {"train_policy": cfg.train_policy}), ("ppo", {}),
+                          ("gatt", {"gatt.train": cfg.gatt.train})):
+        check_launch(cfg.launch, batches, step)
+    check_ppo_launch(cfg.ppo, cfg.launch.for_step("ppo"))
 
 
 def _register() -> None:
@@ -219,6 +232,7 @@ def compose_config(overrides: list[str] | None = None):
         raise _config_error(err, overrides) from err
     cfg.campaign.validate()
     check_sizes(cfg)
+    check_lora(cfg)
     check_launched_training(cfg)
     return cfg
 
@@ -376,6 +390,7 @@ def config_from_dict(values: dict) -> RootConfig:
     cfg = copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True)))
     cfg.campaign.validate()
     check_sizes(cfg)
+    check_lora(cfg)
     check_launched_training(cfg)
     return cfg
 

@@ -238,7 +238,7 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
     rms = refs["train_reward_models"] = step(steps.train_reward_models, init=carried.sft, model=cfg.model,
                                              reward=cfg.reward, seed=carried.seed, labelled=labelled,
-                                             launch=cfg.launch)
+                                             launch=cfg.launch.for_step("train_reward_models"))
     refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
     sampling = {"model": cfg.model, "sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
@@ -249,17 +249,18 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                                     prompts=rs_prompts, iteration=iteration, **sampling)
     # 4. The new policy: fine-tuned on the pool.
     policy = refs["train_policy"] = step(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
-                                         model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student)
+                                         model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student,
+                                         launch=cfg.launch.for_step("train_policy"))
     # 5. PPO on the new policy (campaign.ppo_at), KL-anchored to it; its output becomes the iteration's policy.
     if runs_ppo(cfg, iteration):
         policy = refs["ppo"] = step(steps.ppo, policy=policy, rms=rms, model=cfg.model,
                                     prompts=replace(cfg.prompts, n=cfg.ppo.n_prompts),
                                     eval_prompts=ppo_eval_prompts(cfg), sampling=cfg.sampling, scorer=cfg.scorer,
-                                    config=cfg.ppo)
+                                    config=cfg.ppo, launch=cfg.launch.for_step("ppo"))
     # 6. Ghost Attention from campaign.gatt_from on: the policy learns to keep the system instruction.
     if runs_gatt(cfg, iteration):
         policy = refs["gatt"] = step(steps.gatt, policy=policy, model=cfg.model, config=cfg.gatt,
-                                     train=cfg.gatt.train, sampling=cfg.sampling)
+                                     train=cfg.gatt.train, sampling=cfg.sampling, launch=cfg.launch.for_step("gatt"))
     # 7. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
     baselines = {"sft": carried.sft, "previous": carried.policy, **reference_refs(cfg)}
     refs["evaluate"] = step(steps.evaluate, policy=policy, baselines=baselines, rms=rms, model=cfg.model,

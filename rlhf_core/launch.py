@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, RLHFError
@@ -57,6 +57,30 @@ TAIL_LINES = 25  # lines of a failed rank's traceback quoted in the error
 KILL_GRACE_SECONDS = 10.0  # between SIGTERM and SIGKILL when the ranks are stopped
 
 
+TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo", "gatt")  # the steps ``launch`` applies to
+
+
+@dataclass
+class StepLaunch:
+    """One training step's departures from the ``launch`` group (null = as the group says), e.g. the RMs on
+    one process while SFT runs on eight: ``launch.steps.train_reward_models.num_processes=1``."""
+
+    name: str | None = None
+    num_processes: int | None = None
+    config_file: str | None = None
+
+
+@dataclass
+class StepLaunches:
+    """``launch.steps.<step>``: one :class:`StepLaunch` per training step."""
+
+    sft: StepLaunch = field(default_factory=StepLaunch)
+    train_reward_models: StepLaunch = field(default_factory=StepLaunch)
+    train_policy: StepLaunch = field(default_factory=StepLaunch)
+    ppo: StepLaunch = field(default_factory=StepLaunch)
+    gatt: StepLaunch = field(default_factory=StepLaunch)
+
+
 @dataclass
 class LaunchConfig:
     """The ``launch`` group: how many processes a training step runs on, and how they are started."""
@@ -70,6 +94,21 @@ class LaunchConfig:
     main_process_port: int | None = None  # passed through; null = a free port on this machine
     timeout_seconds: float = 600.0  # how long ranks wait for each other, and after one fails for the rest to exit
     backend: str | None = None  # torch.distributed backend; null = gloo on CPU, nccl on GPU
+    steps: StepLaunches = field(default_factory=StepLaunches)  # per-step overrides of name / num_processes / config
+
+    def for_step(self, step: str) -> "LaunchConfig":
+        """The launch of training step ``step``: the group with that step's overrides applied (and no
+        per-step table left: a step's runner sees one plain config). A step given more than one process
+        while the group is ``single`` runs data parallel (``ddp``)."""
+        if step not in TRAINING_STEPS:
+            raise ValueError(f"{step!r} is not a training step ({', '.join(TRAINING_STEPS)})")
+        own: StepLaunch = getattr(self.steps, step)
+        n = own.num_processes if own.num_processes is not None else self.num_processes
+        name = own.name or ("ddp" if self.name == "single" and n > 1 else self.name)
+        if n == 1 and own.num_processes is not None and own.name is None:
+            name = "single"  # one process: in the calling process, whatever the group's mode
+        return replace(self, name=name, num_processes=n, config_file=own.config_file or self.config_file,
+                       steps=StepLaunches())
 
 
 class LaunchError(RLHFError):
@@ -106,6 +145,32 @@ def wait_for_everyone() -> None:
         dist.barrier()
 
 
+def rank() -> int:
+    """This process's rank among those running the step: 0 in-process."""
+    dist = _dist()
+    return dist.get_rank() if dist else 0
+
+
+def gather_objects(value) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` in a single process."""
+    dist = _dist()
+    if dist is None:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def sum_across(tensors) -> None:
+    """Replace each tensor by its sum over the ranks, in place (an all-reduce); nothing in a single process.
+    Tensors the ranks filled in disjoint places (zeros elsewhere) come out whole and exact."""
+    dist = _dist()
+    if dist is None:
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
 def inside_launch() -> bool:
     """True in a rank started by :func:`run_launched` (a runner called there does the work itself)."""
     return os.environ.get(LAUNCHED_ENV) == "1"
@@ -129,29 +194,38 @@ def keyed_launch(launch: LaunchConfig | None) -> dict:
 # config checks
 
 
-def check_launch(launch: LaunchConfig, batches: dict | None = None) -> None:
-    """A :class:`ConfigError` for a launch config that cannot work, before anything starts. ``batches``
-    maps a training section's key (``sft``) to its ``TrainConfig``: every process needs at least one
-    micro-batch of each optimizer batch (``train`` splits the micro-batches across the ranks)."""
+def check_launch(launch: LaunchConfig, batches: dict | None = None, step: str | None = None) -> None:
+    """A :class:`ConfigError` for a launch config that cannot work, before anything starts. With ``step``,
+    the launch of that training step (:meth:`LaunchConfig.for_step`) is checked and a key it overrides is
+    named as ``launch.steps.<step>.<field>``. ``batches`` maps a training section's key (``sft``) to its
+    ``TrainConfig``: every process needs at least one micro-batch of each optimizer batch (``train`` splits
+    the micro-batches across the ranks)."""
+    own = getattr(launch.steps, step) if step else StepLaunch()
+
+    def key(name: str) -> str:
+        return f"launch.steps.{step}.{name}" if getattr(own, name, None) is not None else f"launch.{name}"
+
+    launch = launch.for_step(step) if step else launch
     if launch.name not in MODES:
-        raise ConfigError("launch.name", f"unknown mode {launch.name!r}; one of {', '.join(MODES)}")
+        raise ConfigError(key("name"), f"unknown mode {launch.name!r}; one of {', '.join(MODES)}")
     if launch.num_processes < 1:
-        raise ConfigError("launch.num_processes", f"must be at least 1, got {launch.num_processes}")
+        raise ConfigError(key("num_processes"), f"must be at least 1, got {launch.num_processes}")
     if launch.name == "single" and launch.num_processes != 1:
-        raise ConfigError("launch.num_processes", f"launch=single runs the step in this process (1, got "
-                                                  f"{launch.num_processes}); for more processes: launch=ddp "
-                                                  f"launch.num_processes={launch.num_processes}")
-    if launch.name in ("fsdp", "deepspeed"):
-        raise ConfigError("launch.name", f"{launch.name}: its accelerate config is shipped "
-                                         f"(rlhf_core/assets/accelerate/{launch.name}.yaml) but the SFT and RM steps "
-                                         "do not gather sharded weights for saving yet, so it is not run; use "
-                                         "launch=ddp")
+        raise ConfigError(key("num_processes"), f"launch=single runs the step in this process (1, got "
+                                                f"{launch.num_processes}); for more processes: launch=ddp "
+                                                f"launch.num_processes={launch.num_processes}")
+    if launch.name == "deepspeed" and launch.num_processes > 1:
+        raise ConfigError(key("name"), "deepspeed: its accelerate config is shipped "
+                                       "(rlhf_core/assets/accelerate/deepspeed.yaml) but the steps are not run "
+                                       "under DeepSpeed (not verified, see the README); use launch=fsdp or ddp")
+    if step in UNSHARDED_STEPS:
+        check_unsharded(launch, step, key("name"))
     if launch.num_machines < 1 or not 0 <= launch.machine_rank < launch.num_machines:
         raise ConfigError("launch.machine_rank", f"{launch.machine_rank} is not a rank of {launch.num_machines} "
                                                  "machine(s) (0 .. num_machines - 1)")
     if launch.num_processes % launch.num_machines:
-        raise ConfigError("launch.num_processes", f"{launch.num_processes} processes do not split evenly over "
-                                                  f"{launch.num_machines} machines")
+        raise ConfigError(key("num_processes"), f"{launch.num_processes} processes do not split evenly over "
+                                                f"{launch.num_machines} machines")
     if launch.num_machines > 1 and not launch.main_process_ip:
         raise ConfigError("launch.main_process_ip", "with more than one machine, name the main machine's address")
     if not launch.timeout_seconds > 0:
@@ -160,16 +234,30 @@ def check_launch(launch: LaunchConfig, batches: dict | None = None) -> None:
         raise ConfigError("launch.backend", f"unknown backend {launch.backend!r}; one of {', '.join(BACKENDS)} or "
                                             "null (gloo on CPU, nccl on GPU)")
     if launch.config_file is not None and not Path(launch.config_file).is_file():
-        raise ConfigError("launch.config_file", f"no such file: {launch.config_file} (null = the shipped config "
-                                                f"for launch={launch.name})")
-    for key, cfg in (batches or {}).items():
-        micro_batches = cfg.batch_size // cfg.micro_batch_size
+        raise ConfigError(key("config_file"), f"no such file: {launch.config_file} (null = the shipped config "
+                                              f"for launch={launch.name})")
+    for section, cfg in (batches or {}).items():
+        per_process = getattr(cfg, "micro_batch_size", 1)
+        micro_batches = cfg.batch_size // per_process
         if launch.num_processes > 1 and micro_batches < launch.num_processes:
-            raise ConfigError(f"{key}.batch_size", (
-                f"{cfg.batch_size} examples per optimizer step in micro-batches of {cfg.micro_batch_size} make "
-                f"{micro_batches} micro-batch(es), fewer than launch.num_processes={launch.num_processes}: each "
-                f"process needs one. Raise {key}.batch_size to at least "
-                f"{cfg.micro_batch_size * launch.num_processes}, lower {key}.micro_batch_size, or use fewer processes"))
+            raise ConfigError(f"{section}.batch_size", (
+                f"{cfg.batch_size} examples per optimizer step in micro-batches of {per_process} make "
+                f"{micro_batches} micro-batch(es), fewer than {key('num_processes')}={launch.num_processes}: each "
+                f"process needs one. Raise {section}.batch_size to at least {per_process * launch.num_processes}, "
+                f"lower {section}.micro_batch_size, or use fewer processes"))
+
+
+UNSHARDED_STEPS = ("ppo", "gatt")  # steps that sample from the model they train: data parallel only
+
+
+def check_unsharded(launch: LaunchConfig | None, step: str, key: str = "launch.name") -> None:
+    """PPO and GAtt sample from the policy between updates, on the main process, and PPO splits its own
+    micro-batches: they run data parallel, not sharded. A clear error for ``launch=fsdp`` on them."""
+    if launch is not None and launch.name == "fsdp" and launch.num_processes > 1:
+        lora = "ppo.lora" if step == "ppo" else "gatt.train.lora"
+        raise ConfigError(key, f"fsdp shards the weights of SFT, the RMs and the policy's fine-tune; {step} samples "
+                               f"from the policy it trains and runs data parallel: launch.steps.{step}.name=ddp "
+                               f"(with {lora}.r > 0 for a model too large to replicate)")
 
 
 def accelerate_config(launch: LaunchConfig) -> Path:
@@ -193,14 +281,17 @@ def _backend(launch: LaunchConfig, cuda: bool) -> str:
 
 
 def encode_args(args: dict) -> dict:
-    """Arguments as JSON: a config dataclass as ``{"__dataclass__": "module:Class", "fields": {...}}`` (the
-    configs are flat), a path as its string."""
+    """Arguments as JSON: a config dataclass as ``{"__dataclass__": "module:Class", "fields": {...}}`` (its
+    nested config dataclasses, e.g. ``sft.lora``, the same way), a path as its string."""
     import dataclasses
 
     def one(value):
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
             kind = type(value)
-            return {"__dataclass__": f"{kind.__module__}:{kind.__qualname__}", "fields": dataclasses.asdict(value)}
+            return {"__dataclass__": f"{kind.__module__}:{kind.__qualname__}",
+                    "fields": {f.name: one(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        if isinstance(value, (list, tuple)):
+            return [one(v) for v in value]
         return str(value) if isinstance(value, Path) else value
 
     return {name: one(value) for name, value in args.items()}
@@ -219,7 +310,9 @@ def resolve(path: str):
 def decode_args(args: dict) -> dict:
     def one(value):
         if isinstance(value, dict) and "__dataclass__" in value:
-            return resolve(value["__dataclass__"])(**value["fields"])
+            return resolve(value["__dataclass__"])(**{k: one(v) for k, v in value["fields"].items()})
+        if isinstance(value, list):
+            return [one(v) for v in value]
         return value
 
     return {name: one(value) for name, value in args.items()}

@@ -13,8 +13,8 @@ In order, because each step needs the one before it:
 A failure writes ``rank-<r>.failed`` (the error and its traceback) before exiting 1: the parent quotes it.
 
 Fault injection for tests and demos: ``RLHF_FAIL_RANK=<r>`` fails rank r at its start, ``<r>:<n>`` after
-n optimizer steps (the step's training config gets ``fail_after_steps=n`` on that rank only; it is not
-part of the cache key, so all ranks still agree on it).
+n optimizer (or PPO) steps (the step's training config, or the runner's own ``fail_after_steps`` argument,
+gets ``n`` on that rank only; it is not part of the cache key, so all ranks still agree on it).
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def _fault(rank: int, args: dict) -> dict:
         return args
     if not after:
         raise InjectedFault(f"injected fault on rank {rank} ({FAIL_RANK_ENV}={spec})")
+    if "fail_after_steps" in args:  # a runner that takes it as an argument (PPO)
+        return {**args, "fail_after_steps": int(after)}
     return {name: dataclasses.replace(value, fail_after_steps=int(after))
             if dataclasses.is_dataclass(value) and hasattr(value, "fail_after_steps") else value
             for name, value in args.items()}
@@ -118,4 +120,12 @@ def launcher(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(launcher(sys.argv[2:]) if sys.argv[1] == "--launcher" else main(sys.argv[1]))
+    if sys.argv[1] == "--launcher":
+        sys.exit(launcher(sys.argv[2:]))
+    code = main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown: the rank's work is done and written. Torch's distributed threads
+    # occasionally abort it ("terminate called without an active exception", seen in ~4 % of FSDP runs),
+    # which would fail a finished step.
+    os._exit(code)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -36,6 +36,8 @@ from torch import nn
 
 from .chat import pad_batch
 from .errors import ConfigError
+from .launch import rank, sum_across, world_size
+from .lora import LoRAConfig
 from .models import autocast
 
 
@@ -59,7 +61,16 @@ class PPOConfig:
     gamma: float = 1.0  # no discount inside one answer (the reward arrives at its end)
     lam: float = 0.95  # GAE lambda: the usual bias/variance middle ground
     whiten_advantages: bool = True
-    value_init: str = "reward"  # reward: from the Helpfulness RM (already scores answers) | policy: fresh head
+    # reward: a copy of the Helpfulness RM (already scores answers) | policy: a copy of the policy's transformer
+    # with a fresh head | shared: a fresh head on the policy's own transformer (no second one; the value loss
+    # then trains the policy's weights too, at the policy's lr)
+    value_init: str = "reward"
+    # the frozen models (reference policy, reward models) stored in: auto = bf16 where model.precision
+    # resolves to bf16 (their matmuls run in bf16 under autocast anyway), else fp32 | bf16 | fp32
+    frozen_precision: str = "auto"
+    # LoRA adapters instead of every weight (r > 0): the policy trains adapters, the reference is the policy
+    # with them switched off (no copy), a value model of its own (value_init reward | policy) gets adapters too
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     temperature: float = 1.0  # rollouts sample the policy's own distribution
     max_new_tokens: int | None = None  # None = sampling.max_new_tokens
     n_prompts: int = 256  # training prompts (cycled in seeded order)
@@ -75,8 +86,11 @@ class PPOConfig:
             raise ConfigError("ppo.batch_size", f"batch_size {self.batch_size} must be a multiple of mini_batch_size "
                                                 f"{self.mini_batch_size}, and that of micro_batch_size "
                                                 f"{self.micro_batch_size}")
-        if self.value_init not in ("reward", "policy"):
-            raise ConfigError("ppo.value_init", f"unknown {self.value_init!r}; use reward or policy")
+        if self.value_init not in ("reward", "policy", "shared"):
+            raise ConfigError("ppo.value_init", f"unknown {self.value_init!r}; use reward, policy or shared")
+        if self.frozen_precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError("ppo.frozen_precision", f"unknown {self.frozen_precision!r}; use auto, bf16 or fp32")
+        self.lora.validate("ppo")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError("ppo.gamma", "gamma and lam must be in [0, 1]")
         if self.beta < 0 or self.clip <= 0:
@@ -165,11 +179,17 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 class ValueModel(nn.Module):
     """``forward(input_ids, attention_mask, position_ids) -> (b, t)`` values: a transformer backbone and
-    a scalar head read at every position (fp32)."""
+    a scalar head read at every position (fp32). ``shared``: the backbone is the policy's own, trained by
+    the policy's optimizer; the value optimizer then holds the head only (:meth:`own`)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, shared: bool = False):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.shared = backbone, head, shared
+
+    def own(self) -> nn.Module:
+        """What the value optimizer trains and its gradient clipping sees: the head of a shared-trunk value
+        model, the whole model otherwise."""
+        return self.head if self.shared else self
 
     @classmethod
     def from_reward_model(cls, rm: nn.Module) -> "ValueModel":
@@ -185,6 +205,16 @@ class ValueModel(nn.Module):
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         return cls(copy.deepcopy(policy.base_model), head)
+
+    @classmethod
+    def on_policy_trunk(cls, policy: nn.Module) -> "ValueModel":
+        """A zero-initialised head on the policy's own transformer (no copy): a value model for the memory
+        of a head. The value loss's gradient reaches the trunk too, so the policy learns from both losses
+        (the usual shared-trunk actor-critic, value coefficient 1)."""
+        head = nn.Linear(policy.config.hidden_size, 1)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return cls(policy.base_model, head, shared=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor) -> torch.Tensor:
@@ -264,14 +294,21 @@ class Experience:
 def make_experience(policy: nn.Module, reference: nn.Module, value_model: ValueModel, batch: Batch,
                     scores: torch.Tensor, cfg: PPOConfig, precision: str) -> Experience:
     """Rollout-time log-probs (policy and reference), values, KL-penalised rewards and GAE, computed in
-    micro-batches by the same teacher-forced pass the update uses (so the first ratio is exactly 1)."""
-    parts = {"logp": [], "ref_logp": [], "values": []}
-    for start in range(0, len(scores), cfg.micro_batch_size):
-        rows = batch.rows(torch.arange(start, min(start + cfg.micro_batch_size, len(scores))))
-        parts["logp"].append(answer_logprobs(policy, rows, precision)[0])
-        parts["ref_logp"].append(answer_logprobs(reference, rows, precision)[0])
-        parts["values"].append(answer_values(value_model, rows, precision))
-    logp, ref_logp, values = (torch.cat(parts[k]) for k in ("logp", "ref_logp", "values"))
+    micro-batches by the same teacher-forced pass the update uses (so the first ratio is exactly 1).
+
+    On several processes each takes every ``world``-th micro-batch and the rows are summed across them
+    (each row is computed by one process, zeros elsewhere): the same micro-batches, so the same numbers."""
+    n, length = batch.mask.shape
+    logp, ref_logp, values = (torch.zeros(n, length) for _ in range(3))
+    for k, start in enumerate(range(0, n, cfg.micro_batch_size)):
+        if k % world_size() != rank():
+            continue
+        index = torch.arange(start, min(start + cfg.micro_batch_size, n))
+        rows = batch.rows(index)
+        logp[index] = answer_logprobs(policy, rows, precision)[0]
+        ref_logp[index] = answer_logprobs(reference, rows, precision)[0]
+        values[index] = answer_values(value_model, rows, precision)
+    sum_across([logp, ref_logp, values])
     rewards, kl = token_rewards(scores, logp, ref_logp, batch.mask, cfg.beta)
     advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
@@ -279,13 +316,23 @@ def make_experience(policy: nn.Module, reference: nn.Module, value_model: ValueM
     return Experience(batch, logp, ref_logp, values, rewards, kl, advantages, returns, scores)
 
 
+STATS = ("policy_loss", "value_loss", "entropy", "clip_frac", "approx_kl", "value_clip_frac")
+
+
 def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.Optimizer,
            opt_value: torch.optim.Optimizer, exp: Experience, cfg: PPOConfig, precision: str,
            generator: torch.Generator) -> dict[str, float]:
     """``cfg.epochs`` passes over the experience in shuffled mini-batches, one gradient step each for the
-    policy and for the value model; returns the means of the losses and statistics."""
+    policy and for the value model; returns the means of the losses and statistics.
+
+    On several processes every one holds the whole experience and draws the same order; each runs every
+    ``world``-th micro-batch of a mini-batch, and the gradients (token-weighted shares of the mini-batch's
+    loss) are summed across them before clipping and the step: the update one process makes, up to the
+    order of the floating-point sums."""
     # Both stay in eval mode (no dropout): the ratio must compare the same function at two weights.
     n = len(exp.scores)
+    world, me = world_size(), rank()
+    trained = _unique_parameters(policy, value_model)
     sums: dict[str, float] = {}
     count = 0
     for _ in range(cfg.epochs):
@@ -295,8 +342,10 @@ def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.O
             tokens = exp.batch.mask[mini].sum().clamp(min=1)
             opt_policy.zero_grad(set_to_none=True)
             opt_value.zero_grad(set_to_none=True)
-            stats: dict[str, float] = {}
-            for m in range(0, len(mini), cfg.micro_batch_size):
+            stats = torch.zeros(len(STATS), dtype=torch.float64)
+            for j, m in enumerate(range(0, len(mini), cfg.micro_batch_size)):
+                if j % world != me:
+                    continue
                 idx = mini[m:m + cfg.micro_batch_size]
                 rows = exp.batch.rows(idx)
                 share = rows.mask.sum() / tokens  # token means over the whole mini-batch
@@ -306,16 +355,35 @@ def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.O
                 values = answer_values(value_model, rows, precision)
                 v_loss, v_stats = value_loss(values, exp.values[idx], exp.returns[idx], rows.mask, cfg.value_clip)
                 (v_loss * share).backward()
-                for k, v in {"policy_loss": p_loss, "value_loss": v_loss, "entropy": masked_mean(entropy, rows.mask),
-                             **p_stats, **v_stats}.items():
-                    stats[k] = stats.get(k, 0.0) + float(v.detach()) * float(share)
-            stats["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
-            stats["value_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip))
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise FloatingPointError(f"non-finite PPO statistics {stats}")
+                found = {"policy_loss": p_loss, "value_loss": v_loss, "entropy": masked_mean(entropy, rows.mask),
+                         **p_stats, **v_stats}
+                stats += torch.tensor([float(found[name].detach()) for name in STATS],
+                                      dtype=torch.float64) * float(share)
+            if world > 1:
+                for p in trained:  # a process without a micro-batch adds zeros
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                sum_across([p.grad for p in trained] + [stats])
+            step_stats = dict(zip(STATS, stats.tolist()))
+            step_stats["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            step_stats["value_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(value_model.own().parameters(),
+                                                                                 cfg.grad_clip))
+            if not all(math.isfinite(v) for v in step_stats.values()):
+                raise FloatingPointError(f"non-finite PPO statistics {step_stats}")
             opt_policy.step()
             opt_value.step()
-            for k, v in stats.items():
+            for k, v in step_stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
     return {k: v / count for k, v in sums.items()}
+
+
+def _unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters of ``modules``, each once (a value head on the policy's trunk shares it)."""
+    seen, out = set(), []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out

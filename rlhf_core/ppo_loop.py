@@ -23,6 +23,12 @@ returned policy is the best-evaluated one (its weights are restored).
 **Checkpoints** (``<work_dir>/checkpoints/step-<s>/state.pt``, written to a temp dir then renamed): policy,
 value model, both optimizers, the best weights so far and the evaluation history. The batch plan and
 every random draw are functions of ``(seed, s)``, so a resumed run continues exactly where it stopped.
+
+**On several processes** (a launched step, ``rlhf.core.launch``) every process holds the models and the
+whole rollout batch: each samples its share of the engine's batches and scores every ``world``-th answer,
+and the rows are gathered, so the rollouts are the ones one process would have sampled; the teacher-forced
+passes and the update split the micro-batches and sum the gradients (:mod:`rlhf.core.ppo`). The weights
+stay identical on every process; the main one alone reports metrics and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import pandas as pd
 import torch
 
 from .chat import Message, render_prompt
+from .launch import gather_objects, is_main_process, rank, wait_for_everyone, world_size
 from .models import resolve_precision
 from .ppo import PPOConfig, ValueModel, make_batch, make_experience, update
 from .progress import progress, quiet
@@ -59,6 +66,7 @@ class PPOResult:
     resumed_from_step: int
     history: list[dict] = field(default_factory=list)  # every held-out evaluation {"step", "reward"}
     timings: dict[str, float] = field(default_factory=dict)  # mean seconds per iteration: rollout, score, update
+    memory: dict[str, int] = field(default_factory=dict)  # bytes held at the end of the run, by part (held_bytes)
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -89,24 +97,48 @@ class PPORun:
         self.policy.eval()
         self.value.eval()
         self.opt_policy = adamw(policy, cfg.lr, cfg)
-        self.opt_value = adamw(value_model, cfg.value_lr, cfg)
+        self.opt_value = adamw(value_model.own(), cfg.value_lr, cfg)
         self.engine = TransformersBackend(policy, tokenizer, self.precision)
         new_tokens = cfg.max_new_tokens or sampling.max_new_tokens
         self.rollout_cfg = replace(sampling, temperature=cfg.temperature, top_p=1.0, max_new_tokens=new_tokens)
         self.eval_cfg = replace(self.rollout_cfg, temperature=cfg.eval_temperature, seed=cfg.seed + 1)
 
+    def sample(self, messages: list, cfg: SamplingConfig) -> pd.DataFrame:
+        """One answer per prompt, sorted by prompt. On several processes each decodes its share of the
+        engine's batches and every process gets all the rows (``TransformersBackend.sample``'s ``shard``):
+        the answers one process would have sampled."""
+        if world_size() == 1:
+            part = self.engine.sample(messages, 1, cfg)
+        else:
+            parts = gather_objects(self.engine.sample(messages, 1, cfg, shard=(rank(), world_size())))
+            part = pd.concat([p for p in parts if len(p)], ignore_index=True)
+        return part.sort_values("prompt_index").reset_index(drop=True)
+
+    def score(self, messages: list, answers: list[str], tags: list[bool]) -> torch.Tensor:
+        """The raw rewards ``(n,)``; on several processes each scores every ``world``-th answer and the
+        scores are gathered."""
+        world = world_size()
+        if world == 1:
+            return self.reward_fn(messages, answers, tags).float().cpu()
+        mine = list(range(rank(), len(answers), world))
+        scores = self.reward_fn([messages[i] for i in mine], [answers[i] for i in mine], [tags[i] for i in mine])
+        raw = torch.zeros(len(answers))
+        for indices, values in gather_objects((mine, scores.float().cpu().tolist())):
+            raw[indices] = torch.tensor(values)
+        return raw
+
     def evaluate(self, prompts: pd.DataFrame) -> float:
-        answers = self.engine.sample(list(prompts.messages), 1, self.eval_cfg).sort_values("prompt_index")
-        return float(self.reward_fn(list(prompts.messages), list(answers.text), list(prompts.safety)).float().mean())
+        messages = list(prompts.messages)
+        answers = self.sample(messages, self.eval_cfg)
+        return float(self.score(messages, list(answers.text), list(prompts.safety)).mean())
 
     def iteration(self, prompts: pd.DataFrame, step: int) -> dict[str, float]:
         """One PPO iteration on ``prompts``; returns its metrics."""
         cfg, t0 = self.cfg, time.perf_counter()
         messages = list(prompts.messages)
-        rollouts = self.engine.sample(messages, 1, replace(self.rollout_cfg, seed=cfg.seed * 1_000_003 + step))
-        rollouts = rollouts.sort_values("prompt_index").reset_index(drop=True)
+        rollouts = self.sample(messages, replace(self.rollout_cfg, seed=cfg.seed * 1_000_003 + step))
         t1 = time.perf_counter()
-        raw = self.reward_fn(messages, list(rollouts.text), list(prompts.safety)).float().cpu()
+        raw = self.score(messages, list(rollouts.text), list(prompts.safety))
         scores = whiten(raw)
         t2 = time.perf_counter()
         batch = make_batch([render_prompt(self.tokenizer, m) for m in messages],
@@ -151,10 +183,11 @@ class PPORun:
 def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: RewardFn, train_prompts: pd.DataFrame,
             eval_prompts: pd.DataFrame, cfg: PPOConfig, sampling: SamplingConfig, work_dir: str | Path,
             on_metrics: MetricsCallback | None = None, precision: str = "auto",
-            fail_after_steps: int | None = None) -> PPOResult:
+            fail_after_steps: int | None = None, frozen: Sequence[torch.nn.Module] = ()) -> PPOResult:
     """Train ``policy`` in place with PPO against ``reward_fn``; resumes from ``work_dir``'s checkpoint.
 
     ``reference`` is the frozen pre-PPO policy; prompts are frames with ``messages`` and ``safety``.
+    ``frozen``: the other models the run keeps (the reward models), counted in the result's ``memory``.
     """
     cfg.validate()
     work_dir = Path(work_dir)
@@ -169,7 +202,8 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
                  "best_policy": _cpu_copy(policy), "since_best": 0, "kl_end": 0.0, "timings": []}
     early_stopped, step = False, start
     # One bar for the run; the rollouts, scoring and evaluations of each step make none of their own (quiet).
-    with progress(cfg.steps, "ppo", "step", initial=start, leave=True) as bar, quiet():
+    main = is_main_process()
+    with progress(cfg.steps, "ppo", "step", initial=start, leave=True, disable=not main) as bar, quiet():
         for step in range(start, cfg.steps):
             index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
             metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
@@ -186,24 +220,67 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
                 else:
                     state["since_best"] += 1
                 early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
-            if on_metrics is not None:
+            if on_metrics is not None and main:
                 on_metrics(metrics, done)
             bar.set_postfix(reward=f"{metrics['reward/raw_mean']:.3f}", kl=f"{metrics['kl/per_answer']:.3f}",
                             refresh=False)
             bar.update(1)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and not early_stopped:
-                run.save(work_dir, done, state)
+                if main:  # every process holds the same weights: one writes them
+                    run.save(work_dir, done, state)
+                wait_for_everyone()
             if fail_after_steps is not None and done == fail_after_steps:
                 raise InjectedFault(f"injected fault after PPO step {done} (fail_after_steps); rerun to resume")
             if early_stopped:
                 break
-    policy.load_state_dict(state["best_policy"])  # the best-evaluated weights (the last ones if still improving)
+    memory = held_bytes(policy=policy, value=value_model, reference=reference, reward_models=list(frozen),
+                        optimizers=[run.opt_policy, run.opt_value], best_copy=state["best_policy"])
+    policy.load_state_dict(state["best_policy"], strict=False)  # the best-evaluated weights (or the last ones)
     timings = pd.DataFrame(state["timings"]).mean().to_dict() if state["timings"] else {}
     return PPOResult(steps=step + 1 if cfg.steps > start else start, reward_start=state["history"][0]["reward"],
                      reward_end=state["best"]["reward"], best_step=state["best"]["step"], kl_end=state["kl_end"],
                      early_stopped=early_stopped, resumed_from_step=start, history=state["history"],
-                     timings={k.split("/")[1]: v for k, v in timings.items()})
+                     timings={k.split("/")[1]: v for k, v in timings.items()}, memory=memory)
+
+
+def held_bytes(**parts) -> dict[str, int]:
+    """Bytes of the tensors each part holds (a module's parameters, their gradients and its buffers; an
+    optimizer's state; a dict or list of those), every storage counted once, in the first part that holds
+    it: a tied embedding, a value model on the policy's trunk, or a reference that *is* the policy without
+    its adapters add nothing. What PPO keeps in memory besides activations."""
+    seen: set[int] = set()
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                yield p
+                if p.grad is not None:
+                    yield p.grad
+            yield from obj.buffers()
+        elif isinstance(obj, torch.optim.Optimizer):
+            for per_param in obj.state.values():
+                yield from tensors(list(per_param.values()))
+        elif isinstance(obj, dict):
+            yield from tensors(list(obj.values()))
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                yield from tensors(item)
+
+    out = {}
+    for name, obj in parts.items():
+        total = 0
+        for t in tensors(obj):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen and storage.nbytes() > 8:  # a scalar step counter: not memory
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        out[name] = total
+    return out
 
 
 def _cpu_copy(model) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """The trained parameters of ``model`` (all of them, or only its LoRA adapters), copied to CPU: enough
+    to restore the best weights with ``load_state_dict(..., strict=False)``."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters() if v.requires_grad}

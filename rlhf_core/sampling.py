@@ -182,8 +182,14 @@ class TransformersBackend:
         self.stop_ids = torch.tensor(stop_token_ids(model, tokenizer), device=self.device)
 
     @torch.inference_mode()
-    def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig) -> pd.DataFrame:
+    def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig,
+               shard: tuple[int, int] | None = None) -> pd.DataFrame:
+        """``k`` answers to each prompt (rows sorted by ``prompt_index``, ``sample_index``). With ``shard=(i,
+        n)`` only every n-th of the batches the whole call would decode, from the i-th on: the n shards
+        together hold exactly the rows of the unsharded call (same batches, same seeds), so processes that
+        split one call's prompts this way and gather the rows get what one process would have sampled."""
         cfg.validate()
+        index, shards = shard or (0, 1)
         was_training = self.model.training
         self.model.eval()
         # bf16 on CPU: decode with a bf16 copy of the weights, made once per call (~0.1 s for 135M), instead
@@ -195,13 +201,16 @@ class TransformersBackend:
         encoded = [render_prompt(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         rows = []
-        with progress(len(order), _bar_desc(k, cfg), "prompt") as bar:
-            for b, start in enumerate(range(0, len(order), cfg.batch_prompts)):
-                chunk = order[start:start + cfg.batch_prompts]
+        mine = [(b, order[start:start + cfg.batch_prompts])
+                for b, start in enumerate(range(0, len(order), cfg.batch_prompts)) if b % shards == index]
+        with progress(sum(len(chunk) for _, chunk in mine), _bar_desc(k, cfg), "prompt") as bar:
+            for b, chunk in mine:
                 generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + b)
                 rows += self._sample_batch(decoder, cast, [encoded[i] for i in chunk], chunk, k, cfg, generator)
                 bar.update(len(chunk))
         self.model.train(was_training)
+        if not rows:  # a shard with no batch (more shards than batches)
+            return pd.DataFrame(columns=["prompt_index", "sample_index"])
         frame = pd.DataFrame(rows).sort_values(["prompt_index", "sample_index"], kind="stable")
         return frame.reset_index(drop=True)
 

@@ -1,7 +1,8 @@
 """Supervised fine-tuning with the loss on assistant tokens only (Llama 2 §3.1).
 
 Also the policy-update step of rejection sampling (§3.2.3: "fine-tune on the best answers exactly like
-SFT") and of Ghost Attention (§3.3, ``loss_mode="last"``).
+SFT") and of Ghost Attention (§3.3, ``loss_mode="last"``). Any of them can train LoRA adapters instead of
+every weight (``lora.r > 0``; ``rlhf_core/lora.py``), merged into the weights when training ends.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from .chat import pad_batch
 from .data import TokenizeReport, tokenize_conversations
 from .errors import ConfigError
+from .lora import lora_training
 from .progress import progress
 from .training import MetricsCallback, TrainConfig, TrainResult, train
 
@@ -65,26 +67,34 @@ def target_count(example) -> int:
 
 
 def run_sft(model, tokenizer, conversations: list[dict], cfg: SFTConfig, work_dir: str | Path,
-            on_metrics: MetricsCallback | None = None, desc: str = "sft",
-            precision: str = "auto") -> tuple[TrainResult, TokenizeReport]:
+            on_metrics: MetricsCallback | None = None, desc: str = "sft", precision: str = "auto",
+            config_key: str | None = None) -> tuple[TrainResult, TokenizeReport]:
     """Fine-tune ``model`` in place on ``conversations`` (rows with ``messages``).
 
-    Checkpoints go to ``work_dir/checkpoints``; an existing checkpoint there is resumed.
+    Checkpoints go to ``work_dir/checkpoints``; an existing checkpoint there is resumed. With
+    ``cfg.lora.r > 0`` only LoRA adapters train, and they are merged into ``model``'s weights at the end,
+    so ``model`` is a plain transformers model afterwards either way (the checkpoints hold the model with
+    its adapters; a resumed run adds the same adapters before loading one). ``config_key`` is the config
+    section errors name (``sft``, ``train_policy``, ``gatt.train``); by default ``gatt.train`` for
+    ``desc="gatt"``, else ``sft``.
     """
+    key = config_key or ("gatt.train" if desc == "gatt" else "sft")
+    cfg.lora.validate(key)
     examples, report = tokenize_conversations(tokenizer, conversations, cfg.max_length, cfg.loss_mode,
                                               cfg.overlong)
     if not examples:
-        raise ConfigError("sft.max_length", f"no trainable conversations left ({report.summary()}): give more "
-                                            "conversations, or raise sft.max_length, or keep over-long ones "
-                                            "truncated (sft.overlong=truncate)")
+        raise ConfigError(f"{key}.max_length", f"no trainable conversations left ({report.summary()}): give more "
+                                               f"conversations, or raise {key}.max_length, or keep over-long ones "
+                                               f"truncated ({key}.overlong=truncate)")
     pad_id = tokenizer.pad_token_id
 
     def collate(rows):
         input_ids, attention_mask, loss_mask = pad_batch(rows, pad_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
-    result = train(CausalLMObjective(model), examples, collate, target_count,
-                   [len(e[0]) for e in examples], cfg, work_dir, on_metrics, desc, precision)
+    with lora_training(model, cfg.lora, key, cfg.seed, desc):
+        result = train(CausalLMObjective(model), examples, collate, target_count,
+                       [len(e[0]) for e in examples], cfg, work_dir, on_metrics, desc, precision)
     return result, report
 
 

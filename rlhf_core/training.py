@@ -38,6 +38,7 @@ from torch import nn
 from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
 from .launch import is_main_process
+from .lora import LoRAConfig
 from .models import resolve_precision
 from .progress import progress
 
@@ -67,6 +68,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # recent checkpoints kept on disk: a damaged latest one falls back to the one before
     seed: int = 0
     fail_after_steps: int | None = None  # fault injection: raise after this many steps (tests, demos)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # lora.r > 0: train LoRA adapters, merged after (lora.py)
 
 
 class NonFiniteLossError(RLHFError):
@@ -83,6 +85,10 @@ class TrainResult:
     resumed_from: int  # 0 when started fresh
     history: list[dict] = field(default_factory=list)  # per-step metrics of this run
     final: dict = field(default_factory=dict)  # last step's metrics
+    # Sharded training (launch=fsdp) only: the whole state dict of the objective's model (``objective.model``)
+    # gathered on the main process; the trained module itself holds shards. {} on the other processes, None
+    # when the weights are whole.
+    full_state: dict | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,15 +224,40 @@ def atomic_checkpoint(work_dir: Path, step: int, keep: int = 2, accelerator=None
 # the loop
 
 
+def sharded_launch() -> bool:
+    """True in a rank that ``accelerate launch`` started with an FSDP config (``launch=fsdp``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def make_accelerator(precision: str):
     """An Accelerator for this run. In a single process its global state is reset first, so one
-    long-lived worker can run an fp32 step after a bf16 one."""
+    long-lived worker can run an fp32 step after a bf16 one.
+
+    In a rank of ``launch=fsdp`` it shards the model (FSDP2, settings from the ``FSDP_*`` variables that
+    ``accelerate launch`` sets from the config file). On CPU ranks accelerate 1.x would silently fall back
+    to DDP (it turns only GPU-like distributed types into FSDP), so there the distributed type is set to FSDP
+    in both of accelerate's shared states (each new ``AcceleratorState`` copies ``PartialState``'s): FSDP2's
+    collectives run on gloo, and 2 CPU processes then train exactly as DDP does
+    (tests/integration/test_launch.py). It relies on accelerate's internals, which constraints.txt pins."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    mixed = "bf16" if precision == "bf16" else "no"
+    if not sharded_launch():
+        return Accelerator(mixed_precision=mixed)
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    accelerator = Accelerator(mixed_precision=mixed, fsdp_plugin=plugin)
+    if accelerator.distributed_type == DistributedType.MULTI_CPU:
+        for state in (PartialState._shared_state, AcceleratorState._shared_state):
+            state["distributed_type"] = DistributedType.FSDP
+        AcceleratorState._shared_state["fsdp_plugin"] = plugin
+        if mixed != "no":
+            plugin.set_mixed_precision(mixed)
+    return accelerator
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -273,12 +304,25 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
     # 1. Model, optimiser (AdamW, Llama 2 settings by default), cosine schedule with warm-up.
     torch.manual_seed(cfg.seed)
     model = getattr(objective, "model", objective)
+    sharded = accelerator.distributed_type == "FSDP"
+    if sharded:
+        if cfg.lora.r:
+            raise ConfigError("launch.name", "LoRA adapters are merged into whole weights after training, which "
+                                             "sharded (FSDP) weights are not: use launch=ddp with LoRA (its memory "
+                                             "is small enough to replicate), or lora.r=0 with launch=fsdp")
+        # FSDP wraps each of the model's own blocks (its _no_split_modules: the decoder layers) as a unit
+        objective._no_split_modules = next((m._no_split_modules for m in objective.modules()
+                                            if getattr(m, "_no_split_modules", None)), None)
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     optimizer = adamw(objective, cfg.lr, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    if sharded:
+        held = sum(getattr(p, "_local_tensor", p).numel() for p in objective.parameters())
+        log.info("%s: weights sharded over %d processes (FSDP): this one holds %d of %d parameters", desc, world,
+                 held, sum(p.numel() for p in objective.parameters()))
 
     # 2. Resume from the latest whole checkpoint, if any. Weights and optimizer state load as tensors
     # only (safetensors and weights_only=True); the schedule's state is JSON in the trainer state.
@@ -321,6 +365,7 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + (0.0 if idle else float(value.detach()))
         grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
         if not torch.isfinite(torch.as_tensor(grad_norm)):
             raise NonFiniteLossError(_nonfinite_message("gradient norm", step, work_dir))
         optimizer.step()
@@ -351,6 +396,10 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
             raise InjectedFault(f"injected fault after step {step + 1} (fail_after_steps); rerun to resume")
     bar.close()
     accelerator.wait_for_everyone()
+    if sharded:  # every process takes part in the gather; the main one gets the whole weights
+        state = accelerator.get_state_dict(objective)
+        inner = "model." if hasattr(objective, "model") else ""  # an objective's own model's names
+        result.full_state = {k.removeprefix(inner): v for k, v in state.items()}
     return result
 
 

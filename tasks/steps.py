@@ -322,38 +322,42 @@ def rejection_sample(policy: Ref, rms: dict[str, Ref], search: Ref, previous: li
 
 @step_task("train_policy")
 def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, student: str | None, here: str,
-                 fault: Fault | None = None) -> Ref:
-    """Fine-tune the policy (or ``rejection.student``) on the pool's best answers (rejection-sampling SFT)."""
+                 fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
+    """Fine-tune the policy (or ``rejection.student``) on the pool's best answers (rejection-sampling SFT);
+    on ``launch.num_processes`` processes when that is more than one."""
     from rlhf.core.steps.sft import sft_step
 
     start = replace(model, name_or_path=student) if student else _model(model, policy)
     data = DataConfig(path=pool["files"]["pool_sft"])
     return _one("train_policy", TRAIN_POLICY, here, fault,
-                lambda out, f: sft_step(start, data, _failing(config, f), out))
+                lambda out, f: sft_step(start, data, _failing(config, f), out, launch=launch,
+                                        config_key="train_policy"))
 
 
 @step_task("ppo")
 def ppo(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig, eval_prompts: PromptsConfig,
         sampling: SamplingConfig, scorer: ScorerConfig, config: PPOConfig, here: str,
-        fault: Fault | None = None) -> Ref:
-    """PPO of the iteration's policy against its reward models (KL to the pre-PPO policy)."""
+        fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
+    """PPO of the iteration's policy against its reward models (KL to the pre-PPO policy); on
+    ``launch.num_processes`` processes when that is more than one."""
     from rlhf.core.steps.ppo import ppo_step
 
     return _one("ppo", PPO, here, fault, lambda out, f: ppo_step(
         _model(model, policy), scorer_for(scorer, rms), prompts, eval_prompts, sampling, config, out,
-        fail_after_steps=f.after_steps if f is not None else None))
+        fail_after_steps=f.after_steps if f is not None else None, launch=launch))
 
 
 @step_task("gatt")
 def gatt(policy: Ref, model: ModelConfig, config: GAttConfig, train: SFTConfig, sampling: SamplingConfig,
-         here: str, fault: Fault | None = None) -> Ref:
+         here: str, fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
     """Ghost Attention: dialogues with the instruction on every user turn, SFT on the last answer with the
-    instruction in the system message only, adherence per turn before and after."""
+    instruction in the system message only, adherence per turn before and after; its fine-tune on
+    ``launch.num_processes`` processes when that is more than one."""
     from rlhf.core.steps.gatt import gatt_step
 
     core = GAttConfig(**{field.name: getattr(config, field.name) for field in dataclasses.fields(GAttConfig)})
     return _one("gatt", GATT, here, fault, lambda out, f: gatt_step(
-        _model(model, policy), core, _failing(train, f), sampling, out))
+        _model(model, policy), core, _failing(train, f), sampling, out, launch=launch))
 
 
 @step_task("evaluate")

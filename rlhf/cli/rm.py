@@ -47,7 +47,8 @@ def cmd_rm_train(overrides: list[str]) -> int:
     out = here(cfg)
     with writing(cfg):
         manifests = {name: rm_train_step(cfg.model, getattr(cfg.reward, name), cfg.reward.train,
-                                         rm_outputs(name).dir(out), name=name, launch=cfg.launch)
+                                         rm_outputs(name).dir(out), name=name,
+                                         launch=cfg.launch.for_step("train_reward_models"))
                      for name in rm_names(cfg.reward.train_safety)}
     for name, manifest in manifests.items():
         metrics = manifest["metrics"]

@@ -22,7 +22,7 @@ def cmd_sft(overrides: list[str]) -> int:
     cfg = compose(overrides)
     out_dir = SFT.dir(iteration_dir(cfg, 0))
     with writing(cfg):
-        metrics = sft_step(cfg.model, cfg.data, cfg.sft, out_dir, launch=cfg.launch)["metrics"]
+        metrics = sft_step(cfg.model, cfg.data, cfg.sft, out_dir, launch=cfg.launch.for_step("sft"))["metrics"]
     print(f"\nSFT model: {out_dir}")
     print(f"  steps {metrics['steps']}, train loss {metrics['train_loss_first']:.3f} -> "
           f"{metrics['train_loss_last']:.3f}", end="")
@@ -79,7 +79,8 @@ def cmd_rs(overrides: list[str]) -> int:
                                    cfg.scorer, iteration, previous, REJECTION_SAMPLE.dir(out))
         student = replace(cfg.model, name_or_path=cfg.rejection.student) if cfg.rejection.student else cfg.model
         pool_sft = REJECTION_SAMPLE.dir(out) / REJECTION_SAMPLE["pool_sft"]
-        policy = sft_step(student, DataConfig(path=str(pool_sft)), cfg.sft, TRAIN_POLICY.dir(out))
+        policy = sft_step(student, DataConfig(path=str(pool_sft)), cfg.sft, TRAIN_POLICY.dir(out),
+                          launch=cfg.launch.for_step("train_policy"), config_key="sft")
     metrics = rs["metrics"]
     print("\ntemperature search (mean max-of-K reward):")
     for temperature, value in search["metrics"]["curve"].items():
@@ -99,7 +100,7 @@ def cmd_ppo(overrides: list[str]) -> int:
     out_dir = output_dir(cfg, PPO)
     with writing(cfg, out_dir):
         metrics = ppo_step(cfg.model, cfg.scorer, replace(cfg.prompts, n=cfg.ppo.n_prompts), ppo_eval_prompts(cfg),
-                           cfg.sampling, cfg.ppo, out_dir)["metrics"]
+                           cfg.sampling, cfg.ppo, out_dir, launch=cfg.launch.for_step("ppo"))["metrics"]
     print(f"\nPPO policy: {out_dir}\n  {metrics['steps']} iterations"
           f"{' (early-stopped)' if metrics['early_stopped'] else ''}, held-out reward {metrics['reward_start']:.3f} "
           f"-> {metrics['reward_end']:.3f} (best at iteration {metrics['best_step']}), KL to the reference "

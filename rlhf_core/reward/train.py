@@ -22,6 +22,7 @@ from torch import nn
 
 from ..chat import pad_batch
 from ..errors import ConfigError
+from ..lora import lora_training
 from ..preferences import LEVELS, check_n_test, check_on_bad_record
 from ..training import MetricsCallback, TrainConfig, TrainResult, train
 from .loss import margins_for, ranking_loss
@@ -157,7 +158,12 @@ def train_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, cfg: Rew
     Checkpoints go to ``work_dir/checkpoints``; an existing one is resumed. The margin table and
     ``max_length`` are recorded in ``rm.info`` (written to ``reward_config.json`` on save).
     Per-step metrics: loss, correct (share of pairs ranked right), reward_gap, lr, grad_norm, tokens_per_s.
+
+    With ``cfg.lora.r > 0`` the backbone trains LoRA adapters only (``rlhf_core/lora.py``) and the scalar
+    head trains in full (it is new: nothing to keep frozen); the adapters are merged into the backbone at
+    the end, so the RM saves and loads as before.
     """
+    cfg.lora.validate("reward.train")
     if len(pairs) == 0:
         raise ValueError("no training pairs: check the pair files (reward.*.data) and safety_only")
     examples, report = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.margin)
@@ -165,8 +171,9 @@ def train_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, cfg: Rew
     rm.info.update(max_length=cfg.max_length, margin=cfg.margin if isinstance(cfg.margin, str) else "custom",
                    margin_table=dict(zip(LEVELS, table)))
     pad_id = tokenizer.pad_token_id
-    result = train(RankingObjective(rm), examples, lambda rows: collate_pairs(rows, pad_id), lambda _: 1,
-                   [max(len(e[0]), len(e[1])) for e in examples], cfg, work_dir, on_metrics, desc, precision)
+    with lora_training(rm.backbone, cfg.lora, "reward.train", cfg.seed, desc, trained=rm):
+        result = train(RankingObjective(rm), examples, lambda rows: collate_pairs(rows, pad_id), lambda _: 1,
+                       [max(len(e[0]), len(e[1])) for e in examples], cfg, work_dir, on_metrics, desc, precision)
     return result, report
 
 

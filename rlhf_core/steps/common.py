@@ -18,7 +18,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import atomic_dir, digest, read_jsonl, step_key, verify_output, write_jsonl, write_manifest, write_text
+from ..artifacts import (
+    CORE_DIR,
+    atomic_dir,
+    code_version,
+    digest,
+    read_jsonl,
+    source_digest,
+    step_key,
+    verify_output,
+    write_jsonl,
+    write_manifest,
+    write_text,
+)
 from ..errors import RLHFError
 from ..launch import (
     LaunchConfig,
@@ -184,25 +196,33 @@ def launch_dir_for(out_dir: Path) -> Path:
 
 def launched_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict], launch: LaunchConfig,
                   runner: Callable, args: dict, batches: dict | None = None,
-                  on_metrics: Callable[[dict, int], None] | None = None) -> dict:
+                  on_metrics: Callable[[dict, int], None] | None = None,
+                  prepare: Callable[[], None] | None = None) -> dict:
     """Run the step ``runner(**args)`` on ``launch.num_processes`` ranks (``rlhf.core.launch``) unless the
     output is cached, and return the manifest its main rank wrote; ``config`` and ``inputs`` are the ones
     the runner keys its output with (the cache check happens here too, so a cached step starts nothing).
     ``batches``: the training configs to check against the number of processes (``{"sft": SFTConfig}``).
     ``on_metrics`` cannot follow the ranks live: it gets every step's metrics from ``metrics.jsonl`` when
-    the step is done."""
+    the step is done. ``prepare()``, when given, runs here before the processes start (a phase the step
+    does in one process, e.g. GAtt's sampling, written to the work dir where the ranks find it)."""
     out_dir = Path(out_dir)
     check_launch(launch, batches)
     key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
     if (manifest := cached(name, out_dir, key)) is not None:
         log.info("%s: cached, same config and inputs -> %s", name, out_dir)
         return manifest
+    if prepare is not None:
+        prepare()
     launch_dir = launch_dir_for(out_dir)
     run_launched(name, runner_path(runner), args, launch, launch_dir)
     manifest, problem = verify_output(out_dir, key)
     if problem:
+        edited = source_digest(CORE_DIR) not in code_version()
         raise RLHFError(f"{name}: the launched processes finished, but {out_dir} is not the output they were to "
-                        f"write ({problem}); their logs: {launch_dir}")
+                        f"write ({problem}); their logs: {launch_dir}" + (
+                            ". The platform's code (rlhf_core) changed while the step ran: the launched processes "
+                            "ran the new code, this process keyed the step with the old one. Run it again"
+                            if edited else ""))
     shutil.rmtree(launch_dir, ignore_errors=True)
     if on_metrics is not None:
         for row in read_jsonl(out_dir / METRICS):

@@ -15,6 +15,7 @@ The ``rlhf gatt data|train|eval`` commands run the phases one at a time (:func:`
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import asdict, replace
@@ -26,12 +27,23 @@ import pandas as pd
 
 from ..artifacts import atomic_file, read_jsonl, write_json, write_jsonl
 from ..gatt import GAttConfig, adherence, draw_instructions, synthesize, training_examples, user_messages
+from ..launch import LaunchConfig, check_unsharded, keyed_launch, launches
 from ..models import ModelConfig, load_model
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..sampling import SamplingConfig, TransformersBackend
 from ..sft import SFTConfig, run_sft
 from ..training import checkpoint_step, latest_checkpoint
-from .common import MetricsLog, log, model_input, run_step, save_model_output, work_dir_for
+from .common import (
+    MetricsLog,
+    key_for,
+    launched_step,
+    log,
+    model_input,
+    prepare_work_dir,
+    run_step,
+    save_model_output,
+    work_dir_for,
+)
 from .outputs import GATT, GATT_DATA, GATT_EVAL, GATT_TRAIN, METRICS  # noqa: F401 (re-exported: GATT_TRAIN, GATT_EVAL)
 
 
@@ -76,7 +88,7 @@ def train_on(model, tokenizer, rows: list[dict], train_cfg: SFTConfig, work: Pat
              precision: str = "auto"):
     """SFT on GAtt rows: only the last answer of each is a target (``loss_mode="last"``)."""
     return run_sft(model, tokenizer, rows, replace(train_cfg, loss_mode="last"), work, on_metrics, desc="gatt",
-                   precision=precision)
+                   precision=precision, config_key="gatt.train")
 
 
 def _summary_metrics(before: dict, after: dict, dialogues: pd.DataFrame, n_examples: int) -> dict:
@@ -95,37 +107,66 @@ def _summary_metrics(before: dict, after: dict, dialogues: pd.DataFrame, n_examp
             "kept_turn_share": float(kept.sum() / (len(dialogues) * max(len(dialogues.users.iloc[0]), 1)))}
 
 
+def _prepared(work: Path, backend: Callable[[], TransformersBackend], cfg: GAttConfig,
+              sampling: SamplingConfig) -> tuple[pd.DataFrame, list[dict], dict, pd.DataFrame]:
+    """Phases 1 and 2, each read back from the work dir when a run before did it: the dialogues, the SFT
+    rows, and the input policy's adherence (curves and judged answers). ``backend()`` makes the sampling
+    engine, only when a phase has to run."""
+    data = work / "data"
+    if (data / GATT_DATA["rows"]).is_file():
+        dialogues = pd.read_parquet(data / GATT_DATA["dialogues"])
+    else:
+        dialogues = build_data(backend(), cfg, sampling, data)
+    rows = read_jsonl(data / GATT_DATA["rows"])
+    if (work / "before.json").is_file():
+        before = {k: {int(t): s for t, s in v.items()} for k, v in json.loads((work / "before.json").read_text())
+                  .items()}
+        judged_before = pd.read_parquet(work / "before.parquet")
+    else:
+        before, judged_before = evaluate_adherence(backend(), cfg, sampling)
+        judged_before.to_parquet(work / "before.parquet")
+        write_json(work / "before.json", before, sort_keys=False)  # last: marks the phase done
+    return dialogues, rows, before, judged_before
+
+
 def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sampling: SamplingConfig,
-              out_dir: str | Path, on_metrics: Callable[[dict, int], None] | None = None) -> dict:
-    """Ghost Attention on ``model_cfg``'s policy; returns the output's manifest."""
+              out_dir: str | Path, on_metrics: Callable[[dict, int], None] | None = None,
+              launch: LaunchConfig | None = None) -> dict:
+    """Ghost Attention on ``model_cfg``'s policy; returns the output's manifest.
+
+    With ``launch`` on more than one process, the calling process synthesises the dialogues and measures
+    the input policy (phases 1 and 2, into the work dir), the launched processes fine-tune on them (each its
+    share of every batch) and the main one measures the result and writes the output."""
     cfg.validate()
+    check_unsharded(launch, "gatt")
     out_dir = Path(out_dir)
     work = work_dir_for(out_dir)
     config = {"model": asdict(model_cfg), "gatt": asdict(cfg), "train": asdict(replace(train_cfg, loss_mode="last",
                                                                                          fail_after_steps=None)),
-              "sampling": asdict(sampling)}
+              "sampling": asdict(sampling), **keyed_launch(launch)}
+    inputs = {"model": model_input(model_cfg)}
 
-    def body(tmp: Path) -> dict:
+    def engine() -> TransformersBackend:
+        model, tokenizer = load_model(model_cfg)
+        return TransformersBackend(model, tokenizer, model_cfg.precision)
+
+    if launches(launch):
+        def prepare() -> None:
+            prepare_work_dir("gatt", out_dir, key_for(config, {k: v["digest"] for k, v in inputs.items()}))
+            _prepared(work, functools.cache(engine), cfg, sampling)  # one engine for both phases, then freed
+
+        return launched_step("gatt", out_dir, config, inputs, launch, gatt_step,
+                             {"model_cfg": model_cfg, "cfg": cfg, "train_cfg": train_cfg, "sampling": sampling,
+                              "out_dir": out_dir, "launch": launch}, {"gatt.train": train_cfg}, on_metrics,
+                             prepare=prepare)
+
+    def body(tmp: Path | None) -> dict:
         model, tokenizer = load_model(model_cfg)
         backend = TransformersBackend(model, tokenizer, model_cfg.precision)
-        # 1. Dialogues sampled with the instruction on every user turn (kept in the work dir).
-        data = work / "data"
-        if (data / GATT_DATA["rows"]).is_file():
-            dialogues = pd.read_parquet(data / GATT_DATA["dialogues"])
-        else:
-            dialogues = build_data(backend, cfg, sampling, data)
-        rows = read_jsonl(data / GATT_DATA["rows"])
+        # 1.-2. Dialogues sampled with the instruction on every user turn; adherence of the input policy.
+        dialogues, rows, before, judged_before = _prepared(work, lambda: backend, cfg, sampling)
         log.info("gatt: %d of %d dialogues kept a followed answer (%d examples)", int((dialogues.answers.map(len) > 0)
                  .sum()), len(dialogues), len(rows))
-        # 2. Adherence of the input policy.
-        if (work / "before.json").is_file():
-            before = {k: {int(t): s for t, s in v.items()} for k, v in json.loads((work / "before.json").read_text())
-                      .items()}
-            judged_before = pd.read_parquet(work / "before.parquet")
-        else:
-            before, judged_before = evaluate_adherence(backend, cfg, sampling)
-            judged_before.to_parquet(work / "before.parquet")
-            write_json(work / "before.json", before, sort_keys=False)  # last: marks the phase done
         # 3. SFT on the rows, the loss on the last answer only (resumes from its checkpoints).
         resume = latest_checkpoint(work / "sft")
         metrics_log = MetricsLog(work / "sft" / METRICS, checkpoint_step(resume), on_metrics)
@@ -133,9 +174,12 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
             raise ValueError("gatt: no dialogue kept a single answer that follows its instruction; raise gatt.k or "
                              "gatt.n_dialogues, or check the model answers at all")
         result, _ = train_on(model, tokenizer, rows, train_cfg, work / "sft", metrics_log, model_cfg.precision)
+        if tmp is None:  # another rank of a launched step: the main one measures and writes the output
+            return {}
         # 4. Adherence after, the outputs.
         after, judged_after = evaluate_adherence(backend, cfg, sampling)
         history = save_model_output(tmp, model, tokenizer, work / "sft" / METRICS)
+        data = work / "data"
         for name in ("dialogues", "rows"):
             shutil.copyfile(data / GATT_DATA[name], tmp / GATT[name])
         pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
@@ -155,5 +199,5 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
                 else "")
         return f"{m['n_examples']} examples from {m['n_dialogues']} dialogues; adherence {per_turn}{zero}"
 
-    return run_step("gatt", out_dir, config, {"model": model_input(model_cfg)}, body,
+    return run_step("gatt", out_dir, config, inputs, body,
                     f"{model_cfg.name_or_path}, {cfg.n_dialogues} dialogues x {cfg.turns} turns", summary)

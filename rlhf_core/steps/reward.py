@@ -193,6 +193,12 @@ def rm_train_step(model_cfg: ModelConfig, data_cfg: RMDataConfig, rm_cfg: Reward
         log.info("rm_train %s: data: %s", name, report.summary())
         if not is_main_process():  # the other ranks of a launched step train their share only
             return {}
+        if result.full_state is not None:  # launch=fsdp: the trained module holds shards; a whole copy is saved
+            whole, tokenizer = reward_model_from_policy(model_cfg, name=name, seed=rm_cfg.seed,
+                                                        max_length=rm_cfg.max_length)
+            whole.load_state_dict(result.full_state)
+            whole.info = rm.info
+            rm = whole
         # 3. The RM directory, its per-step metrics and its test accuracy per level.
         history = save_model_output(tmp, rm, tokenizer, work / METRICS, save=save_reward_model)
         metrics = {

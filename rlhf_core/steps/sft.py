@@ -66,9 +66,11 @@ def _split(rows: list[dict], cfg: DataConfig, path: Path) -> tuple[list[dict], l
 
 
 def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, out_dir: str | Path,
-             on_metrics: Callable[[dict, int], None] | None = None, launch: LaunchConfig | None = None) -> dict:
+             on_metrics: Callable[[dict, int], None] | None = None, launch: LaunchConfig | None = None,
+             config_key: str = "sft") -> dict:
     """Run SFT (or reuse a finished output with the same key); returns the output's manifest. ``launch``
-    with more than one process runs it on that many (the key then names the number of processes)."""
+    with more than one process runs it on that many (the key then names the number of processes).
+    ``config_key`` is the config section errors name (``train_policy`` for the rejection-sampling fine-tune)."""
     out_dir = Path(out_dir)
     path = data_path(data_cfg)
     inputs = {"model": model_input(model_cfg), "data": file_input(path)}
@@ -77,7 +79,7 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
     if launches(launch):
         return launched_step("sft", out_dir, config, inputs, launch, sft_step,
                              {"model_cfg": model_cfg, "data_cfg": data_cfg, "sft_cfg": sft_cfg, "out_dir": out_dir,
-                              "launch": launch}, {"sft": sft_cfg}, on_metrics)
+                              "launch": launch, "config_key": config_key}, {config_key: sft_cfg}, on_metrics)
 
     def body(tmp: Path | None) -> dict:
         main = is_main_process()  # the other ranks of a launched step train their share only
@@ -92,10 +94,13 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
         # 3. Train (resumes from the work dir's latest checkpoint).
         metrics_log = MetricsLog(work / METRICS, checkpoint_step(resume), on_metrics)
         result, report = run_sft(model, tokenizer, train_rows, sft_cfg, work, metrics_log,
-                                 precision=model_cfg.precision)
+                                 precision=model_cfg.precision, config_key=config_key)
         log.info("sft: data: %s", report.summary())
         if not main:
             return {}
+        if result.full_state is not None:  # launch=fsdp: the trained module holds shards; a whole copy is saved
+            model, tokenizer = load_model(model_cfg)
+            model.load_state_dict(result.full_state)
         loss_after = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows else None
         # 4. The model directory.
         history = save_model_output(tmp, model, tokenizer, work / METRICS)

@@ -339,3 +339,34 @@ def test_io_failures_are_retried_as_orchestration_says(tmp_path, monkeypatch):
         run(0, "not-retried")
     assert len(attempts) == 1
     tracking.RECORDER.flush(raise_errors=False)
+
+
+@pytest.mark.slow
+def test_smoke_campaign_with_every_training_step_on_two_processes(tmp_path, caplog):
+    """``launch=ddp launch.num_processes=2``: SFT, the RMs, the policy's fine-tune, PPO and GAtt each run on
+    2 launched processes; the campaign completes, records ``world_size`` in the manifests and as an MLflow
+    param of the training steps' runs, and a rerun is all Cached without starting a process. One iteration
+    with every step (PPO and GAtt in V1) keeps it to 6 launches."""
+    cfg = smoke(tmp_path, "d", "launch=ddp", "launch.num_processes=2", "campaign.iterations=1",
+                "campaign.ppo_at=[1]", "campaign.gatt_from=1")
+    t0 = datetime.now(timezone.utc)
+    run_campaign(cfg)
+    states = prefect_runs.task_states(t0)
+    assert {s for v in states.values() for s in v} == {"Completed"}, states
+    home = tmp_path / "d"
+    trained = {"iter-0/sft", "iter-1/rm-helpful", "iter-1/rm-safety", "iter-1/train_policy", "iter-1/ppo",
+               "iter-1/gatt"}
+    for step in trained | {"iter-1/evaluate", "iter-1/rejection_sample"}:
+        manifest = json.loads((home / step / "manifest.json").read_text())
+        assert manifest["world_size"] == (2 if step in trained else 1), step
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("d").experiment_id
+    launched = client.search_runs([experiment], "params.world_size = '2'", max_results=100)
+    assert sorted(r.info.run_name for r in launched) == ["gatt", "ppo", "sft", "train_policy", "train_reward_models"]
+
+    caplog.clear()
+    t1 = datetime.now(timezone.utc)
+    with caplog.at_level("INFO", logger="rlhf"):
+        run_campaign(cfg)
+    assert {s for v in prefect_runs.task_states(t1).values() for s in v} == {"Cached"}
+    assert "launching" not in caplog.text

@@ -88,3 +88,45 @@ def test_crash_then_resume_equals_a_straight_run(tmp_path):
     assert result.resumed_from_step == 3 and result.steps == 6
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_value_head_on_the_policy_trunk_learns_without_a_second_transformer(tmp_path):
+    """``value_init=shared``: the value model is a head on the policy's own transformer (no copy), its
+    optimizer holds the head alone, and PPO still raises the reward as with a separate value model."""
+    policy, _ = build_tiny_model(seed=0)
+    value = ValueModel.on_policy_trunk(policy)
+    assert value.backbone is policy.base_model and value.own() is value.head
+    before = {k: v.clone() for k, v in value.head.state_dict().items()}
+    result = run_ppo(policy, TOK, copy.deepcopy(policy), value, lowercase_share, prompts(64), prompts(32, offset=1000),
+                     PPOConfig(**(CFG | {"beta": 0.0, "value_init": "shared"})), SAMPLING, tmp_path, precision="fp32")
+    # Measured: reward 0.09 -> 1.0 (seed 0) and 0.11 -> 1.0 (seed 1), as with a separate value model.
+    assert result.reward_start < 0.2 and result.reward_end > result.reward_start + 0.4, result.history
+    assert any(not torch.equal(before[k], v) for k, v in value.head.state_dict().items())  # the head trained
+
+
+def test_ppo_with_lora_learns_and_its_reference_is_the_policy_without_adapters(tmp_path):
+    """``ppo.lora``: only the adapters (and the shared value head) train; the reference is the policy with the
+    adapters switched off, which gives exactly the starting policy's log-probs all along (no second copy);
+    merged afterwards, the weights are a plain model that scores like the trained one."""
+    from rlhf.core.lora import LoRAConfig, WithoutAdapters, add_adapters, merge_adapters
+    from rlhf.core.ppo import Batch, answer_logprobs, make_batch
+
+    policy, _ = build_tiny_model(seed=0)
+    start, _ = build_tiny_model(seed=0)
+    lora = LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"])
+    adapters = add_adapters(policy, lora, "ppo", seed=0)
+    reference = WithoutAdapters(adapters)
+    frozen = {k: v.clone() for k, v in policy.named_parameters() if not v.requires_grad}
+    result = run_ppo(policy, TOK, reference, ValueModel.on_policy_trunk(policy), lowercase_share, prompts(64),
+                     prompts(32, offset=1000), PPOConfig(**(CFG | {"beta": 0.0, "lr": 1e-2, "value_init": "shared"})),
+                     SAMPLING, tmp_path, precision="fp32")
+    # Measured: reward 0.09 -> 1.0 (seed 0) and 0.11 -> 1.0 (seed 1); 0.98 already after 10 iterations.
+    assert result.reward_start < 0.2 and result.reward_end > result.reward_start + 0.4, result.history
+    assert all(torch.equal(frozen[k], v) for k, v in policy.named_parameters() if k in frozen)  # base untouched
+    batch: Batch = make_batch([torch.tensor([1, 2, 3])], [torch.tensor([4, 5, 6, 7])], TOK.pad_token_id)
+    ref_logp = answer_logprobs(reference, batch, "fp32")[0]
+    torch.testing.assert_close(ref_logp, answer_logprobs(start, batch, "fp32")[0], rtol=0, atol=0)
+    trained_logp = answer_logprobs(policy, batch, "fp32")[0]
+    assert not torch.allclose(trained_logp, ref_logp)
+    merged = merge_adapters(adapters)
+    torch.testing.assert_close(answer_logprobs(merged, batch, "fp32")[0], trained_logp, rtol=0, atol=1e-5)

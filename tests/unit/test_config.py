@@ -28,6 +28,13 @@ def test_experiments_pick_their_model():
     assert compose_config(["experiment=demo"]).model.name_or_path == "smollm2"
     llama2 = compose_config(["experiment=llama2"])
     assert llama2.sft.lr == 2e-5 and llama2.reward.train.lr == 1e-5 and llama2.reward.train.batch_size == 512
+    # sized for eight GPUs: FSDP for the fine-tunes, PPO and GAtt data parallel with LoRA, sampling on vLLM
+    assert (llama2.launch.name, llama2.launch.num_processes) == ("fsdp", 8) and llama2.sampling.backend == "vllm"
+    assert {s: llama2.launch.for_step(s).name for s in ("sft", "train_reward_models", "train_policy", "ppo",
+                                                         "gatt")} == {"sft": "fsdp", "train_reward_models": "fsdp",
+                                                                      "train_policy": "fsdp", "ppo": "ddp",
+                                                                      "gatt": "ddp"}
+    assert llama2.ppo.lora.r == 16 and llama2.ppo.value_init == "shared" and llama2.gatt.train.lora.r == 16
 
 
 def test_overrides_win_over_the_experiment():
