@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m benchmarks.sampling_throughput
 	$(PY) -m benchmarks.ppo_step
 	$(PY) -m benchmarks.campaign_overhead
+	$(PY) -m benchmarks.launch_overhead
 
 clean:
 	rm -rf runs .pytest_cache

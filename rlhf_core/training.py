@@ -378,8 +378,10 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
             sums, n_tokens = dict(zip(sums, reduced[:-1].tolist())), int(reduced[-1])
         elapsed = time.perf_counter() - started
         metrics = {k.removesuffix("_sum"): v / max(1, n_units) for k, v in sums.items()}
-        metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=epoch,
-                       tokens_per_s=n_tokens / elapsed * (world if world > 1 else 1) if elapsed else 0.0)
+        # n_tokens: the real tokens of the whole batch (summed over the processes above), so this is the step's
+        # throughput whatever the number of processes
+        metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=epoch, tokens=n_tokens,
+                       tokens_per_s=n_tokens / elapsed if elapsed else 0.0)
         result.steps = step + 1
         result.history.append({"step": step + 1, **metrics})
         result.final = metrics

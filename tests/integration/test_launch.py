@@ -144,6 +144,9 @@ def test_sft_on_two_processes_gives_the_weights_of_one(sft_runs):
     losses = [[row["loss"] for row in map(json.loads, (run["out_dir"] / "metrics.jsonl").read_text().splitlines())]
               for run in (one, two)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # every rank's share of the loss was counted
+    tokens = [[row["tokens"] for row in map(json.loads, (run["out_dir"] / "metrics.jsonl").read_text().splitlines())]
+              for run in (one, two)]
+    assert tokens[0] == tokens[1] and min(tokens[0]) > 0  # each step's tokens counted once, not once per process
     assert two["metrics"]["eval_loss_after"] == pytest.approx(one["metrics"]["eval_loss_after"], rel=1e-5)
     out = two["out_dir"]
     assert not work_dir_for(out).exists() and not launch_dir_for(out).exists()  # nothing left beside it
