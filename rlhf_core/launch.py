@@ -1,9 +1,9 @@
 """Training that outgrows one process: a step started on N processes with ``accelerate launch``.
 
 ``launch.num_processes=1`` (``launch=single``, the default) runs every step in the calling process, as
-before. With more, a training step's runner (``sft_step``, ``rm_train_step``) is not called here but
-written down as a *spec* (``spec.json``: the runner's import path and its arguments, config dataclasses
-as dicts) and started on every rank as ``python -m rlhf.core.launched <spec.json>`` by::
+before. With more, a training step's runner (``sft_step``, ``rm_train_step``, ``ppo_step``, ``gatt_step``) is
+not called here but written down as a *spec* (``spec.json``: the runner's import path and its arguments,
+config dataclasses as dicts) and started on every rank as ``python -m rlhf.core.launched <spec.json>`` by::
 
     <this python> -m accelerate.commands.launch --config_file <accelerate yaml> --num_processes N ...
     (run through ``python -m rlhf.core.launched --launcher ...``, which first sets a parent-death signal)
@@ -24,6 +24,9 @@ own group (torchrun starts each rank in a new session) are terminated, then kill
 
 Only the main rank writes the step's output dir and manifest (``rlhf.core.steps.common.run_step``); the
 other ranks compute and exit. The parent then reads the manifest the main rank committed.
+:meth:`LaunchConfig.for_step` applies a step's own overrides (``launch.steps.<step>``); :func:`rank`,
+:func:`gather_objects` and :func:`sum_across` are the collectives PPO splits its work with (no-ops in one
+process).
 
 This module imports torch lazily and nothing of accelerate: it is imported by every step runner.
 """
@@ -85,7 +88,7 @@ class StepLaunches:
 class LaunchConfig:
     """The ``launch`` group: how many processes a training step runs on, and how they are started."""
 
-    name: str = "single"  # single (in this process) | ddp | fsdp | deepspeed (shipped configs, not run yet)
+    name: str = "single"  # single (in this process) | ddp | fsdp (sft, RMs, train_policy) | deepspeed (refused)
     num_processes: int = 1  # processes in all (on all machines); > 1 starts them with accelerate launch
     config_file: str | None = None  # an accelerate config yaml; null = the shipped one for `name`
     num_machines: int = 1  # passed through to accelerate launch
