@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench ui clean
+.PHONY: install demo test test-processes test-fast lint bench ui clean
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ demo: install
 ui: install
 	$(VENV)/bin/rlhf ui
 
+# Everything but the multi-process training tests, which start ~50 launches of 2 processes (~7 minutes on 2
+# cores): `make test-processes` runs those; .ci/run runs both.
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not processes" $(PYTEST_ARGS)
+
+test-processes: install
+	$(PY) -m pytest -q -m processes $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): unused and undefined names, likely bugs, import order, line length.
 lint: install

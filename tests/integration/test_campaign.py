@@ -342,6 +342,7 @@ def test_io_failures_are_retried_as_orchestration_says(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_smoke_campaign_with_every_training_step_on_two_processes(tmp_path, caplog):
     """``launch=ddp launch.num_processes=2``: SFT, the RMs, the policy's fine-tune, PPO and GAtt each run on
     2 launched processes; the campaign completes, records ``world_size`` in the manifests and as an MLflow

@@ -33,7 +33,7 @@ from rlhf.core.steps.reward import rm_train_step
 from rlhf.core.steps.sft import DataConfig, sft_step
 from rlhf.core.training import InjectedFault
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 MODEL = ModelConfig(name_or_path="tiny", precision="fp32")  # fp32: bf16 rounding would swamp the comparison
 DDP = LaunchConfig(name="ddp", num_processes=2, timeout_seconds=60)

@@ -104,6 +104,7 @@ def ppo_runs(tmp_path_factory, rms) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_ppo_on_two_processes_ends_with_the_weights_of_one(ppo_runs):
     one, two = ppo_runs["one"], ppo_runs["two"]
     start = weights_of_tiny()
@@ -127,6 +128,7 @@ def weights_of_tiny() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_ppo_on_two_processes_resumes_after_a_crash_to_the_straight_runs_weights(ppo_runs, rms, tmp_path):
     out = tmp_path / "ppo"
     with pytest.raises(LaunchError, match="InjectedFault: injected fault after PPO step 1"):
@@ -148,6 +150,7 @@ def test_ppo_refuses_more_processes_than_micro_batches(rms, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_gatt_on_two_processes_ends_with_the_weights_of_one(tmp_path):
     cfg = GAttConfig(n_dialogues=8, turns=2, k=2, constraints=["max_words-20"], eval_dialogues=1, eval_zero_shot=1,
                      eval_turns=2, max_new_tokens=4, seed=0)
