@@ -264,6 +264,20 @@ def _running(pid: int) -> bool:
         return False
 
 
+def test_a_sharded_run_resumes_from_its_checkpoint_to_the_uninterrupted_weights(tmp_path, data, sft_runs):
+    """launch=fsdp: the checkpoint holds the gathered weights and the sharded optimizer state (accelerate's
+    FULL_STATE_DICT); a crash after step 2 and the rerun end where the uninterrupted FSDP run ended."""
+    out = tmp_path / "sft"
+    resumable = replace(SFT, checkpoint_every=1)
+    with pytest.raises(LaunchError, match="InjectedFault"):
+        sft_step(MODEL, data, replace(resumable, fail_after_steps=2), out, launch=FSDP)
+    manifest = sft_step(MODEL, data, resumable, out, launch=FSDP)
+    assert manifest["metrics"]["resumed_from_step"] == 2 and manifest["metrics"]["steps"] == 4
+    diff = max_abs_diff(weights(out), weights(sft_runs["fsdp"]["out_dir"]))
+    print(f"FSDP crash + resume vs uninterrupted: max abs weight difference {diff:.3g}")
+    assert diff <= TOLERANCE
+
+
 def test_a_crash_on_every_rank_resumes_to_the_uninterrupted_weights(tmp_path, data, sft_runs):
     """Both ranks stop after step 2 (its checkpoint written); the rerun resumes there and ends where the
     uninterrupted 2-process run ended."""
