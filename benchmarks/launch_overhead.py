@@ -655,8 +655,8 @@ def main(argv: list[str] | None = None) -> dict:
             "Peak RSS: VmHWM from /proc, read every 0.25 s (the last reading can miss the final 0.25 s of a "
             "process).",
             "metrics_tokens_per_s_over_measured: the step's own tokens_per_s (metrics.jsonl) over the one "
-            "measured here, median over the timed steps (~1 in one process; ~2 on 2 processes, where train() "
-            "multiplies the token count it already summed over the ranks by the number of ranks again).",
+            "measured here, median over the timed steps: ~1 (it was ~2 on 2 processes before train() stopped "
+            "multiplying the token count it had already summed over the ranks by the number of ranks).",
         ],
         "watcher_cpu_s": round(watcher_cpu, 1),  # this process's CPU time while the runs ran
         "duration_s": round(time.perf_counter() - began, 1),

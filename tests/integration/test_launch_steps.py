@@ -14,26 +14,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from safetensors.torch import load_file
+from model_files import max_abs_diff, tiny_rms, tiny_weights, weights  # beside this file
 
 from rlhf.core.gatt import GAttConfig
 from rlhf.core.launch import LaunchConfig, LaunchError
 from rlhf.core.models import ModelConfig, build_tiny_model
 from rlhf.core.ppo import PPOConfig
 from rlhf.core.prompt_sets import PromptsConfig
-from rlhf.core.reward.train import RewardConfig, RMDataConfig
 from rlhf.core.sampling import SamplingConfig, TransformersBackend
 from rlhf.core.scorers import ScorerConfig
 from rlhf.core.sft import SFTConfig
 from rlhf.core.steps.common import launch_dir_for, work_dir_for
 from rlhf.core.steps.gatt import gatt_step
 from rlhf.core.steps.ppo import ppo_step
-from rlhf.core.steps.reward import rm_train_step
 
 MODEL = ModelConfig(name_or_path="tiny", precision="fp32")  # fp32: bf16 rounding would swamp the comparison
 DDP = LaunchConfig(name="ddp", num_processes=2, timeout_seconds=60)
@@ -54,18 +50,6 @@ EVAL_PROMPTS = PromptsConfig(n=4, offset=8)
 TOLERANCE = 1e-6
 
 
-def weights(out_dir: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path in sorted(out_dir.glob("*.safetensors")):
-        tensors |= {f"{path.name}:{name}": value for name, value in load_file(path).items()}
-    return tensors
-
-
-def max_abs_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys() and a
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
 def test_the_shards_of_a_sampling_call_hold_exactly_its_rows():
     model, tokenizer = build_tiny_model(seed=0)
     engine = TransformersBackend(model, tokenizer, "fp32")
@@ -82,13 +66,7 @@ def test_the_shards_of_a_sampling_call_hold_exactly_its_rows():
 
 @pytest.fixture(scope="module")
 def rms(tmp_path_factory) -> ScorerConfig:
-    """A Helpfulness and a Safety RM of the tiny model (one quick training each)."""
-    root = tmp_path_factory.mktemp("rms")
-    train = RewardConfig(epochs=1, batch_size=8, micro_batch_size=8, max_length=64, lr=1e-3, min_warmup_steps=0,
-                         n_test=2, checkpoint_every=0)
-    for name in ("helpful", "safety"):
-        rm_train_step(MODEL, RMDataConfig(n_synthetic=10), train, root / name, name=name)
-    return ScorerConfig(kind="rm", helpful=str(root / "helpful"), safety=str(root / "safety"), batch_size=8)
+    return tiny_rms(tmp_path_factory.mktemp("rms"), MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +85,7 @@ def ppo_runs(tmp_path_factory, rms) -> dict[str, dict]:
 @pytest.mark.processes
 def test_ppo_on_two_processes_ends_with_the_weights_of_one(ppo_runs):
     one, two = ppo_runs["one"], ppo_runs["two"]
-    start = weights_of_tiny()
-    moved = max_abs_diff({k.split(":", 1)[1]: v for k, v in one["weights"].items()}, start)
+    moved = max_abs_diff(one["weights"], tiny_weights(MODEL.tiny_seed))
     assert moved > 1e-4  # PPO changed the policy, so the comparison below is not of two untouched models
     assert max_abs_diff(one["weights"], two["weights"]) <= TOLERANCE
     assert one["manifest"]["world_size"] == 1 and two["manifest"]["world_size"] == 2
@@ -120,11 +97,6 @@ def test_ppo_on_two_processes_ends_with_the_weights_of_one(ppo_runs):
     assert [s for s, _ in two["seen"]] == [1, 2] and "policy_loss" in two["seen"][0][1]
     out = two["out_dir"]
     assert not work_dir_for(out).exists() and not launch_dir_for(out).exists()
-
-
-def weights_of_tiny() -> dict[str, torch.Tensor]:
-    model, _ = build_tiny_model(seed=MODEL.tiny_seed)
-    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from model_files import tiny_rms  # beside this file
 from safetensors.torch import load_file
 
 from rlhf.core.lora import LoRAConfig
@@ -24,11 +25,9 @@ from rlhf.core.models import ModelConfig, load_model
 from rlhf.core.ppo import PPOConfig
 from rlhf.core.prompt_sets import PromptsConfig
 from rlhf.core.reward.model import load_reward_model
-from rlhf.core.reward.train import RewardConfig, RMDataConfig
 from rlhf.core.sampling import SamplingConfig
 from rlhf.core.scorers import ScorerConfig
 from rlhf.core.steps.ppo import ppo_step
-from rlhf.core.steps.reward import rm_train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,12 +41,7 @@ LORA = LoRAConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"])
 
 @pytest.fixture(scope="module")
 def rms(tmp_path_factory) -> ScorerConfig:
-    root = tmp_path_factory.mktemp("rms")
-    train = RewardConfig(epochs=1, batch_size=8, micro_batch_size=8, max_length=64, lr=1e-3, min_warmup_steps=0,
-                         n_test=2, checkpoint_every=0)
-    for name in ("helpful", "safety"):
-        rm_train_step(MODEL, RMDataConfig(n_synthetic=10), train, root / name, name=name)
-    return ScorerConfig(kind="rm", helpful=str(root / "helpful"), safety=str(root / "safety"), batch_size=8)
+    return tiny_rms(tmp_path_factory.mktemp("rms"), MODEL)
 
 
 def counts(rms: ScorerConfig) -> dict[str, int]:
