@@ -79,8 +79,8 @@ def cmd_rs(overrides: list[str]) -> int:
                                    cfg.scorer, iteration, previous, REJECTION_SAMPLE.dir(out))
         student = replace(cfg.model, name_or_path=cfg.rejection.student) if cfg.rejection.student else cfg.model
         pool_sft = REJECTION_SAMPLE.dir(out) / REJECTION_SAMPLE["pool_sft"]
-        policy = sft_step(student, DataConfig(path=str(pool_sft)), cfg.sft, TRAIN_POLICY.dir(out),
-                          launch=cfg.launch.for_step("train_policy"), config_key="sft")
+        policy = sft_step(student, DataConfig(path=str(pool_sft)), cfg.train_policy, TRAIN_POLICY.dir(out),
+                          launch=cfg.launch.for_step("train_policy"), config_key="train_policy")
     metrics = rs["metrics"]
     print("\ntemperature search (mean max-of-K reward):")
     for temperature, value in search["metrics"]["curve"].items():
@@ -119,7 +119,7 @@ COMMANDS = [
             "rlhf sample prompts.n=32 rejection.k=4 sampling.temperature=0.8 sampling.max_new_tokens=64",
             cmd_sample),
     Command("rs", "One rejection-sampling round: temperature search, best-of-K pool over all iterations, "
-                  "fine-tune on the pool.",
+                  "fine-tune on the pool (the train_policy section, as in a campaign).",
             "rlhf rs model.name_or_path=runs/c/iter-0/sft scorer.helpful=runs/c/iter-1/rm-helpful "
             "campaign.name=c campaign.iteration=1", cmd_rs),
     Command("ppo", "PPO of a policy against reward models, KL-penalised to the starting policy; writes "
