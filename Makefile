@@ -24,7 +24,7 @@ demo: install
 ui: install
 	$(VENV)/bin/rlhf ui
 
-# Everything but the multi-process training tests, which start ~50 launches of 2 processes (~7 minutes on 2
+# Everything but the multi-process training tests, which launch 2 processes dozens of times (~4 minutes on 2
 # cores): `make test-processes` runs those; .ci/run runs both.
 test: install
 	$(PY) -m pytest -q -m "not processes" $(PYTEST_ARGS)
