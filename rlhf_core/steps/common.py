@@ -135,8 +135,19 @@ def finish(out_dir: Path) -> None:
     shutil.rmtree(work_dir_for(out_dir), ignore_errors=True)
 
 
-def key_for(config, input_digests: dict[str, str]) -> str:
-    return step_key(asdict(config) if not isinstance(config, dict) else config, input_digests)
+def key_for(config, inputs: dict[str, dict]) -> str:
+    """A step's cache key from its config and its inputs (``{name: {"path", "digest"}}``)."""
+    return step_key(asdict(config) if not isinstance(config, dict) else config,
+                    {name: value["digest"] for name, value in inputs.items()})
+
+
+def cached_or_key(name: str, out_dir: Path, config: dict, inputs: dict[str, dict]) -> tuple[dict | None, str]:
+    """``(manifest, key)``: the finished output's manifest when it can be reused (logged), else None."""
+    key = key_for(config, inputs)
+    manifest = cached(name, out_dir, key)
+    if manifest is not None:
+        log.info("%s: cached, same config and inputs -> %s", name, out_dir)
+    return manifest, key
 
 
 def keyed(train_cfg) -> dict:
@@ -162,9 +173,8 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     """
     follow_library_bars()
     out_dir = Path(out_dir)
-    key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
-    if (manifest := cached(name, out_dir, key)) is not None:
-        log.info("%s: cached, same config and inputs -> %s", name, out_dir)
+    manifest, key = cached_or_key(name, out_dir, config, inputs)
+    if manifest is not None:
         return manifest
     main = is_main_process()
     work = prepare_work_dir(name, out_dir, key) if main else work_dir_for(out_dir)
@@ -207,9 +217,8 @@ def launched_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str
     does in one process, e.g. GAtt's sampling, written to the work dir where the ranks find it)."""
     out_dir = Path(out_dir)
     check_launch(launch, batches)
-    key = key_for(config, {k: v["digest"] for k, v in inputs.items()})
-    if (manifest := cached(name, out_dir, key)) is not None:
-        log.info("%s: cached, same config and inputs -> %s", name, out_dir)
+    manifest, key = cached_or_key(name, out_dir, config, inputs)
+    if manifest is not None:
         return manifest
     if prepare is not None:
         prepare()

@@ -152,7 +152,7 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
 
     if launches(launch):
         def prepare() -> None:
-            prepare_work_dir("gatt", out_dir, key_for(config, {k: v["digest"] for k, v in inputs.items()}))
+            prepare_work_dir("gatt", out_dir, key_for(config, inputs))
             _prepared(work, functools.cache(engine), cfg, sampling)  # one engine for both phases, then freed
 
         return launched_step("gatt", out_dir, config, inputs, launch, gatt_step,

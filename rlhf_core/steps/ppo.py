@@ -121,8 +121,9 @@ def ppo_step(model_cfg: ModelConfig, scorer_cfg: ScorerConfig, prompts_cfg: Prom
         elif cfg.lora.r:
             add_adapters(value.backbone, cfg.lora, "ppo", cfg.seed + 1)
             log.info("ppo: value model: %s", describe(cfg.lora, value))
+        rms = [scorer.helpful[0]] + ([scorer.safety[0]] if scorer.safety else [])
         frozen = frozen_dtype(cfg, model_cfg.precision)
-        for model in [reference, scorer.helpful[0]] + ([scorer.safety[0]] if scorer.safety else []):
+        for model in [reference, *rms]:
             model.to(frozen)
         resume = latest_checkpoint(work)
         log.info("ppo: %d training / %d held-out prompts, %d iterations of %d rollouts%s", len(train), len(held_out),
@@ -131,7 +132,7 @@ def ppo_step(model_cfg: ModelConfig, scorer_cfg: ScorerConfig, prompts_cfg: Prom
         result = run_ppo(policy, tokenizer, reference, value,
                          lambda prompts, answers, tags: scorer(prompts, answers, tags)["combined"],
                          train, held_out, cfg, sampling, work, metrics_log, model_cfg.precision, fail_after_steps,
-                         frozen=[scorer.helpful[0]] + ([scorer.safety[0]] if scorer.safety else []))
+                         frozen=rms)
         if tmp is None:  # another rank of a launched step: the main one writes the output
             return {}
         if adapters is not None:  # the output is a plain model directory: the adapters merged into the weights
