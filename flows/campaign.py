@@ -9,12 +9,14 @@ checkpoints, and runs only what a changed config touches. One run at a time per 
 from __future__ import annotations
 
 import logging
+import re
 from functools import partial
 from pathlib import Path
 
 from prefect import flow, tags, task
 from prefect.utilities.annotations import quote
 
+from rlhf import storage
 from rlhf.core.artifacts import code_version, prune_weights
 from rlhf.core.errors import ConfigError
 from rlhf.core.steps.outputs import GATT, PPO, RM_NAMES, TRAIN_POLICY, rm_outputs
@@ -22,9 +24,9 @@ from rlhf.record.layout import (
     CONFIG_FILE,
     SUMMARY_FILE,
     campaign_dir,
-    campaign_lock,
     iteration_dir,
     last_finished_iteration,
+    local_root,
     read_summary,
     remove_leftovers,
     write_config,
@@ -57,6 +59,7 @@ from rlhf.tracking import (
 
 from .config import compose_config, config_from_dict, to_dict, to_yaml
 from .environment import prefect_api
+from .fanout import make_task_runner
 from .iteration import (
     CampaignState,
     Finished,
@@ -78,8 +81,12 @@ def check_fault(spec: str | None) -> None:
     fault = steps.Fault.parse(spec)
     if fault is None:
         return
-    if fault.step not in STEPS:
-        raise ConfigError("debug.fail_at", f"unknown step {fault.step!r}; one of {', '.join(STEPS)}")
+    shard = re.fullmatch(r"(\w+)-shard-(\d+)-of-(\d+)", fault.step)
+    if shard and shard[1] in steps.SHARDED and int(shard[2]) < int(shard[3]):
+        pass  # one shard of a sharded step (orchestration.shards), e.g. rejection_sample-shard-1-of-2
+    elif fault.step not in STEPS:
+        raise ConfigError("debug.fail_at", f"unknown step {fault.step!r}; one of {', '.join(STEPS)}, or a shard "
+                                           "<step>-shard-<i>-of-<n> of " + ", ".join(steps.SHARDED))
     if fault.after_steps is not None and fault.step not in TRAINING_STEPS:
         raise ConfigError("debug.fail_at", f"{fault.step} has no training steps to count; use "
                                            f"debug.fail_at={fault.step} (fail at its start) or a training step "
@@ -89,7 +96,7 @@ def check_fault(spec: str | None) -> None:
 def open_tracking(cfg, home: Path) -> TrackingIds:
     """The campaign's experiment and run (found again on reruns), with the resolved config attached.
     Runs an earlier, killed run of the campaign left RUNNING are ended FAILED first."""
-    root = Path(cfg.campaign.root).resolve()
+    root = local_root(cfg.campaign.root)
     uri = tracking_uri(cfg.tracking.uri, root)
     check_store(uri)
     # a server keeps artifacts in its own store unless tracking.artifact_root names one
@@ -109,7 +116,8 @@ def iteration_zero(cfg, resolved: dict, ids: TrackingIds, fault: str | None) -> 
     run = RECORDER.submit(iteration_run, ids.uri, ids.experiment_id, cfg.campaign.name, ids.campaign_run_id, 0,
                           iteration_params(cfg, resolved, 0))
     tracking = Tracking(ids.uri, ids.experiment_id, cfg.campaign.name, run, 0)
-    zero = Steps(tracking, cfg.orchestration, here=str(iteration_dir(cfg, 0)), fault=steps.Fault.parse(fault))
+    zero = Steps(tracking, cfg.orchestration, here=str(storage.iteration_location(cfg, 0)),
+                 fault=steps.Fault.parse(fault))
     with tags(*run_tags(cfg.campaign.name, 0)):
         sft = zero.run(steps.sft, model=cfg.model, data=cfg.data, config=cfg.sft, launch=cfg.launch.for_step("sft"))
         seed = zero.run(steps.seed_pairs, reward=cfg.reward)
@@ -132,20 +140,22 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
     check_slots(cfg)
     check_fault(cfg.debug.fail_at)
     home, last = campaign_dir(cfg), upto or cfg.campaign.iterations
+    location = storage.campaign_location(cfg)  # home, or on object storage the URL home is a working copy of
     # MLflow writes run on the tracking thread, overlapping the steps and the next iterations; flushed
     # before the report, and on failure (flushed(), then the runs left open are ended FAILED or KILLED)
-    with campaign_lock(home), flushed(on_failure=partial(_end_runs, cfg)):
+    with storage.campaign_lock(location), flushed(on_failure=partial(_end_runs, cfg)):
         # 0. What a killed run left (temp folders, runs shown as running), the resolved config (what
         # `rlhf resume` reruns) and the campaign's MLflow run.
         if removed := remove_leftovers(home):
             log.info("removed %d temporary folder(s) of interrupted runs in %s", removed, home)
         _end_stale_flow_runs(cfg.campaign.name)
         write_config(home, to_yaml(cfg))
+        storage.publish_files(home, location, [CONFIG_FILE])
         ids = open_tracking(cfg, home)
         # 1. Iteration 0: SFT and the seed pairs.
         state, upstream = iteration_zero(cfg, resolved, ids, cfg.debug.fail_at)
         summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
-                   "code_version": code_version(), "campaign_dir": str(home), "tracking_uri": ids.uri,
+                   "code_version": code_version(), "campaign_dir": str(location), "tracking_uri": ids.uri,
                    "mlflow_run_id": ids.campaign_run_id, "config": resolved,
                    "sft": {"policy_path": state.sft["path"], "metrics": state.sft["metrics"]}, "iterations": []}
         # 2. RLHF-V1..V<last>, each a subflow; the summary is rewritten after each.
@@ -153,7 +163,8 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
             # quoted, with the edges declared: each iteration depends on SFT, the seed pairs and every earlier
             # iteration (their labelled pairs and candidates); Prefect's own guess matches dicts by id()
             with tags(*run_tags(cfg.campaign.name, n)):
-                run = iteration_flow(config=quote(resolved), iteration=n, state=quote(state.__dict__),
+                run = iteration_flow.with_options(task_runner=make_task_runner(cfg.orchestration))(
+                                     config=quote(resolved), iteration=n, state=quote(state.__dict__),
                                      ids=quote(ids.__dict__), campaign_name=cfg.campaign.name,
                                      fault=cfg.debug.fail_at, wait_for=upstream, return_state=True)
             out = run.result()
@@ -161,16 +172,20 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
             state = CampaignState(**out["state"])
             summary["iterations"].append(out["entry"])
             write_summary(home, summary)
+            storage.publish_files(home, location, [SUMMARY_FILE])
             if cfg.campaign.keep is not None:
                 prune_models(cfg, summary, n)
         # 3. The summary, and the report attached to the campaign's MLflow run.
         if summary["iterations"]:
-            summary["report"] = str(home / REPORT_DIR / "report.md")
+            summary["report"] = str(storage.join(location, REPORT_DIR, "report.md"))
         write_summary(home, summary)
+        storage.publish_files(home, location, [SUMMARY_FILE])
         RECORDER.flush()  # every iteration's records are in MLflow before the report is attached
         log_outputs(ids.uri, ids.campaign_run_id, home, [home / SUMMARY_FILE])
         if summary["iterations"]:
             report(str(home))
+            if storage.is_url(location):
+                storage.upload_dir(home / REPORT_DIR, storage.join(location, REPORT_DIR))
             publish_campaign(cfg, summary, ids)
         finish_run(ids.uri, ids.campaign_run_id)
     return summary
@@ -211,7 +226,7 @@ def prune_models(cfg, summary: dict, last: int) -> int:
 
 def _end_runs(cfg, error: BaseException) -> None:
     """After a failure: the campaign's MLflow runs still RUNNING end KILLED (an interrupt) or FAILED."""
-    root = Path(cfg.campaign.root).resolve()
+    root = local_root(cfg.campaign.root)
     uri = tracking_uri(cfg.tracking.uri, root)
     status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
     check_store(uri, timeout=5)  # a server that is gone: say so now, not after minutes of the client's retries
@@ -282,6 +297,7 @@ def next_iteration_flow(overrides: list[str]) -> dict:
     evaluation finished), with everything before it cached. Composes its config in the flow body, so
     each scheduled run picks up the overrides it was deployed with."""
     cfg = compose_config(overrides)
+    storage.pull_files(storage.campaign_location(cfg), campaign_dir(cfg), [SUMMARY_FILE])  # a worker's first run
     upto = last_finished_iteration(campaign_dir(cfg)) + 1
     with tags(*run_tags(cfg.campaign.name)):
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
@@ -292,4 +308,4 @@ def end_of_run_report(summary: dict) -> str:
     home = summary["campaign_dir"]
     return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/{SUMMARY_FILE}\n"
             f"report: {summary.get('report', '-')} (and report.html beside it)\n"
-            f"MLflow: `rlhf ui campaign.root={Path(home).parent}` (experiment {summary['experiment']!r})")
+            f"MLflow: `rlhf ui campaign.root={str(home).rsplit('/', 1)[0]}` (experiment {summary['experiment']!r})")

@@ -108,7 +108,35 @@ class TrackingConfig:
 
 
 @dataclass
+class RayConfig:
+    """``orchestration.ray``: where the shards run with ``orchestration.task_runner=ray`` and what each holds."""
+
+    # "": a Ray runtime on this machine, started for the run and stopped after it; "auto": the running cluster
+    # this machine belongs to (`ray start --head` / `ray start --address=...`); "ray://host:10001": a remote
+    # cluster through Ray Client (its workers must reach the Prefect server and the campaign's outputs).
+    address: str = ""
+    num_cpus: float = 1.0  # CPUs each shard task holds (Ray schedules by them)
+    num_gpus: float = 0.0  # GPUs each shard task holds; with sampling.backend=vllm, 1 = one engine per GPU
+    local_cpus: int | None = None  # CPUs of the runtime started for address "" (null: all of this machine's)
+
+
+@dataclass
+class DaskConfig:
+    """``orchestration.dask``: where the shards run with ``orchestration.task_runner=dask``."""
+
+    address: str = ""  # "": a local cluster of worker processes for the run; "tcp://host:8786": a running scheduler
+    n_workers: int = 2  # worker processes of the local cluster (one thread each: torch uses the cores)
+
+
+@dataclass
 class OrchestrationConfig:
+    # The sampling steps (collect_pairs, annotate, search_temperature, rejection_sample, evaluate) as this many
+    # shard tasks each, merged into the step's output; identical to 1 shard (docs/design.md#fan-out).
+    shards: int = 1
+    # Where shard tasks run: thread (this process, one shard at a time), ray (orchestration.ray), dask.
+    task_runner: str = "thread"
+    ray: RayConfig = field(default_factory=RayConfig)
+    dask: DaskConfig = field(default_factory=DaskConfig)
     prefect_home: str | None = None  # PREFECT_HOME when not set in the environment; null = <root>/.prefect
     io_retries: int = 2  # retries of a step that failed on I/O (OSError); other failures are not retried
     retry_delay_seconds: float = 10.0
@@ -172,10 +200,12 @@ AT_LEAST_ONE = ("rejection.k", "rejection.n_prompts", "rejection.probe_prompts",
                 "train_policy.epochs", "train_policy.batch_size", "train_policy.micro_batch_size",
                 "reward.train.epochs", "reward.train.batch_size", "reward.train.micro_batch_size",
                 "reward.train.max_length", "reward.train.eval_batch_size", "ppo.steps", "ppo.batch_size",
-                "ppo.n_prompts", "campaign.iterations", "campaign.iteration", "campaign.keep")
+                "ppo.n_prompts", "campaign.iterations", "campaign.iteration", "campaign.keep",
+                "orchestration.shards", "orchestration.dask.n_workers", "orchestration.ray.local_cpus")
 AT_LEAST_ZERO = ("prompts.n", "prompts.offset", "data.eval_size", "reward.helpful.n_synthetic",
                  "reward.safety.n_synthetic", "reward.n_eval_synthetic", "sft.max_steps", "sft.checkpoint_every",
-                 "rejection.probe_k", "orchestration.io_retries", "orchestration.retry_delay_seconds")
+                 "rejection.probe_k", "orchestration.io_retries", "orchestration.retry_delay_seconds",
+                 "orchestration.ray.num_cpus", "orchestration.ray.num_gpus")
 
 
 def check_sizes(cfg: RootConfig) -> None:
@@ -209,6 +239,26 @@ def check_launched_training(cfg: RootConfig) -> None:
     check_ppo_launch(cfg.ppo, cfg.launch.for_step("ppo"))
 
 
+TASK_RUNNERS = ("thread", "ray", "dask")
+
+
+def check_task_runner(orchestration: OrchestrationConfig) -> None:
+    """``orchestration.task_runner`` and the address it names, by form (whether it answers is checked when a
+    run starts: ``rlhf.flows.fanout.check_reachable``)."""
+    if orchestration.task_runner not in TASK_RUNNERS:
+        raise ConfigError("orchestration.task_runner", f"unknown task runner {orchestration.task_runner!r}; one of "
+                                                       f"{', '.join(TASK_RUNNERS)}")
+    address = orchestration.ray.address
+    if address not in ("", "auto") and not re.fullmatch(r"ray://[^:/\s]+:\d+", address):
+        raise ConfigError("orchestration.ray.address", f"{address!r} is not a Ray address: leave it empty (a Ray "
+                                                       "runtime on this machine), 'auto' (the cluster this machine "
+                                                       "joined) or ray://<head>:10001 (Ray Client)")
+    if orchestration.dask.address and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d+", orchestration.dask.address):
+        raise ConfigError("orchestration.dask.address", f"{orchestration.dask.address!r} is not a Dask scheduler "
+                                                        "address: leave it empty (a local cluster) or give "
+                                                        "tcp://<scheduler>:8786")
+
+
 def _register() -> None:
     ConfigStore.instance().store(name="base_config", node=RootConfig)
 
@@ -234,6 +284,7 @@ def compose_config(overrides: list[str] | None = None):
     check_sizes(cfg)
     check_lora(cfg)
     check_launched_training(cfg)
+    check_task_runner(cfg.orchestration)
     return cfg
 
 
@@ -392,6 +443,7 @@ def config_from_dict(values: dict) -> RootConfig:
     check_sizes(cfg)
     check_lora(cfg)
     check_launched_training(cfg)
+    check_task_runner(cfg.orchestration)
     return cfg
 
 

@@ -32,7 +32,9 @@ def prepare(cfg) -> None:
     """A project-local PREFECT_HOME (its database and cached results) under ``campaign.root`` unless
     ``orchestration.prefect_home`` or the environment says otherwise (e.g. PREFECT_API_URL of a server),
     and the platform's log lines in Prefect's logs."""
-    home = cfg.orchestration.prefect_home or str(Path(cfg.campaign.root).resolve() / ".prefect")
+    from rlhf.record.layout import local_root
+
+    home = cfg.orchestration.prefect_home or str(local_root(cfg.campaign.root) / ".prefect")
     os.environ.setdefault("PREFECT_HOME", home)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its SQLite file needs the directory
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rlhf")

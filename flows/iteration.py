@@ -30,9 +30,11 @@ from prefect.utilities.annotations import quote
 
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.errors import ConfigError
-from rlhf.record.layout import campaign_dir, finished, iteration_dir
+from rlhf.core.shards import Shard
+from rlhf.record.layout import iteration_dir
 from rlhf.record.report import REPORT_DIR, plot_win_rates
 from rlhf.record.summary import iteration_entry, iteration_markdown, progression_metrics
+from rlhf.storage import campaign_location, check_root, fetch_ref, finished, iteration_location, join
 from rlhf.tasks import steps
 from rlhf.tracking import (
     RECORDER,
@@ -50,6 +52,7 @@ from rlhf.tracking import (
 )
 
 from .config import OrchestrationConfig, RootConfig, config_from_dict, ppo_eval_prompts
+from .fanout import check_reachable, check_resources, shard_resources
 
 
 @dataclass
@@ -133,6 +136,47 @@ class Steps:
         self.done.append((result, Finished(state)))
         return result
 
+    def map(self, task, count: int, **params) -> list[dict]:
+        """``count`` shards of a shard task (``rlhf.tasks.steps.shard_task``) submitted at once to the flow's
+        task runner (``orchestration.task_runner``), each holding one shard's resources on Ray; their
+        results in shard order. Every shard is waited for before a failure is raised, so the shards that
+        finished are cached and a rerun computes only the failed ones. A shard's cached result is trusted as
+        :func:`call`'s is. Shards are not tracked in MLflow: the step that merges them is."""
+        after = [state for result, state in self.done if _carries(params, result)]
+        options = {"retries": self.retries.io_retries, "retry_delay_seconds": self.retries.retry_delay_seconds}
+        check_resources(self.retries)
+        submitted = []
+        with shard_resources(self.retries):
+            for index in range(count):
+                shard_params = {**self.common, **params, "shard": Shard(index, count)}
+                missing = [d for d in steps.output_dirs(task.name, shard_params) if not finished(d)]
+                # quoted as in call(); not for Ray or Dask, whose submit rebuilds the annotations as plain tuples
+                inputs = {name: quote(value) if self.retries.task_runner == "thread" else value
+                          for name, value in shard_params.items()}
+                refresh = {"refresh_cache": True} if missing else {}
+                submitted.append((inputs, task.with_options(**options, **refresh).submit(**inputs, wait_for=after)))
+        for _, future in submitted:
+            future.wait()
+        for _, future in submitted:
+            future.result()  # the first failure, raised once every shard has ended
+        results = []
+        for inputs, future in submitted:
+            state, result = future.state, future.result()
+            if problem := steps.untrusted(result):
+                log.info("%s: the cached result is not trusted (%s); computing it again", task.name, problem)
+                state = task.with_options(**options, refresh_cache=True)(**inputs, wait_for=after, return_state=True)
+                result = state.result()
+            self.done.append((result, Finished(state)))
+            results.append(result)
+        return results
+
+    def sharded(self, task, shard_task, count: int, shard_params: dict, **params) -> dict:
+        """The step ``task``, in ``count`` shards (``shard_task``, which takes ``shard_params``) merged by
+        ``task``, or in one piece when ``count`` is 1 (docs/design.md#fan-out)."""
+        if count == 1:
+            return self.run(task, **shard_params, **params)
+        return self.run(task, **shard_params, **params, shards=self.map(shard_task, count, **shard_params))
+
 
 class Finished(PrefectTaskRunFuture):
     """A finished run as an explicit upstream (``wait_for``): Prefect draws its edge from the task run id
@@ -204,7 +248,8 @@ def annotator_for(cfg: RootConfig, iteration: int, here: Path, pairs: dict) -> A
     if annotator.name == "human" and cfg.orchestration.pause_for_labels:
         from rlhf.core.annotators import FileAnnotator, read_pairs
 
-        FileAnnotator(annotator.export_path).export(read_pairs(pairs["files"]["pairs"]), annotator.export_path)
+        FileAnnotator(annotator.export_path).export(read_pairs(fetch_ref(pairs)["files"]["pairs"]),
+                                                    annotator.export_path)
         given = pause_flow_run(wait_for_input=Labels.with_initial_data(
             description=f"Label the pairs in {annotator.export_path}, then give the labels file's path.",
             labels_path=annotator.labels_path or ""), timeout=int(annotator.timeout_seconds))
@@ -224,16 +269,23 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     run = RECORDER.submit(iteration_run, track_ids.uri, track_ids.experiment_id, campaign_name,
                           track_ids.campaign_run_id, iteration, iteration_params(cfg, config, iteration))
     tracking = Tracking(track_ids.uri, track_ids.experiment_id, campaign_name, run, iteration)
-    step = Steps(tracking, cfg.orchestration, here=str(here), fault=steps.Fault.parse(fault)).run
+    flow_steps = Steps(tracking, cfg.orchestration, here=str(iteration_location(cfg, iteration)),
+                       fault=steps.Fault.parse(fault))
+    step, shards = flow_steps.run, cfg.orchestration.shards
     rs_prompts = replace(cfg.prompts, n=cfg.rejection.n_prompts)
     new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts, offset=collect_offset(cfg, iteration))
     refs: dict = {}
 
-    # 1. Pairs from the current policy, labelled.
-    refs["collect_pairs"] = step(steps.collect_pairs, policy=carried.policy, model=cfg.model, prompts=new_prompts,
-                                 sampling=cfg.sampling, temperatures=cfg.collect.temperatures, iteration=iteration)
+    # 1. Pairs from the current policy, labelled (the sampling steps in orchestration.shards shards each).
+    refs["collect_pairs"] = flow_steps.sharded(
+        steps.collect_pairs, steps.collect_pairs_shard, shards, dict(
+            policy=carried.policy, model=cfg.model, prompts=new_prompts, sampling=cfg.sampling,
+            temperatures=cfg.collect.temperatures), iteration=iteration)
     annotator = annotator_for(cfg, iteration, here, refs["collect_pairs"])
-    refs["annotate"] = step(steps.annotate, pairs=refs["collect_pairs"], annotator=annotator)
+    # a person's labels are one file: only the simulated rater's labelling is sharded
+    refs["annotate"] = flow_steps.sharded(steps.annotate, steps.annotate_shard,
+                                          shards if annotator.name == "simulated" else 1,
+                                          dict(pairs=refs["collect_pairs"], annotator=annotator))
     labelled = carried.labelled + [refs["annotate"]]
     # 2. Reward models on the seed pairs + every labelled batch so far, from the SFT checkpoint.
     rms = refs["train_reward_models"] = step(steps.train_reward_models, init=carried.sft, model=cfg.model,
@@ -242,11 +294,13 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
     sampling = {"model": cfg.model, "sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
-    refs["search_temperature"] = step(steps.search_temperature, policy=carried.policy, rms=rms, prompts=rs_prompts,
-                                      **sampling)
-    refs["rejection_sample"] = step(steps.rejection_sample, policy=carried.policy, rms=rms,
-                                    search=refs["search_temperature"], previous=carried.candidates,
-                                    prompts=rs_prompts, iteration=iteration, **sampling)
+    refs["search_temperature"] = flow_steps.sharded(steps.search_temperature, steps.search_temperature_shard, shards,
+                                                    dict(policy=carried.policy, rms=rms, prompts=rs_prompts,
+                                                         **sampling))
+    refs["rejection_sample"] = flow_steps.sharded(
+        steps.rejection_sample, steps.rejection_sample_shard, shards,
+        dict(policy=carried.policy, rms=rms, search=refs["search_temperature"], prompts=rs_prompts, **sampling),
+        previous=carried.candidates, iteration=iteration)
     # 4. The new policy: fine-tuned on the pool.
     policy = refs["train_policy"] = step(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
                                          model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student,
@@ -263,8 +317,9 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                                      train=cfg.gatt.train, sampling=cfg.sampling, launch=cfg.launch.for_step("gatt"))
     # 7. Win rates against the SFT model, the previous policy and any fixed references (eval.references).
     baselines = {"sft": carried.sft, "previous": carried.policy, **reference_refs(cfg)}
-    refs["evaluate"] = step(steps.evaluate, policy=policy, baselines=baselines, rms=rms, model=cfg.model,
-                            sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval)
+    refs["evaluate"] = flow_steps.sharded(steps.evaluate, steps.evaluate_shard, shards, dict(
+        policy=policy, baselines=baselines, rms=rms, model=cfg.model, sampling=cfg.sampling, scorer=cfg.scorer,
+        config=cfg.eval))
 
     entry = iteration_entry(iteration, refs, tracking.parent_run_id)  # created on the tracking thread long since
     publish_results(cfg, entry, track_ids)
@@ -274,20 +329,29 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     return {"entry": entry, "state": carried_out.__dict__}
 
 
+# A task runner that ships tasks to other processes (Ray) sends the running flow along, in the context its
+# tasks are run in, with cloudpickle. That pickles a function by value unless the module attribute of its
+# name *is* the function -- here the name holds the Flow -- and by value the function drags the module's
+# globals with it (the tracking thread's locks, which cannot be pickled). Under an alias of its own it goes
+# by reference: the worker imports this module.
+_iteration_flow_fn = iteration_flow.fn
+_iteration_flow_fn.__qualname__ = "_iteration_flow_fn"
+
+
 def publish_results(cfg: RootConfig, entry: dict, ids: TrackingIds) -> None:
     """The iteration's results as a Prefect artifact of its flow run: a table, and where to read more (its
     MLflow run, the campaign report). Keyed per campaign and iteration, so reruns show as its versions."""
     from prefect.artifacts import create_markdown_artifact
 
-    home = campaign_dir(cfg)
+    home = campaign_location(cfg)
     link = run_link(ids.uri, ids.experiment_id, entry["mlflow_run_id"])
     where = f"MLflow run: [{link}]({link})" + ("" if is_remote(ids.uri) else
-                                              f" (start the UI with `rlhf ui campaign.root={home.parent}`)")
+                                              f" (start the UI with `rlhf ui campaign.root={cfg.campaign.root}`)")
     create_markdown_artifact(
         key=artifact_key(cfg.campaign.name, entry["iteration"]),
         description=f"{cfg.campaign.name} RLHF-V{entry['iteration']}: results",
         markdown="\n\n".join([iteration_markdown(entry), where, "Campaign report (rebuilt when the campaign run "
-                               f"ends): `{home / REPORT_DIR / 'report.html'}`"]))
+                               f"ends): `{join(home, REPORT_DIR, 'report.html')}`"]))
 
 
 def artifact_key(campaign: str, iteration: int | None) -> str:
@@ -333,8 +397,11 @@ def runs_gatt(cfg: RootConfig, iteration: int) -> bool:
 
 
 def check_slots(cfg: RootConfig) -> None:
-    """Config mistakes the DAG would meet late, found before anything runs."""
+    """Config mistakes the DAG would meet late, found before anything runs (a task runner's address that
+    does not answer among them)."""
     reference_refs(cfg)
+    check_root(cfg.campaign.root)
+    check_reachable(cfg.orchestration)
     cfg.ppo.validate()
     outside = [n for n in cfg.campaign.ppo_iterations() if not 1 <= n <= cfg.campaign.iterations]
     if cfg.ppo.enabled and outside:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from rlhf import storage
 from rlhf.core.artifacts import stable_hash
 from rlhf.core.errors import RLHFError
 
@@ -339,6 +340,7 @@ def record_step(tracking: Tracking, step: str, params: dict, outputs: dict[str, 
     run = _open_attempt(tracking, step, started, runs, {KEY: key})
     params_ = _new_params(params, run.data.params)
     now, metrics = int(time.time() * 1000), []
+    outputs = {name: storage.fetch_ref(ref) for name, ref in outputs.items()}  # on object storage: the local copy
     for name, ref in outputs.items():
         prefix = f"{name}/" if len(outputs) > 1 else ""
         metrics += [Metric(f"{prefix}{k}", v, now, 0) for k, v in numeric(ref["metrics"]).items()]
@@ -464,16 +466,19 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 def register(uri: str, name: str, model: dict, run_id: str, iteration: int) -> str:
     """Register the model of a step reference ``model`` (``{"path", "key", ...}``) as a version of ``name``,
     aliased ``RLHF-V<n>`` and ``current``, and tagged ``latest=true`` (the tag moves off older versions).
-    Locally the source is the model directory itself; on a server, a copy logged as artifacts of the run
-    ``run_id`` (``runs:/<run>/models/<name>``), which any teammate's client can load through the server.
-    Idempotent: a model already registered (same output key, or same source) returns its version."""
+    Locally the source is the model directory itself (its URL for a campaign on object storage); on a
+    server, a copy logged as artifacts of the run ``run_id`` (``runs:/<run>/models/<name>``), which any
+    teammate's client can load through the server. Idempotent: a model already registered (same output
+    key, or same source) returns its version."""
     client = _client(uri)
     label = "SFT" if iteration == 0 else f"RLHF-V{iteration}"
-    path = Path(model["path"]).resolve()
+    remote = storage.is_url(model["path"])
+    path = Path(storage.fetch_ref(model)["path"]).resolve()  # a remote model: this machine's cached copy
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, tags={KIND: "model"})
     versions = client.search_model_versions(f"name = '{name}'")
-    existing = next((v for v in versions if v.tags.get(KEY) == model["key"] or v.source == path.as_uri()), None)
+    local_source = model["path"] if remote else path.as_uri()
+    existing = next((v for v in versions if v.tags.get(KEY) == model["key"] or v.source == local_source), None)
     if existing is not None:
         version = existing
     else:
@@ -484,7 +489,7 @@ def register(uri: str, name: str, model: dict, run_id: str, iteration: int) -> s
                     client.log_artifact(run_id, str(file), artifact_path)
             source = f"runs:/{run_id}/{artifact_path}"
         else:
-            source = path.as_uri()
+            source = local_source
         version = client.create_model_version(name, source, run_id=run_id, tags={
             "rlhf.iteration": str(iteration), "rlhf.label": label, KEY: model["key"]})
     for other in versions:

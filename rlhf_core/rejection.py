@@ -27,7 +27,8 @@ import pandas as pd
 
 from .errors import ConfigError
 from .progress import progress
-from .sampling import SamplingBackend, SamplingConfig
+from .sampling import SamplingBackend, SamplingConfig, n_batches
+from .shards import WHOLE, Shard
 
 Scorer = Callable[[pd.DataFrame, list], np.ndarray]
 
@@ -43,14 +44,35 @@ class RejectionConfig:
 
 
 def sample_and_score(backend: SamplingBackend, prompts: pd.DataFrame, k: int, cfg: SamplingConfig,
-                     scorer: Scorer) -> pd.DataFrame:
-    """K samples per prompt with their scores; one row per sample, with the prompt's columns joined."""
-    samples = backend.sample(list(prompts.messages), k, cfg)
-    joined = prompts.reset_index(drop=True).iloc[samples.prompt_index].reset_index(drop=True)
+                     scorer: Scorer, batches: Sequence[int] | None = None) -> pd.DataFrame:
+    """K samples per prompt with their scores; one row per sample, with the prompt's columns joined. With
+    ``batches``, only those batches of the call (``rlhf.core.shards``)."""
+    samples = backend.sample(list(prompts.messages), k, cfg, batches=batches)
+    joined = prompts.reset_index(drop=True).iloc[samples.prompt_index.astype(int)].reset_index(drop=True)
     samples = pd.concat([joined, samples.reset_index(drop=True)], axis=1)
     samples["temperature"] = cfg.temperature
-    samples["score"] = np.asarray(scorer(samples, list(samples.text)), dtype=float)
+    samples["score"] = score_by_batch(samples, scorer)
     return samples
+
+
+def score_by_batch(rows: pd.DataFrame, scorer: Scorer) -> np.ndarray:
+    """Scores of ``rows``, each sampling batch's rows (column ``batch``) scored as one group: a row's score
+    then does not depend on which other batches share the call, so a sharded step scores exactly as the
+    whole one (the RM pads each of its batches to its longest answer, and padding moves the last bits)."""
+    scores = np.zeros(len(rows), dtype=float)
+    for index in rows.groupby("batch", sort=True).indices.values():
+        part = rows.iloc[index]
+        scores[index] = np.asarray(scorer(part, list(part.text)), dtype=float)
+    return scores
+
+
+def in_order(rows: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """Rows computed in pieces (batches, shards) as the one frame the whole computation gives: concatenated
+    and sorted by ``keys``."""
+    rows = [frame for frame in rows if len(frame)]
+    if not rows:
+        raise ValueError("no rows: every shard came back empty")
+    return pd.concat(rows, ignore_index=True).sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def max_of_k_stats(samples: pd.DataFrame) -> dict:
@@ -59,27 +81,47 @@ def max_of_k_stats(samples: pd.DataFrame) -> dict:
     return {"mean_max": float(per_prompt.max().mean()), "mean_median": float(per_prompt.median().mean())}
 
 
-def search_temperature(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: Sequence[float], k: int,
-                       cfg: SamplingConfig, scorer: Scorer) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """Sample at each temperature; returns ``(best_temperature, curve, samples)``.
-
-    ``curve`` has one row per temperature: ``temperature``, ``mean_max`` (mean max-of-K reward, the
-    criterion), ``mean_median``. Ties go to the lower temperature (less diversity for the same reward).
-    """
+def search_samples(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: Sequence[float], k: int,
+                   cfg: SamplingConfig, scorer: Scorer, shard: Shard = WHOLE) -> pd.DataFrame:
+    """The temperature search's scored samples: K per prompt at each temperature, or this shard's share (its
+    units are the (temperature, batch) pairs)."""
     if not temperatures:
         raise ConfigError("rejection.temperatures", "give at least one temperature")
-    curve, drawn = [], []
-    # One bar over the whole grid; each temperature's sampling and scoring bars show below it meanwhile.
-    with progress(len(temperatures) * len(prompts), "temperature search", "prompt") as bar:
-        for temperature in sorted(temperatures):
-            samples = sample_and_score(backend, prompts, k, _with(cfg, temperature=temperature), scorer)
-            curve.append({"temperature": temperature, **max_of_k_stats(samples)})
-            drawn.append(samples)
-            bar.set_postfix(T=temperature, mean_max=f"{curve[-1]['mean_max']:.3f}", refresh=False)
-            bar.update(len(prompts))
-    curve = pd.DataFrame(curve)
-    best = float(curve.temperature[curve.mean_max.idxmax()])
-    return best, curve, pd.concat(drawn, ignore_index=True)
+    grid = sorted(set(temperatures))
+    mine = shard.take([(t, b) for t in grid for b in range(n_batches(len(prompts), cfg))])
+    drawn = []
+    size = {b: min(cfg.batch_prompts, len(prompts) - b * cfg.batch_prompts) for _, b in mine}  # prompts per batch
+    # One bar over the shard's prompts x temperatures; each temperature's sampling and scoring bars show
+    # below it meanwhile.
+    with progress(sum(size[b] for _, b in mine), "temperature search", "prompt") as bar:
+        for temperature in grid:
+            batches = [b for t, b in mine if t == temperature]
+            if batches:
+                drawn.append(sample_and_score(backend, prompts, k, _with(cfg, temperature=temperature), scorer,
+                                              batches))
+                bar.set_postfix(T=temperature, refresh=False)
+                bar.update(sum(size[b] for b in batches))
+    return in_order(drawn, SEARCH_ORDER) if drawn else pd.DataFrame()
+
+
+SEARCH_ORDER = ["temperature", "prompt_index", "sample_index"]
+CANDIDATE_ORDER = ["prompt_index", "sample_index"]
+
+
+def temperature_curve(samples: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """``(best_temperature, curve)`` from the search's samples. ``curve`` has one row per temperature:
+    ``temperature``, ``mean_max`` (mean max-of-K reward, the criterion), ``mean_median``. Ties go to the
+    lower temperature (less diversity for the same reward)."""
+    curve = pd.DataFrame([{"temperature": float(t), **max_of_k_stats(group)}
+                          for t, group in samples.groupby("temperature", sort=True)])
+    return float(curve.temperature[curve.mean_max.idxmax()]), curve
+
+
+def search_temperature(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: Sequence[float], k: int,
+                       cfg: SamplingConfig, scorer: Scorer) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """Sample at each temperature; returns ``(best_temperature, curve, samples)`` (:func:`temperature_curve`)."""
+    samples = search_samples(backend, prompts, temperatures, k, cfg, scorer)
+    return (*temperature_curve(samples), samples)
 
 
 def _with(cfg: SamplingConfig, **changes) -> SamplingConfig:
@@ -144,21 +186,47 @@ def pool_conversations(pool: pd.DataFrame) -> tuple[list[dict], int]:
     return conversations, len(pool) - len(conversations)
 
 
-def collect_pairs(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: tuple[float, float],
-                  cfg: SamplingConfig, iteration: int, source: str = "policy",
-                  second_backend: SamplingBackend | None = None) -> pd.DataFrame:
-    """Two answers per prompt for annotation, drawn at two temperatures (and, when ``second_backend``
-    is given, from a second model variant, as the paper does) so the pair differs enough to compare."""
-    first = backend.sample(list(prompts.messages), 1, _with(cfg, temperature=temperatures[0]))
-    other = second_backend or backend
-    second = other.sample(list(prompts.messages), 1, _with(cfg, temperature=temperatures[1], seed=cfg.seed + 1))
+def pair_answers(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: tuple[float, float],
+                 cfg: SamplingConfig, shard: Shard = WHOLE,
+                 second_backend: SamplingBackend | None = None) -> pd.DataFrame:
+    """The answers of :func:`collect_pairs`, or this shard's share (its units are the (side, batch) pairs):
+    rows ``side`` (0: answer a, 1: answer b), ``prompt_index``, ``text``."""
+    mine = shard.take([(side, b) for side in (0, 1) for b in range(n_batches(len(prompts), cfg))])
+    sides = ((backend, _with(cfg, temperature=temperatures[0])),
+             (second_backend or backend, _with(cfg, temperature=temperatures[1], seed=cfg.seed + 1)))
+    drawn = []
+    for side, (model, side_cfg) in enumerate(sides):
+        batches = [b for s, b in mine if s == side]
+        if batches:
+            rows = model.sample(list(prompts.messages), 1, side_cfg, batches=batches)
+            drawn.append(rows[["prompt_index", "text"]].assign(side=side))
+    return in_order(drawn, ["side", "prompt_index"]) if drawn else pd.DataFrame(columns=["prompt_index", "text",
+                                                                                          "side"])
+
+
+def pair_frame(prompts: pd.DataFrame, answers: pd.DataFrame, temperatures: tuple[float, float], iteration: int,
+               source: str = "policy") -> pd.DataFrame:
+    """The pairs to annotate, from every prompt's two answers (:func:`pair_answers`, merged)."""
     frame = prompts.reset_index(drop=True)
+    text = {side: dict(zip(rows.prompt_index.astype(int), rows.text)) for side, rows in answers.groupby("side")}
+    missing = [i for i in range(len(frame)) if any(i not in text.get(side, {}) for side in (0, 1))]
+    if missing:
+        raise ValueError(f"collect_pairs: no answer for prompts {missing[:5]} (a shard's rows are missing)")
     return pd.DataFrame({
         "pair_id": [f"it{iteration}-{pid}" for pid in frame.prompt_id],
         "prompt_id": frame.prompt_id, "prompt": frame.messages,
-        "response_a": list(first.text), "response_b": list(second.text),
+        "response_a": [text[0][i] for i in range(len(frame))], "response_b": [text[1][i] for i in range(len(frame))],
         "instructions": frame.instructions if "instructions" in frame else "[]",
         "safety": frame.safety.astype(bool) if "safety" in frame else False,
         "source": source, "iteration": iteration,
         "temperature_a": temperatures[0], "temperature_b": temperatures[1],
     })
+
+
+def collect_pairs(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: tuple[float, float],
+                  cfg: SamplingConfig, iteration: int, source: str = "policy",
+                  second_backend: SamplingBackend | None = None) -> pd.DataFrame:
+    """Two answers per prompt for annotation, drawn at two temperatures (and, when ``second_backend``
+    is given, from a second model variant, as the paper does) so the pair differs enough to compare."""
+    answers = pair_answers(backend, prompts, temperatures, cfg, WHOLE, second_backend)
+    return pair_frame(prompts, answers, temperatures, iteration, source)

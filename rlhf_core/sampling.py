@@ -19,7 +19,8 @@ same prompts, config and seed give the same samples. ``temperature=0`` is greedy
 
 Output: a DataFrame, one row per sample: ``prompt_index``, ``sample_index``, ``text`` (without the stop
 token), ``token_ids`` and ``logprobs`` (including the stop token, when there is one), ``stop_reason``
-(``"stop"``: a stop token was generated, ``"length"``: ``max_new_tokens`` reached) and ``n_tokens``.
+(``"stop"``: a stop token was generated, ``"length"``: ``max_new_tokens`` reached), ``n_tokens`` and
+``batch``, the batch of the call that drew it (the unit a sharded step deals out, docs/design.md#fan-out).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol, Sequence
+from typing import Collection, Protocol, Sequence
 
 import pandas as pd
 import torch
@@ -58,9 +59,20 @@ class SamplingConfig:
         return self
 
 
+SAMPLE_COLUMNS = ["prompt_index", "sample_index", "text", "token_ids", "logprobs", "stop_reason", "n_tokens",
+                  "batch"]
+
+
 class SamplingBackend(Protocol):
-    def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig) -> pd.DataFrame:
-        """K samples per prompt, one row per sample (see the module docstring for the columns)."""
+    def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig,
+               batches: Collection[int] | None = None) -> pd.DataFrame:
+        """K samples per prompt, one row per sample (see the module docstring for the columns); with
+        ``batches``, only the rows those batches of the whole call draw."""
+
+
+def n_batches(n_prompts: int, cfg: SamplingConfig) -> int:
+    """How many batches a call on ``n_prompts`` prompts decodes: the units a sharded step deals out."""
+    return -(-n_prompts // cfg.batch_prompts)
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -183,13 +195,15 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig,
-               shard: tuple[int, int] | None = None) -> pd.DataFrame:
-        """``k`` answers to each prompt (rows sorted by ``prompt_index``, ``sample_index``). With ``shard=(i,
-        n)`` only every n-th of the batches the whole call would decode, from the i-th on: the n shards
-        together hold exactly the rows of the unsharded call (same batches, same seeds), so processes that
-        split one call's prompts this way and gather the rows get what one process would have sampled."""
+               shard: tuple[int, int] | None = None, batches: Collection[int] | None = None) -> pd.DataFrame:
+        """``k`` answers to each prompt (rows sorted by ``prompt_index``, ``sample_index``; ``batch`` says
+        which of the call's batches drew a row). With ``shard=(i, n)`` only every n-th of the batches the
+        whole call would decode, from the i-th on; with ``batches``, only those. Either way the rows are
+        exactly those the whole call draws in those batches (same batches, same seeds), so processes or
+        tasks that split one call's batches and gather the rows get what one call would have sampled."""
         cfg.validate()
         index, shards = shard or (0, 1)
+        wanted = set(range(n_batches(len(prompts), cfg))) if batches is None else set(batches)
         was_training = self.model.training
         self.model.eval()
         # bf16 on CPU: decode with a bf16 copy of the weights, made once per call (~0.1 s for 135M), instead
@@ -202,15 +216,17 @@ class TransformersBackend:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         rows = []
         mine = [(b, order[start:start + cfg.batch_prompts])
-                for b, start in enumerate(range(0, len(order), cfg.batch_prompts)) if b % shards == index]
+                for b, start in enumerate(range(0, len(order), cfg.batch_prompts)) if b % shards == index
+                and b in wanted]
         with progress(sum(len(chunk) for _, chunk in mine), _bar_desc(k, cfg), "prompt") as bar:
             for b, chunk in mine:
                 generator = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + b)
-                rows += self._sample_batch(decoder, cast, [encoded[i] for i in chunk], chunk, k, cfg, generator)
+                rows += [row | {"batch": b} for row in self._sample_batch(decoder, cast, [encoded[i] for i in chunk],
+                                                                           chunk, k, cfg, generator)]
                 bar.update(len(chunk))
         self.model.train(was_training)
         if not rows:  # a shard with no batch (more shards than batches)
-            return pd.DataFrame(columns=["prompt_index", "sample_index"])
+            return pd.DataFrame(columns=SAMPLE_COLUMNS)
         frame = pd.DataFrame(rows).sort_values(["prompt_index", "sample_index"], kind="stable")
         return frame.reset_index(drop=True)
 
@@ -290,25 +306,31 @@ class VLLMBackend:
         self.tokenizer = tokenizer
         self.llm = LLM(model=model_path, dtype=dtype, **engine_kwargs)
 
-    def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig) -> pd.DataFrame:
+    def sample(self, prompts: Sequence[Sequence[Message]], k: int, cfg: SamplingConfig,
+               batches: Collection[int] | None = None) -> pd.DataFrame:
+        """As :meth:`TransformersBackend.sample`; a batch here is ``batch_prompts`` consecutive prompts
+        (vLLM schedules its own batches). Every request carries the seed, so a prompt's samples do not
+        depend on which other prompts share the call: a shard's rows are the whole call's."""
         from vllm import SamplingParams
 
         cfg.validate()
         params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_tokens=cfg.max_new_tokens, logprobs=0, seed=cfg.seed)
-        texts = [self.tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
-                 for p in prompts]
+        chosen = [i for i in range(len(prompts))
+                  if batches is None or i // cfg.batch_prompts in set(batches)]
+        texts = [self.tokenizer.apply_chat_template(list(prompts[i]), tokenize=False, add_generation_prompt=True)
+                 for i in chosen]
         rows = []
         # vLLM draws its own bar (prompts done, rate); it follows the same on/off rules as ours.
-        for prompt_index, request in enumerate(self.llm.generate(texts, params, use_tqdm=shown())):
+        for prompt_index, request in zip(chosen, self.llm.generate(texts, params, use_tqdm=shown())):
             for sample_index, completion in enumerate(request.outputs):
                 ids = list(completion.token_ids)
                 lps = [step[token].logprob for step, token in zip(completion.logprobs, ids)]
                 rows.append({"prompt_index": prompt_index, "sample_index": sample_index,
                              "text": completion.text.strip(), "token_ids": ids, "logprobs": lps,
                              "stop_reason": "length" if completion.finish_reason == "length" else "stop",
-                             "n_tokens": len(ids)})
-        return pd.DataFrame(rows)
+                             "n_tokens": len(ids), "batch": prompt_index // cfg.batch_prompts})
+        return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
 def make_backend(cfg: SamplingConfig, model, tokenizer, precision: str = "auto", model_path: str | None = None):

@@ -22,12 +22,15 @@ flow asks for (``orchestration.io_retries``); a bug or bad data fails at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from prefect import task
 
+from rlhf import storage
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.artifacts import code_version, digest, source_digest, stable_hash, verify_output
 from rlhf.core.errors import ConfigError
@@ -42,6 +45,7 @@ from rlhf.core.reward.train import RewardSection, RMDataConfig
 from rlhf.core.sampling import SamplingConfig
 from rlhf.core.scorers import ScorerConfig
 from rlhf.core.sft import SFTConfig
+from rlhf.core.shards import Shard
 from rlhf.core.steps.outputs import (
     ANNOTATE,
     COLLECT_PAIRS,
@@ -57,6 +61,7 @@ from rlhf.core.steps.outputs import (
     rm_eval_outputs,
     rm_names,
     rm_outputs,
+    shard_outputs,
 )
 from rlhf.core.steps.sft import DataConfig
 from rlhf.core.training import InjectedFault
@@ -134,6 +139,8 @@ def tracked_params(step: str, parameters: dict) -> dict:
               if name not in NOT_KEYED | {"here"} and not _holds_refs(value)}
     if isinstance(parameters.get("launch"), LaunchConfig):  # the steps that can run on several processes
         params["world_size"] = parameters["launch"].num_processes
+    if step in SHARDED:
+        params["shards"] = len(parameters.get("shards") or ()) or 1
     return params
 
 
@@ -151,13 +158,93 @@ def io_only(task_, task_run, state) -> bool:
 def step_task(name: str):
     """A step's task. Its retries on I/O errors are set by the flow that calls it, from
     ``orchestration.io_retries`` / ``retry_delay_seconds`` (``with_options``); none by default."""
-    return task(name=name, task_run_name=name, cache_key_fn=cache_key, persist_result=True,
-                retry_condition_fn=io_only)
+    def decorate(fn):
+        return task(placed(name, fn), name=name, task_run_name=name, cache_key_fn=cache_key, persist_result=True,
+                    retry_condition_fn=io_only)
+
+    return decorate
+
+
+def placed(name: str, fn: Callable) -> Callable:
+    """The task function ``fn`` for a campaign on object storage (its ``here`` a URL; docs/design.md#object-
+    storage): its upstream outputs fetched into this machine's cache (once), an output already finished
+    there staged in the working copy (so the step finds it cached), the step run into the working copy, its
+    outputs uploaded (``manifest.json`` last), and references naming the URLs returned. A local ``here``:
+    ``fn`` as it is. The cache key sees the call's own arguments, so it is the same on every machine."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        params = signature.bind(*args, **kwargs)
+        params.apply_defaults()
+        params = dict(params.arguments)
+        here = params["here"]
+        if not storage.is_url(here):
+            return fn(**params)
+        local = {key: _fetched(value) for key, value in params.items()} | {"here": str(storage.staging(here))}
+        for location in output_dirs(name, params):
+            storage.stage_finished(str(location))
+        result = fn(**local)
+        return _published(result, here)
+
+    return run
+
+
+def _fetched(value):
+    """``value`` with every step reference in it made local (:func:`rlhf.storage.fetch_ref`)."""
+    if _is_ref(value):
+        return storage.fetch_ref(value)
+    if isinstance(value, dict):
+        return {k: _fetched(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fetched(v) for v in value)
+    return value
+
+
+def _published(result: Ref | dict[str, Ref], here: str) -> Ref | dict[str, Ref]:
+    """Upload each output a task wrote into the working copy; its reference, naming the URL."""
+    def one(ref: Ref) -> Ref:
+        url = storage.join(here, Path(ref["path"]).name)
+        storage.publish_output(Path(ref["path"]), url)
+        return storage.ref_at(ref, url)
+
+    return one(result) if _is_ref(result) else {name: one(ref) for name, ref in result.items()}
+
+
+# Shards (docs/design.md#fan-out): the sampling steps below each have a shard task, ``<step>_shard``, that
+# computes one shard's rows into ``<step>-shard-<i>-of-<n>``; the step's own task, given the shards'
+# references (``shards``), merges them into its usual output instead of computing it.
+SHARD_SUFFIX = "_shard"
+SHARDED = ("collect_pairs", "annotate", "search_temperature", "rejection_sample", "evaluate")
+
+
+def shard_task(step: str):
+    """A shard task of ``step``: cached like a step task (its key holds the shard), each shard on its own, so
+    a failed shard reruns alone; its task run is named after its output (``rejection_sample-shard-1-of-2``)."""
+    def decorate(fn):
+        return task(placed(step + SHARD_SUFFIX, fn), name=step + SHARD_SUFFIX,
+                    task_run_name=step + "-shard-{shard.index}-of-{shard.count}", cache_key_fn=cache_key,
+                    persist_result=True, retry_condition_fn=io_only)
+
+    return decorate
+
+
+def _shard(shard: Shard, step: str, here: str, fault: Fault | None, run: Callable[[Path], dict]) -> Ref:
+    contract = shard_outputs(step, shard.index, shard.count)
+    return _one(contract.dirname, contract, here, fault, lambda out, f: run(out))
+
+
+def _rows(shards: list[Ref]) -> list[str]:
+    """The shards' rows files, in shard order (what a merging step reads)."""
+    return [ref["files"]["rows"] for ref in shards]
 
 
 def contracts(step: str, parameters: dict) -> list[Outputs]:
     """The output contracts a call of the task ``step`` with ``parameters`` writes (how many RMs depends
-    on the config)."""
+    on the config; a shard task's, on its shard)."""
+    if step.endswith(SHARD_SUFFIX):
+        shard = parameters["shard"]
+        return [shard_outputs(step.removesuffix(SHARD_SUFFIX), shard.index, shard.count)]
     if step == "train_reward_models":
         return [rm_outputs(name) for name in rm_names(parameters["reward"].train_safety)]
     if step == "eval_reward_models":
@@ -165,17 +252,24 @@ def contracts(step: str, parameters: dict) -> list[Outputs]:
     return [CONTRACTS[step]]
 
 
-def output_dirs(step: str, parameters: dict) -> list[Path]:
-    """Where a call of the task ``step`` writes (each contract's directory in ``parameters["here"]``)."""
-    return [contract.dir(parameters["here"]) for contract in contracts(step, parameters)]
+def output_dirs(step: str, parameters: dict) -> list[Path | str]:
+    """Where a call of the task ``step`` writes (each contract's directory in ``parameters["here"]``: a
+    folder, or a URL on object storage)."""
+    return [storage.join(parameters["here"], contract.dirname) for contract in contracts(step, parameters)]
 
 
 def untrusted(result: Ref | dict[str, Ref]) -> str | None:
     """Why a task's (cached) result cannot be trusted, or None: each output must still be on disk as its
     manifest recorded it, under the key the result names (another config's rerun may have replaced it,
-    a file may have been truncated or edited)."""
+    a file may have been truncated or edited). On object storage, its manifest must name that key (its
+    files are checked against it when a step fetches them)."""
     for ref in ([result] if _is_ref(result) else result.values()):
-        _, problem = verify_output(ref["path"], ref["key"])
+        if storage.is_url(ref["path"]):
+            manifest = storage.remote_manifest(ref["path"])
+            problem = ("no finished output there" if manifest is None else
+                       "another version of the output is there" if manifest["key"] != ref["key"] else None)
+        else:
+            _, problem = verify_output(ref["path"], ref["key"])
         if problem:
             return f"{ref['path']}: {problem}"
     return None
@@ -184,7 +278,8 @@ def untrusted(result: Ref | dict[str, Ref]) -> str | None:
 def _outputs(step: str, fault: Fault | None,
              body: Callable[[Fault | None], dict[str, tuple[Outputs, Path, dict]]]) -> dict[str, Ref]:
     """Run ``body(fault) -> {name: (contract, out_dir, manifest)}`` and return its outputs' references.
-    The fault applies when it names this step: at the start, or handed to the body to stop training."""
+    The fault applies when it names this step (a shard by its directory's name, e.g.
+    ``rejection_sample-shard-1-of-2``): at the start, or handed to the body to stop training."""
     mine = fault if fault is not None and fault.step == step else None
     if mine is not None and mine.after_steps is None:
         raise InjectedFault(f"{step}: injected fault (debug.fail_at={step}); rerun without it to continue")
@@ -240,19 +335,41 @@ def seed_pairs(reward: RewardSection, here: str, fault: Fault | None = None) -> 
 
 @step_task("collect_pairs")
 def collect_pairs(policy: Ref, model: ModelConfig, prompts: PromptsConfig, sampling: SamplingConfig,
-                  temperatures: list[float], iteration: int, here: str, fault: Fault | None = None) -> Ref:
+                  temperatures: list[float], iteration: int, here: str, fault: Fault | None = None,
+                  shards: list[Ref] = ()) -> Ref:
+    """Two answers per new prompt; with ``shards``, merged from the shard tasks' answers."""
     from rlhf.core.steps.rejection import collect_pairs_step
 
     return _one("collect_pairs", COLLECT_PAIRS, here, fault, lambda out, f: collect_pairs_step(
-        _model(model, policy), prompts, sampling, temperatures, iteration, out))
+        _model(model, policy), prompts, sampling, temperatures, iteration, out, _rows(shards)))
+
+
+@shard_task("collect_pairs")
+def collect_pairs_shard(policy: Ref, model: ModelConfig, prompts: PromptsConfig, sampling: SamplingConfig,
+                        temperatures: list[float], shard: Shard, here: str, fault: Fault | None = None) -> Ref:
+    from rlhf.core.steps.rejection import collect_pairs_shard_step
+
+    return _shard(shard, "collect_pairs", here, fault, lambda out: collect_pairs_shard_step(
+        _model(model, policy), prompts, sampling, temperatures, shard, out))
 
 
 @step_task("annotate")
-def annotate(pairs: Ref, annotator: AnnotatorConfig, here: str, fault: Fault | None = None) -> Ref:
+def annotate(pairs: Ref, annotator: AnnotatorConfig, here: str, fault: Fault | None = None,
+             shards: list[Ref] = ()) -> Ref:
+    """The iteration's pairs labelled; with ``shards`` (simulated annotator only), merged from theirs."""
     from rlhf.core.steps.pairs import annotate_step
 
     return _one("annotate", ANNOTATE, here, fault,
-                lambda out, f: annotate_step(pairs["files"]["pairs"], annotator, out))
+                lambda out, f: annotate_step(pairs["files"]["pairs"], annotator, out, _rows(shards)))
+
+
+@shard_task("annotate")
+def annotate_shard(pairs: Ref, annotator: AnnotatorConfig, shard: Shard, here: str,
+                   fault: Fault | None = None) -> Ref:
+    from rlhf.core.steps.pairs import annotate_shard_step
+
+    return _shard(shard, "annotate", here, fault,
+                  lambda out: annotate_shard_step(pairs["files"]["pairs"], annotator, shard, out))
 
 
 def rm_data(reward: RewardSection, name: str, seed: Ref, labelled: list[Ref]) -> RMDataConfig:
@@ -300,24 +417,48 @@ def eval_reward_models(rms: dict[str, Ref], model: ModelConfig, reward: RewardSe
 @step_task("search_temperature")
 def search_temperature(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig,
                        sampling: SamplingConfig, rejection: RejectionConfig, scorer: ScorerConfig, here: str,
-                       fault: Fault | None = None) -> Ref:
+                       fault: Fault | None = None, shards: list[Ref] = ()) -> Ref:
     from rlhf.core.steps.rejection import search_temperature_step
 
     return _one("search_temperature", SEARCH_TEMPERATURE, here, fault, lambda out, f: search_temperature_step(
-        _model(model, policy), prompts, sampling, rejection, scorer_for(scorer, rms), out))
+        _model(model, policy), prompts, sampling, rejection, scorer_for(scorer, rms), out, _rows(shards)))
+
+
+@shard_task("search_temperature")
+def search_temperature_shard(policy: Ref, rms: dict[str, Ref], model: ModelConfig, prompts: PromptsConfig,
+                             sampling: SamplingConfig, rejection: RejectionConfig, scorer: ScorerConfig,
+                             shard: Shard, here: str, fault: Fault | None = None) -> Ref:
+    from rlhf.core.steps.rejection import search_temperature_shard_step
+
+    return _shard(shard, "search_temperature", here, fault, lambda out: search_temperature_shard_step(
+        _model(model, policy), prompts, sampling, rejection, scorer_for(scorer, rms), shard, out))
 
 
 @step_task("rejection_sample")
 def rejection_sample(policy: Ref, rms: dict[str, Ref], search: Ref, previous: list[Ref], model: ModelConfig,
                      prompts: PromptsConfig, sampling: SamplingConfig, rejection: RejectionConfig,
-                     scorer: ScorerConfig, iteration: int, here: str, fault: Fault | None = None) -> Ref:
-    """K samples per prompt at the temperature the search chose; the pool over all iterations."""
+                     scorer: ScorerConfig, iteration: int, here: str, fault: Fault | None = None,
+                     shards: list[Ref] = ()) -> Ref:
+    """K samples per prompt at the temperature the search chose (with ``shards``: theirs); the pool over all
+    iterations."""
     from rlhf.core.steps.rejection import rejection_sample_step
 
     chosen = replace(sampling, temperature=search["metrics"]["chosen"])
     history = [ref["files"]["candidates"] for ref in previous]
     return _one("rejection_sample", REJECTION_SAMPLE, here, fault, lambda out, f: rejection_sample_step(
-        _model(model, policy), prompts, chosen, rejection, scorer_for(scorer, rms), iteration, history, out))
+        _model(model, policy), prompts, chosen, rejection, scorer_for(scorer, rms), iteration, history, out,
+        _rows(shards)))
+
+
+@shard_task("rejection_sample")
+def rejection_sample_shard(policy: Ref, rms: dict[str, Ref], search: Ref, model: ModelConfig,
+                           prompts: PromptsConfig, sampling: SamplingConfig, rejection: RejectionConfig,
+                           scorer: ScorerConfig, shard: Shard, here: str, fault: Fault | None = None) -> Ref:
+    from rlhf.core.steps.rejection import rejection_sample_shard_step
+
+    chosen = replace(sampling, temperature=search["metrics"]["chosen"])
+    return _shard(shard, "rejection_sample", here, fault, lambda out: rejection_sample_shard_step(
+        _model(model, policy), prompts, chosen, rejection, scorer_for(scorer, rms), shard, out))
 
 
 @step_task("train_policy")
@@ -363,13 +504,25 @@ def gatt(policy: Ref, model: ModelConfig, config: GAttConfig, train: SFTConfig, 
 @step_task("evaluate")
 def evaluate(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model: ModelConfig,
              sampling: SamplingConfig, scorer: ScorerConfig, config: EvalConfig, here: str,
-             fault: Fault | None = None) -> Ref:
-    """Win rates of the new policy against each baseline, judged by the gold rater and the RMs."""
+             fault: Fault | None = None, shards: list[Ref] = ()) -> Ref:
+    """Win rates of the new policy against each baseline, judged by the gold rater and the RMs (with
+    ``shards``: on their answers and RM scores)."""
     from rlhf.core.steps.evaluate import evaluate_step
 
     others = {name: _model(model, ref) for name, ref in baselines.items()}
     return _one("evaluate", EVALUATE, here, fault, lambda out, f: evaluate_step(
-        _model(model, policy), others, None, sampling, scorer_for(scorer, rms), config, out))
+        _model(model, policy), others, None, sampling, scorer_for(scorer, rms), config, out, _rows(shards)))
+
+
+@shard_task("evaluate")
+def evaluate_shard(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model: ModelConfig,
+                   sampling: SamplingConfig, scorer: ScorerConfig, config: EvalConfig, shard: Shard, here: str,
+                   fault: Fault | None = None) -> Ref:
+    from rlhf.core.steps.evaluate import evaluate_shard_step
+
+    others = {name: _model(model, ref) for name, ref in baselines.items()}
+    return _shard(shard, "evaluate", here, fault, lambda out: evaluate_shard_step(
+        _model(model, policy), others, sampling, scorer_for(scorer, rms), config, shard, out))
 
 
 CONTRACTS: dict[str, Outputs] = {"sft": SFT, "seed_pairs": SEED_PAIRS, "collect_pairs": COLLECT_PAIRS,

@@ -1,5 +1,5 @@
 """Real servers for tests, on 127.0.0.1 in temporary folders, each stopped (and its folder removed) when
-its block ends: PostgreSQL from the Debian package and an MLflow tracking server.
+its block ends: PostgreSQL from the Debian package, an MLflow tracking server and an S3 server (moto).
 
 ``import servers`` works from any test: pytest puts ``tests/`` on the path (``conftest.py`` is there).
 """
@@ -119,3 +119,26 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
     except ProcessLookupError:
         return
     process.wait()
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """An S3-compatible server on loopback (moto's server mode, in memory: nothing on disk); yields its
+    endpoint URL (what ``MLFLOW_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL`` take). Any access key is accepted
+    until ``<endpoint>/moto-api/reset-auth`` switches IAM checks on. Stopped with its process group on
+    exit, and the port checked closed."""
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="rlhf-s3-")) / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/moto-api/data.json", process, 60, log)
+        yield url
+    finally:
+        stop_group(process)
+        shutil.rmtree(log.parent, ignore_errors=True)
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"the S3 server's port {port} is still open after it was stopped")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from rlhf.core.errors import ConfigError, RLHFError
 from rlhf.record.layout import (
@@ -16,6 +15,7 @@ from rlhf.record.layout import (
     SUMMARY_FILE,
     campaign_dir,
     last_finished_iteration,
+    local_root,
     no_such_campaign,
     read_summary,
     remove_leftovers,
@@ -92,7 +92,7 @@ def cmd_ui(overrides: list[str]) -> int:
     from rlhf.tracking import tracking_uri
 
     cfg = compose(overrides)
-    root = Path(cfg.campaign.root).resolve()
+    root = local_root(cfg.campaign.root)
     uri = tracking_uri(cfg.tracking.uri, root)
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(cfg.io.port)]
     if not cfg.tracking.uri:

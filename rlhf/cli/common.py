@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rlhf.core.steps.outputs import Outputs
-from rlhf.record.layout import campaign_dir, campaign_lock, iteration_dir, remove_empty_dirs
+from rlhf.record.layout import campaign_dir, campaign_lock, iteration_dir, local_root, remove_empty_dirs
 
 
 @dataclass
@@ -57,7 +57,7 @@ def prefect_prepared(cfg) -> Iterator[None]:
     Prefect home, a new campaign.root) are removed: a config mistake leaves nothing behind."""
     from rlhf.flows.environment import prepare
 
-    root = Path(cfg.campaign.root).resolve()
+    root = local_root(cfg.campaign.root)
     homes = [Path(p).resolve() for p in (os.environ.get("PREFECT_HOME"), cfg.orchestration.prefect_home) if p]
     new = {path for start in (*homes, root / ".prefect") for path in (start, *start.parents) if not path.exists()}
     try:

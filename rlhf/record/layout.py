@@ -27,11 +27,13 @@ import re
 import shutil
 import socket
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from rlhf.core.artifacts import read_manifest, write_json, write_text
+from rlhf.core.digests import default_cache_dir
 from rlhf.core.errors import ConfigError, RLHFError
 from rlhf.core.steps.outputs import EVALUATE
 
@@ -44,8 +46,30 @@ class CampaignLocked(RLHFError):
     """Another run holds the campaign's lock."""
 
 
+def local_root(root: str | Path) -> Path:
+    """Where the files of campaigns under ``root`` (``campaign.root``) live on this machine: the folder
+    itself, or for object storage (``s3://bucket/prefix``) its working copy,
+    ``<RLHF_CACHE_DIR or ~/.cache/rlhf>/campaigns/s3/<bucket>/<prefix>``: the config, summary, report, Prefect
+    home and default MLflow store, and each step's output before it is uploaded (``rlhf.storage``)."""
+    root = str(root)
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", root)
+    if scheme is None or scheme[1] in ("file", "local"):
+        return Path(urllib.parse.unquote(root.split("://", 1)[1]) if scheme else root).resolve()
+    return working_copy(root)
+
+
+def working_copy(url: str) -> Path:
+    """Where anything under an object-storage URL lives on this machine:
+    ``<RLHF_CACHE_DIR or ~/.cache/rlhf>/campaigns/<scheme>/<bucket>/<key...>``, the URL's path kept, so the
+    working copy of a campaign and of any of its outputs agree."""
+    scheme, _, rest = url.partition("://")
+    parts = [re.sub(r"[^A-Za-z0-9._=-]+", "-", part) for part in rest.split("/") if part not in ("", ".", "..")]
+    return default_cache_dir().joinpath("campaigns", scheme, *parts)
+
+
 def campaign_dir(cfg) -> Path:
-    return Path(cfg.campaign.root).resolve() / cfg.campaign.name
+    """The campaign's folder on this machine (for a campaign on object storage, its working copy)."""
+    return local_root(cfg.campaign.root) / cfg.campaign.name
 
 
 def campaign_names(root: str | Path) -> list[str]:

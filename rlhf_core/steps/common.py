@@ -136,9 +136,26 @@ def finish(out_dir: Path) -> None:
 
 
 def key_for(config, inputs: dict[str, dict]) -> str:
-    """A step's cache key from its config and its inputs (``{name: {"path", "digest"}}``)."""
-    return step_key(asdict(config) if not isinstance(config, dict) else config,
+    """A step's cache key from its config and its inputs (``{name: {"path", "digest"}}``). Where the config
+    names an input's path (a model directory, a data file) the key holds the input's name instead: the
+    input's digest pins its content, and its location may differ between machines (a campaign on object
+    storage fetches its inputs into each machine's own cache) or after a campaign folder was moved."""
+    config = asdict(config) if not isinstance(config, dict) else config
+    return step_key(_located(config, {str(value["path"]): name for name, value in inputs.items()}),
                     {name: value["digest"] for name, value in inputs.items()})
+
+
+def _located(value, paths: dict[str, str]):
+    """``value`` with every string that is an input's path, or a path inside it, named by that input."""
+    if isinstance(value, dict):
+        return {k: _located(v, paths) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_located(v, paths) for v in value]
+    if isinstance(value, str) and "/" in value:
+        for path, name in paths.items():
+            if value == path or value.startswith(path.rstrip("/") + "/"):
+                return f"<input {name}>{value[len(path.rstrip('/')):]}"
+    return value
 
 
 def cached_or_key(name: str, out_dir: Path, config: dict, inputs: dict[str, dict]) -> tuple[dict | None, str]:

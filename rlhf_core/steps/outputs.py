@@ -71,6 +71,11 @@ EVALUATE = Outputs("evaluate", {"answers": "answers.parquet", "judgments": "judg
 
 # single-step commands only (`rlhf sample`, `rlhf gatt data|train|eval`)
 SAMPLE = Outputs("sample", {"samples": "samples.parquet"})
+
+
+def shard_outputs(step: str, index: int, count: int) -> Outputs:
+    """One shard of a sharded step (``rlhf.core.shards``): its rows, which the step's merge reads."""
+    return Outputs(f"{step}-shard-{index}-of-{count}", {"rows": "rows.parquet"})
 GATT_DATA = Outputs("gatt-data", {"dialogues": "dialogues.parquet", "rows": "gatt_sft.jsonl"})
 GATT_TRAIN = Outputs("gatt-train", {"metrics": METRICS})
 GATT_EVAL = Outputs("gatt-eval", {"judgments": "judgments.parquet", "adherence": "adherence.json"})

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ..annotators import AnnotatorConfig, make_annotator, read_pairs
+from ..errors import ConfigError
 from ..reward.train import RewardSection
+from ..shards import Shard
 from .common import file_input, run_step
 from .outputs import ANNOTATE, SEED_PAIRS
 from .reward import load_rm_pairs
+from .shards import merged, shard_inputs, shard_step
 
 
 def seed_pairs_step(reward: RewardSection, out_dir: str | Path) -> dict:
@@ -44,26 +48,56 @@ def seed_pairs_step(reward: RewardSection, out_dir: str | Path) -> dict:
                     lambda m: f"{m['n_helpful']} + {m['n_safety']} pairs")
 
 
-def annotate_step(pairs_path: str | Path, annotator: AnnotatorConfig, out_dir: str | Path) -> dict:
+def annotate_step(pairs_path: str | Path, annotator: AnnotatorConfig, out_dir: str | Path,
+                  shards: Sequence[str | Path] = ()) -> dict:
     """Label ``pairs_path`` (collect_pairs' output) with ``annotator``; returns the manifest.
 
     A human annotator blocks here until its labels file exists (``annotator.poll_seconds``,
-    ``annotator.timeout_seconds``); the file is validated against the exported pairs."""
+    ``annotator.timeout_seconds``); the file is validated against the exported pairs. With ``shards``
+    (the simulated annotator's :func:`annotate_shard_step` for every shard) the labels are theirs."""
     pairs_path = Path(pairs_path)
-    inputs = {"pairs": file_input(pairs_path)}
+    inputs = {"pairs": file_input(pairs_path), **shard_inputs(shards)}
     if annotator.name != "simulated" and annotator.labels_path and Path(annotator.labels_path).exists():
         inputs["labels"] = file_input(annotator.labels_path)
 
     def body(tmp: Path) -> dict:
         pairs = read_pairs(pairs_path)
-        labelled = make_annotator(annotator.name, annotator).label(pairs)
+        labelled = merged(shards, [ROW]).drop(columns=ROW) if shards else \
+            make_annotator(annotator.name, annotator).label(pairs)
+        if len(labelled) != len(pairs) and shards:
+            raise ValueError(f"annotate: the shards labelled {len(labelled)} of {len(pairs)} pairs")
         labelled.to_parquet(tmp / ANNOTATE["pairs"])
         return {"n_pairs": len(pairs), "n_labelled": len(labelled), "annotator": annotator.name,
                 "levels": _counts(labelled.level)}
 
     return run_step("annotate", out_dir, {"annotator": asdict(annotator)}, inputs, body,
-                    f"{pairs_path} with the {annotator.name} annotator",
+                    f"{pairs_path} with the {annotator.name} annotator"
+                    + (f", merging {len(shards)} shards" if shards else ""),
                     lambda m: f"{m['n_labelled']} labelled pairs, levels {m['levels']}")
+
+
+ROW = "pair_row"  # a shard's labelled rows keep their pairs' positions, so the merge restores the order
+
+
+def annotate_shard_step(pairs_path: str | Path, annotator: AnnotatorConfig, shard: Shard,
+                        out_dir: str | Path) -> dict:
+    """This shard's labels of :func:`annotate_step`: every n-th pair. Only the simulated annotator is
+    sharded: it labels each pair on its own (seeded by the pair's id), so a pair's label does not depend on
+    the shard; a person's labels file is one file."""
+    if annotator.name != "simulated":
+        raise ConfigError("annotator.name", f"only the simulated annotator runs in shards, not {annotator.name!r}")
+    pairs_path = Path(pairs_path)
+
+    def rows() -> pd.DataFrame:
+        pairs = read_pairs(pairs_path)
+        positions = shard.take(range(len(pairs)))
+        if not positions:
+            return pd.DataFrame()
+        labelled = make_annotator(annotator.name, annotator).label(pairs.iloc[positions].reset_index(drop=True))
+        return labelled.assign(**{ROW: positions})
+
+    return shard_step("annotate", shard, out_dir, {"annotator": asdict(annotator)},
+                      {"pairs": file_input(pairs_path)}, rows, f"{pairs_path}, {shard.name}")
 
 
 def _counts(levels: pd.Series) -> dict[str, int]:

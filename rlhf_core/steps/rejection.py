@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -23,19 +23,25 @@ from ..artifacts import stable_hash, write_jsonl
 from ..models import ModelConfig, load_model
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..rejection import (
+    CANDIDATE_ORDER,
+    SEARCH_ORDER,
     RejectionConfig,
     best_of_k_gain,
     build_pool,
-    collect_pairs,
     max_of_k_stats,
+    pair_answers,
+    pair_frame,
     pool_conversations,
     sample_and_score,
-    search_temperature,
+    search_samples,
+    temperature_curve,
 )
-from ..sampling import SamplingConfig, make_backend
+from ..sampling import SamplingConfig, make_backend, n_batches
 from ..scorers import ScorerConfig, make_scorer
+from ..shards import Shard
 from .common import file_input, log, model_input, run_step
 from .outputs import COLLECT_PAIRS, REJECTION_SAMPLE, SAMPLE, SEARCH_TEMPERATURE
+from .shards import merged, shard_inputs, shard_step
 
 
 def _prompts_input(cfg: PromptsConfig) -> dict:
@@ -73,32 +79,58 @@ def sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: Sa
 
 
 def collect_pairs_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
-                       temperatures: Sequence[float], iteration: int, out_dir: str | Path) -> dict:
-    """Two answers per new prompt at two temperatures -> ``pairs.parquet`` for the annotator."""
+                       temperatures: Sequence[float], iteration: int, out_dir: str | Path,
+                       shards: Sequence[str | Path] = ()) -> dict:
+    """Two answers per new prompt at two temperatures -> ``pairs.parquet`` for the annotator. With
+    ``shards`` (the rows of :func:`collect_pairs_shard_step` for every shard) the answers are theirs."""
     prompts = load_prompt_set(prompts_cfg)
+    temperatures = tuple(temperatures)
 
     def body(tmp: Path) -> dict:
-        pairs = collect_pairs(_backend(model_cfg, sampling), prompts, tuple(temperatures), sampling, iteration)
+        answers = merged(shards, ["side", "prompt_index"]) if shards else \
+            pair_answers(_backend(model_cfg, sampling), prompts, temperatures, sampling)
+        pairs = pair_frame(prompts, answers, temperatures, iteration)
         pairs.to_parquet(tmp / COLLECT_PAIRS["pairs"])
         return {"n_pairs": len(pairs), "identical": int((pairs.response_a == pairs.response_b).sum())}
 
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
               "temperatures": list(temperatures), "iteration": iteration}
-    return run_step("collect_pairs", out_dir, config,
-                    {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)}, body,
-                    f"{len(prompts)} prompts at T={list(temperatures)}", lambda m: f"{m['n_pairs']} pairs")
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **shard_inputs(shards)}
+    return run_step("collect_pairs", out_dir, config, inputs, body,
+                    f"{len(prompts)} prompts at T={list(temperatures)}" + _merging(shards),
+                    lambda m: f"{m['n_pairs']} pairs")
+
+
+def collect_pairs_shard_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
+                             temperatures: Sequence[float], shard: Shard, out_dir: str | Path) -> dict:
+    """This shard's answers of :func:`collect_pairs_step`."""
+    prompts = load_prompt_set(prompts_cfg)
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
+              "temperatures": list(temperatures)}
+    return shard_step("collect_pairs", shard, out_dir, config,
+                      {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)},
+                      lambda: pair_answers(_backend(model_cfg, sampling), prompts, tuple(temperatures), sampling,
+                                           shard),
+                      f"{len(prompts)} prompts at T={list(temperatures)}, {shard.name}")
+
+
+def _merging(shards: Sequence) -> str:
+    return f", merging {len(shards)} shards" if shards else ""
 
 
 def search_temperature_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
-                            rejection: RejectionConfig, scorer_cfg: ScorerConfig, out_dir: str | Path) -> dict:
-    """Mean max-of-K reward per temperature on the probe prompts; the argmax is the chosen temperature."""
+                            rejection: RejectionConfig, scorer_cfg: ScorerConfig, out_dir: str | Path,
+                            shards: Sequence[str | Path] = ()) -> dict:
+    """Mean max-of-K reward per temperature on the probe prompts; the argmax is the chosen temperature.
+    With ``shards``, the samples are those of :func:`search_temperature_shard_step`'s shards."""
     probe = load_prompt_set(replace(prompts_cfg, n=rejection.probe_prompts))
     k = rejection.probe_k or rejection.k
 
     def body(tmp: Path) -> dict:
-        scorer = make_scorer(scorer_cfg, model_cfg.precision)
-        best, curve, samples = search_temperature(_backend(model_cfg, sampling), probe, rejection.temperatures, k,
-                                                  sampling, scorer)
+        samples = merged(shards, SEARCH_ORDER) if shards else search_samples(
+            _backend(model_cfg, sampling), probe, rejection.temperatures, k, sampling,
+            make_scorer(scorer_cfg, model_cfg.precision))
+        best, curve = temperature_curve(samples)
         curve.to_csv(tmp / SEARCH_TEMPERATURE["curve"], index=False)
         samples.to_parquet(tmp / SEARCH_TEMPERATURE["samples"])
         return {"chosen": best, "k": k, "n_prompts": len(probe),
@@ -107,22 +139,41 @@ def search_temperature_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, 
 
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
               "rejection": asdict(rejection), "scorer": asdict(scorer_cfg)}
-    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg)}
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg),
+              **shard_inputs(shards)}
     return run_step("search_temperature", out_dir, config, inputs, body,
-                    f"{len(probe)} probe prompts x {k} at T in {rejection.temperatures}",
+                    f"{len(probe)} probe prompts x {k} at T in {rejection.temperatures}" + _merging(shards),
                     lambda m: f"chosen T={m['chosen']} (mean max-of-{k} {m['curve'][str(m['chosen'])]:.3f})")
+
+
+def search_temperature_shard_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
+                                  rejection: RejectionConfig, scorer_cfg: ScorerConfig, shard: Shard,
+                                  out_dir: str | Path) -> dict:
+    """This shard's scored samples of :func:`search_temperature_step`."""
+    probe = load_prompt_set(replace(prompts_cfg, n=rejection.probe_prompts))
+    k = rejection.probe_k or rejection.k
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
+              "rejection": asdict(rejection), "scorer": asdict(scorer_cfg)}
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg)}
+    return shard_step("search_temperature", shard, out_dir, config, inputs, lambda: search_samples(
+        _backend(model_cfg, sampling), probe, rejection.temperatures, k, sampling,
+        make_scorer(scorer_cfg, model_cfg.precision), shard),
+        f"{len(probe)} probe prompts x {k} at T in {rejection.temperatures}, {shard.name}")
 
 
 def rejection_sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
                           rejection: RejectionConfig, scorer_cfg: ScorerConfig, iteration: int,
-                          previous_candidates: Sequence[str | Path], out_dir: str | Path) -> dict:
-    """K samples per prompt at ``sampling.temperature``; the pool over all iterations' candidates."""
+                          previous_candidates: Sequence[str | Path], out_dir: str | Path,
+                          shards: Sequence[str | Path] = ()) -> dict:
+    """K samples per prompt at ``sampling.temperature``; the pool over all iterations' candidates. With
+    ``shards``, the candidates are those of :func:`rejection_sample_shard_step`'s shards."""
     prompts = load_prompt_set(replace(prompts_cfg, n=rejection.n_prompts))
 
     def body(tmp: Path) -> dict:
-        scorer = make_scorer(scorer_cfg, model_cfg.precision)
+        scorer = _lazy(lambda: make_scorer(scorer_cfg, model_cfg.precision))
         # 1. This iteration's candidates: K samples per prompt, scored.
-        candidates = sample_and_score(_backend(model_cfg, sampling), prompts, rejection.k, sampling, scorer)
+        candidates = merged(shards, CANDIDATE_ORDER) if shards else sample_and_score(
+            _backend(model_cfg, sampling), prompts, rejection.k, sampling, scorer)
         candidates["iteration"] = iteration
         candidates.to_parquet(tmp / REJECTION_SAMPLE["candidates"])
         # 2. The pool: every candidate so far, re-scored with the current scorer, best per prompt.
@@ -145,9 +196,43 @@ def rejection_sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sa
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
               "rejection": asdict(rejection), "scorer": asdict(scorer_cfg), "iteration": iteration}
     inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg),
-              **{f"candidates_{i}": file_input(p) for i, p in enumerate(previous_candidates)}}
+              **{f"candidates_{i}": file_input(p) for i, p in enumerate(previous_candidates)},
+              **shard_inputs(shards)}
     return run_step("rejection_sample", out_dir, config, inputs, body,
                     f"{len(prompts)} prompts x {rejection.k} at T={sampling.temperature}, "
-                    f"pool over {len(previous_candidates) + 1} iteration(s)",
+                    f"pool over {len(previous_candidates) + 1} iteration(s)" + _merging(shards),
                     lambda m: f"pool of {m['pool_size']}, mean score {m['pool_mean_score']:.3f}, "
                               f"by iteration {m['pool_by_iteration']}")
+
+
+def rejection_sample_shard_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
+                                rejection: RejectionConfig, scorer_cfg: ScorerConfig, shard: Shard,
+                                out_dir: str | Path) -> dict:
+    """This shard's scored candidates of :func:`rejection_sample_step` (its units: the engine's batches)."""
+    prompts = load_prompt_set(replace(prompts_cfg, n=rejection.n_prompts))
+    config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
+              "rejection": asdict(rejection), "scorer": asdict(scorer_cfg)}
+    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **_scorer_inputs(scorer_cfg)}
+    batches = shard.take(range(n_batches(len(prompts), sampling)))
+
+    def rows() -> pd.DataFrame:
+        if not batches:  # more shards than batches
+            return pd.DataFrame()
+        return sample_and_score(_backend(model_cfg, sampling), prompts, rejection.k, sampling,
+                                make_scorer(scorer_cfg, model_cfg.precision), batches)
+
+    return shard_step("rejection_sample", shard, out_dir, config, inputs, rows,
+                      f"{len(prompts)} prompts x {rejection.k} at T={sampling.temperature}, {shard.name} "
+                      f"(batches {batches})")
+
+
+def _lazy(make: Callable[[], Callable]) -> Callable:
+    """A scorer loaded on its first call: a merge that re-scores nothing never loads the reward models."""
+    loaded: list[Callable] = []
+
+    def scorer(*args):
+        if not loaded:
+            loaded.append(make())
+        return loaded[0](*args)
+
+    return scorer

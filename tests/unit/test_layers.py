@@ -19,13 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # folder in the tree -> its import name (pyproject.toml's package-dir)
 FOLDERS = {"rlhf_core": "rlhf.core", "tasks": "rlhf.tasks", "flows": "rlhf.flows", "conf": "rlhf.conf",
            "rlhf": "rlhf"}
-ROOMS = ("rlhf.core", "rlhf.tasks", "rlhf.flows", "rlhf.conf", "rlhf.record", "rlhf.tracking", "rlhf.cli")
+ROOMS = ("rlhf.core", "rlhf.tasks", "rlhf.flows", "rlhf.conf", "rlhf.record", "rlhf.tracking", "rlhf.cli",
+         "rlhf.storage")
 MAY_IMPORT = {
     "rlhf.core": {"rlhf.core"},
-    "rlhf.tasks": {"rlhf.core", "rlhf.tasks"},
+    "rlhf.tasks": {"rlhf.core", "rlhf.tasks", "rlhf.storage"},  # a task stages its output and uploads it
     "rlhf.record": {"rlhf.core", "rlhf.record"},
-    "rlhf.tracking": {"rlhf.core", "rlhf.tracking"},
-    "rlhf.flows": {"rlhf.core", "rlhf.tasks", "rlhf.record", "rlhf.tracking", "rlhf.flows", "rlhf.conf"},
+    "rlhf.storage": {"rlhf.core", "rlhf.record", "rlhf.storage"},  # campaign outputs on object storage
+    "rlhf.tracking": {"rlhf.core", "rlhf.tracking", "rlhf.storage"},
+    "rlhf.flows": {"rlhf.core", "rlhf.tasks", "rlhf.record", "rlhf.tracking", "rlhf.flows", "rlhf.conf",
+                   "rlhf.storage"},
     "rlhf.conf": set(),
     "rlhf.cli": set(ROOMS),
     "rlhf": set(ROOMS),  # the package's own __init__ / __main__ start the CLI
@@ -33,6 +36,7 @@ MAY_IMPORT = {
 NEVER = {"rlhf.core": {"prefect", "mlflow", "hydra", "omegaconf"},
          "rlhf.tasks": {"mlflow", "hydra", "omegaconf"},
          "rlhf.record": {"prefect", "mlflow", "hydra", "omegaconf"},
+         "rlhf.storage": {"prefect", "mlflow", "hydra", "omegaconf"},
          "rlhf.tracking": {"prefect", "hydra", "omegaconf"}}
 OLD_NAMES = {"rlhf_core", "tasks", "flows", "conf"}  # the folders' names, never import names
 
