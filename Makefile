@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-processes test-fast lint bench ui clean
+.PHONY: install demo test test-processes test-stack test-fast lint bench ui stack stack-down clean
 
 install: $(STAMP)
 
@@ -24,20 +24,35 @@ demo: install
 ui: install
 	$(VENV)/bin/rlhf ui
 
+# docker/compose.yaml's services without Docker, on 127.0.0.1 with state in $(STACK_DIR); then
+# `source $(STACK_DIR)/stack.env` (docker/README.md, "Native stack").
+STACK_DIR ?= runs/stack
+stack: install
+	VENV=$(VENV) docker/local-stack.sh up $(STACK_DIR)
+
+stack-down:
+	VENV=$(VENV) docker/local-stack.sh down $(STACK_DIR)
+
 # Everything but the multi-process training tests, which launch 2 processes dozens of times (~4 minutes on 2
-# cores): `make test-processes` runs those; .ci/run runs both.
+# cores), and the team-stack tests: `make test-processes` and `make test-stack` run those; .ci/run runs all three.
 test: install
-	$(PY) -m pytest -q -m "not processes" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not processes and not stack" $(PYTEST_ARGS)
 
 test-processes: install
 	$(PY) -m pytest -q -m processes $(PYTEST_ARGS)
+
+# The team stack started natively (docker/local-stack.sh: Postgres, S3, Prefect server and worker, MLflow server)
+# and a deployed campaign driven through it, worker kill included; needs PostgreSQL's server (apt-get install
+# postgresql).
+test-stack: install
+	$(PY) -m pytest -q -m stack $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): unused and undefined names, likely bugs, import order, line length.
 lint: install
 	$(VENV)/bin/ruff check .
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not stack" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m pip install -q -c constraints.txt trl

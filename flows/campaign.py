@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
     location = storage.campaign_location(cfg)  # home, or on object storage the URL home is a working copy of
     # MLflow writes run on the tracking thread, overlapping the steps and the next iterations; flushed
     # before the report, and on failure (flushed(), then the runs left open are ended FAILED or KILLED)
-    with storage.campaign_lock(location), flushed(on_failure=partial(_end_runs, cfg)):
+    with storage.campaign_lock(location, lease=cfg.campaign.lock_lease_seconds), \
+            flushed(on_failure=partial(_end_runs, cfg)):
         # 0. What a killed run left (temp folders, runs shown as running), the resolved config (what
         # `rlhf resume` reruns) and the campaign's MLflow run.
         if removed := remove_leftovers(home):
@@ -235,9 +237,15 @@ def _end_runs(cfg, error: BaseException) -> None:
         end_unfinished_runs(uri, experiment, cfg.campaign.name, status)
 
 
+STALE_AFTER_SECONDS = 30
+
+
 def _end_stale_flow_runs(campaign: str) -> None:
     """Flow runs of this campaign still RUNNING in Prefect belong to a run whose process died (the lock is
-    held, so no other run of it is live): they are set Crashed, Prefect's state for exactly that."""
+    held, so no other live run of it has got past the lock): they are set Crashed, Prefect's state for
+    exactly that -- with the runs it was a subflow of (the campaign run, a deployment's
+    ``<campaign>-next-iteration``). Campaign runs that started in the last ``STALE_AFTER_SECONDS`` are left
+    alone: a run triggered together with this one is RUNNING while it asks for the lock it will be refused."""
     from prefect import runtime
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -250,16 +258,31 @@ def _end_stale_flow_runs(campaign: str) -> None:
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.states import Crashed
 
-    mine = {runtime.flow_run.id, runtime.flow_run.parent_flow_run_id}
+    mine = {str(m) for m in (runtime.flow_run.id, runtime.flow_run.parent_flow_run_id) if m}
+    # A campaign run that started moments ago may be one triggered with this one that is about to be refused
+    # the lock (it asks for it within seconds of starting), not a dead one. An iteration's run exists only
+    # once its campaign run got past the lock.
+    settled = datetime.now(timezone.utc) - timedelta(seconds=STALE_AFTER_SECONDS)
     running = FlowRunFilter(name=FlowRunFilterName(like_=campaign),
                             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    marked: set[str] = set()
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=running, sort=FlowRunSort.START_TIME_DESC, limit=200):
-            if str(run.id) not in {str(m) for m in mine if m} and (
-                    run.name == campaign or run.name.startswith(f"{campaign}-RLHF-V")):
-                client.set_flow_run_state(run.id, Crashed(message="the process running it died; marked by the "
-                                                                   "next run of the campaign"), force=True)
-                log.info("Prefect: flow run %s (%s) of a killed run marked Crashed", run.name, run.id)
+            if str(run.id) not in mine and (run.name.startswith(f"{campaign}-RLHF-V") or (
+                    run.name == campaign and run.start_time and run.start_time < settled)):
+                stale = [run]
+                while stale[-1].parent_task_run_id:  # the runs it was a subflow of: campaign, deployment
+                    parent = client.read_flow_run(client.read_task_run(stale[-1].parent_task_run_id).flow_run_id)
+                    if parent.state_type != StateType.RUNNING or str(parent.id) in mine:
+                        break
+                    stale.append(parent)
+                for dead in stale:
+                    if str(dead.id) in marked:
+                        continue
+                    marked.add(str(dead.id))
+                    client.set_flow_run_state(dead.id, Crashed(message="the process running it died; marked by "
+                                                                       "the next run of the campaign"), force=True)
+                    log.info("Prefect: flow run %s (%s) of a killed run marked Crashed", dead.name, dead.id)
 
 
 @task(name="report", task_run_name="report")
@@ -291,7 +314,22 @@ def run_campaign(cfg, upto: int | None = None) -> dict:
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
 
 
-@flow(name="rlhf-next-iteration")
+def next_iteration_name(campaign: str) -> str:
+    return f"{campaign}-next-iteration"
+
+
+def _next_iteration_run_name() -> str:
+    """``<campaign>-next-iteration``: a deployment's run is named after its campaign (not Prefect's random
+    words), so the campaign's next run finds it among the runs a killed worker left RUNNING."""
+    from prefect.runtime import flow_run
+
+    try:
+        return next_iteration_name(compose_config(flow_run.parameters.get("overrides", [])).campaign.name)
+    except Exception:  # a bad override: the flow body reports it; the run still needs a name
+        return "next-iteration"
+
+
+@flow(name="rlhf-next-iteration", flow_run_name=_next_iteration_run_name)
 def next_iteration_flow(overrides: list[str]) -> dict:
     """The deployment ``rlhf serve`` schedules: the campaign's next iteration (1 + the last one whose
     evaluation finished), with everything before it cached. Composes its config in the flow body, so

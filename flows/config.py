@@ -56,6 +56,9 @@ class CampaignConfig:
     # except the SFT model and, with tracking.register_models, every registered model (each iteration's
     # policy and RMs). null = keep every model. Pruned steps stay cached; loading one is a clear error.
     keep: int | None = None
+    # A campaign on object storage (root s3://...): how long its lock outlives a run that died without
+    # releasing it (a live run renews it every third of this); docs/design.md#object-storage
+    lock_lease_seconds: float = 120.0
 
     def validate(self) -> None:
         """The name becomes a directory under ``root``: one plain path component, nothing that escapes."""
@@ -145,6 +148,7 @@ class OrchestrationConfig:
     watch: str | None = None  # `rlhf serve`: ... or when a new labels file lands in this directory
     poll_seconds: float = 30.0  # how often `watch` looks for new files
     max_runs: int | None = None  # `rlhf serve` without a Prefect server: stop after this many scheduled runs
+    work_pool: str | None = None  # `rlhf deploy`: the Prefect work pool whose worker runs it; null = $PREFECT_WORK_POOL
     pause_for_labels: bool = False  # annotator=human: pause the flow run (resume it with the labels path in
     # the Prefect UI) instead of polling for annotator.labels_path; needs a Prefect server
 
@@ -205,7 +209,7 @@ AT_LEAST_ONE = ("rejection.k", "rejection.n_prompts", "rejection.probe_prompts",
 AT_LEAST_ZERO = ("prompts.n", "prompts.offset", "data.eval_size", "reward.helpful.n_synthetic",
                  "reward.safety.n_synthetic", "reward.n_eval_synthetic", "sft.max_steps", "sft.checkpoint_every",
                  "rejection.probe_k", "orchestration.io_retries", "orchestration.retry_delay_seconds",
-                 "orchestration.ray.num_cpus", "orchestration.ray.num_gpus")
+                 "orchestration.ray.num_cpus", "orchestration.ray.num_gpus", "campaign.lock_lease_seconds")
 
 
 def check_sizes(cfg: RootConfig) -> None:

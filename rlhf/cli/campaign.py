@@ -1,4 +1,4 @@
-"""``rlhf run | iterate | resume | report | serve | ui``: the commands about whole campaigns.
+"""``rlhf run | iterate | resume | report | serve | deploy | ui``: the commands about whole campaigns.
 
 Every one that starts Prefect prepares its environment first (``rlhf.flows.environment.prepare``), then
 imports the flows: Prefect reads its settings when it is imported.
@@ -88,6 +88,19 @@ def cmd_serve(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_deploy(overrides: list[str]) -> int:
+    cfg = compose(overrides)
+    with prefect_prepared(cfg):  # a failure here leaves no folder behind
+        from rlhf.flows.deploy import deploy
+
+        done = deploy(cfg, overrides)  # config mistakes, a missing server or pool: before anything is registered
+    print(f"deployment {done.name} (id {done.id}) on work pool {done.pool} of {done.api_url}\n"
+          f"  parameters: overrides={done.overrides}\n  schedule:   {done.schedule}\n"
+          f"run it now:  prefect deployment run '{done.name}'\n"
+          f"a worker must poll the pool: prefect worker start --pool {done.pool} --type process")
+    return 0
+
+
 def cmd_ui(overrides: list[str]) -> int:
     from rlhf.tracking import tracking_uri
 
@@ -114,6 +127,9 @@ COMMANDS = [
             "rlhf report demo   (or: rlhf report campaign.name=demo campaign.root=./runs)", cmd_report),
     Command("serve", "Serve the campaign's next-iteration flow on a schedule, or run it when a file lands.",
             "rlhf serve experiment=demo campaign.name=demo orchestration.interval=86400", cmd_serve),
+    Command("deploy", "Register the campaign's next iteration as a deployment on a Prefect server's work pool "
+                      "(PREFECT_WORK_POOL), run by its worker; optionally on orchestration.cron / .interval.",
+            "rlhf deploy experiment=demo campaign.name=demo tracking=server", cmd_deploy),
     Command("ui", "Open the MLflow UI on the campaigns' tracking store (io.port, default 5000).",
             "rlhf ui campaign.root=./runs", cmd_ui),
 ]

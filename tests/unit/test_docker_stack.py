@@ -133,7 +133,7 @@ def test_no_credential_has_a_working_default(path):
 
 def test_the_database_urls_are_checked_too():
     urls = {where for where, _key, value in _strings(_services(COMPOSE)) if URL_USERINFO.search(value)}
-    assert urls == {"prefect-server.PREFECT_API_DATABASE_CONNECTION_URL", "mlflow.command"}
+    assert urls == {"prefect-server.PREFECT_API_DATABASE_CONNECTION_URL", "mlflow.MLFLOW_BACKEND_STORE_URI"}
 
 
 def test_the_credential_check_catches_defaults_literals_and_passwords_in_urls():
@@ -184,10 +184,12 @@ def test_docker_env_is_ignored_by_git_and_the_example_is_not():
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
-def test_mlflow_backend_uri_names_psycopg2(path):
-    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the image installs psycopg2-binary.
-    args = _mlflow_args(path)
-    uri = args[args.index("--backend-store-uri") + 1]
+def test_mlflow_backend_uri_names_psycopg2_and_stays_off_the_command_line(path):
+    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the image installs psycopg2-binary. In the environment
+    # (MLflow reads MLFLOW_BACKEND_STORE_URI for --backend-store-uri), the password is not in `ps` output.
+    assert "--backend-store-uri" not in _mlflow_args(path)
+    assert "MLFLOW_BACKEND_STORE_URI" not in _environment(_services(AUTH)["mlflow"])  # compose.yaml's applies
+    uri = _environment(_services(COMPOSE)["mlflow"])["MLFLOW_BACKEND_STORE_URI"]
     assert uri.startswith("postgresql+psycopg2://"), uri
 
 
@@ -195,8 +197,9 @@ def test_auth_override_runs_the_same_mlflow_command_with_the_basic_auth_app():
     assert _mlflow_args(AUTH) == [*_mlflow_args(COMPOSE), "--app-name", "basic-auth"]
     services = _services(AUTH)
     assert set(_environment(services["prefect-server"])) == {"PREFECT_SERVER_API_AUTH_STRING"}
-    worker = _environment(services["worker"])
+    worker = _environment(services["worker"])  # and its flow runs
     assert {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(worker)
+    assert set(_environment(services["deploy"])) == {"PREFECT_API_AUTH_STRING"}
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -292,13 +295,16 @@ def test_the_depends_check_catches_the_list_syntax_service_started_and_a_missing
     assert len(_depends_problems(services)) == 3
 
 
+# Services that run once and exit: minio-init (others wait for it), deploy (registers the deployment; nothing waits).
+ONE_SHOTS = {"minio-init", "deploy"}
+
+
 def test_every_long_running_service_has_a_healthcheck_and_one_shots_are_only_waited_for():
     services = _services(COMPOSE)
-    one_shots = _one_shots(services)
-    assert one_shots == {"minio-init"}
-    missing = [name for name, service in services.items() if name not in one_shots and not _healthcheck(service)]
+    assert _one_shots(services) == {"minio-init"}
+    missing = [name for name, service in services.items() if name not in ONE_SHOTS and not _healthcheck(service)]
     assert missing == []
-    for name in one_shots:  # nobody must wait for a one-shot to be healthy, nor may it publish anything
+    for name in ONE_SHOTS:  # nobody must wait for a one-shot to be healthy, nor may it publish anything
         assert not services[name].get("ports"), name
         assert not any(_depends_on(service).get(name) == {"condition": "service_healthy"}
                        for service in services.values())
@@ -316,6 +322,7 @@ def test_the_start_order():
         "prefect-server": {"postgres": healthy},
         "mlflow": {"postgres": healthy, "minio-init": done},
         "worker": {"prefect-server": healthy, "mlflow": healthy, "minio-init": done},
+        "deploy": {"worker": healthy},  # the worker creates the work pool the deployment goes to
     }
 
 
@@ -331,7 +338,7 @@ def _python_check(service: dict) -> str:
     [
         ("prefect-server", "http://localhost:4200/api/health"),
         ("mlflow", "http://localhost:5000/health"),  # exempt from --allowed-hosts and basic-auth logins
-        ("worker", "http://localhost:8080/health"),  # Prefect's runner web server
+        ("worker", "http://localhost:8080/health"),  # the worker's web server (--with-healthcheck)
     ],
 )
 def test_the_http_healthchecks_get_the_health_endpoints(name, url):
@@ -340,10 +347,15 @@ def test_the_http_healthchecks_get_the_health_endpoints(name, url):
     assert f"urlopen('{url}'" in code and "timeout=" in code, code
 
 
-def test_the_worker_starts_the_runner_web_server_its_healthcheck_asks():
-    environment = _environment(_services(COMPOSE)["worker"])
-    assert environment["PREFECT_RUNNER_SERVER_ENABLE"] == "true"
-    assert int(environment["PREFECT_RUNNER_SERVER_MISSED_POLLS_TOLERANCE"]) >= 2
+def test_the_worker_is_a_process_worker_with_the_web_server_its_healthcheck_asks():
+    # The same command docker/local-stack.sh runs natively (and `make test-stack` drives).
+    worker = _services(COMPOSE)["worker"]
+    args = [*worker["entrypoint"], *shlex.split(worker["command"])]
+    assert args[:3] == ["prefect", "worker", "start"] and _option(args, "--type") == "process", args
+    assert "--with-healthcheck" in args  # serves /health on localhost:8080 (PREFECT_WORKER_WEBSERVER_PORT)
+    pool = "${PREFECT_WORK_POOL:-rlhf}"
+    assert _option(args, "--pool") == pool
+    assert _environment(_services(COMPOSE)["deploy"])["PREFECT_WORK_POOL"] == pool  # deploys to that pool
 
 
 def test_postgres_is_healthy_only_over_tcp():
@@ -384,11 +396,16 @@ def test_a_python_healthcheck_fails_exactly_when_the_endpoint_does(status, exit_
 DISABLED_REGISTRATION = re.compile(r"register_models\s*[=:]\s*[\"']?(false|no|off|0)\b", re.IGNORECASE)
 
 
-def test_the_worker_tracks_to_the_mlflow_server_and_talks_to_the_prefect_server():
-    worker = _services(COMPOSE)["worker"]
-    assert worker["image"] == IMAGE
-    assert "tracking.uri=http://mlflow:5000" in worker["command"]
-    assert _environment(worker)["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+def test_the_deployment_tracks_to_the_mlflow_server_and_both_talk_to_the_prefect_server():
+    services = _services(COMPOSE)
+    deploy, worker = services["deploy"], services["worker"]
+    assert deploy["image"] == worker["image"] == IMAGE
+    assert deploy["command"][0] == "deploy"  # `rlhf deploy` (the image's entrypoint is rlhf)
+    # the flow runs (in the worker) track to the server and write where the worker's runs volume is mounted
+    assert "tracking.uri=http://mlflow:5000" in deploy["command"] and "campaign.root=/work/runs" in deploy["command"]
+    assert "runs:/work/runs" in worker["volumes"][0]
+    for service in (deploy, worker):
+        assert _environment(service)["PREFECT_API_URL"] == "http://prefect-server:4200/api"
 
 
 def test_nothing_in_docker_turns_model_registration_off():
