@@ -39,6 +39,7 @@ from rlhf.tasks import steps
 from rlhf.tracking import (
     RECORDER,
     Tracking,
+    check_store,
     fail_step,
     finish_run,
     is_remote,
@@ -397,11 +398,13 @@ def runs_gatt(cfg: RootConfig, iteration: int) -> bool:
 
 
 def check_slots(cfg: RootConfig) -> None:
-    """Config mistakes the DAG would meet late, found before anything runs (a task runner's address that
-    does not answer among them)."""
+    """Config mistakes the DAG would meet late, found before anything runs (among them a campaign root on
+    object storage, a task runner's address or a tracking store that does not answer)."""
     reference_refs(cfg)
     check_root(cfg.campaign.root)
     check_reachable(cfg.orchestration)
+    if cfg.tracking.uri:  # a server or database that is not there (the default SQLite file always is)
+        check_store(cfg.tracking.uri)
     cfg.ppo.validate()
     outside = [n for n in cfg.campaign.ppo_iterations() if not 1 <= n <= cfg.campaign.iterations]
     if cfg.ppo.enabled and outside:

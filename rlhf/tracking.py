@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -135,8 +136,11 @@ def run_link(uri: str, experiment: str, run_id: str) -> str:
 
 
 def check_store(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast, with what to change, when the tracking server cannot be reached (before any step runs;
-    MLflow's client would otherwise retry for minutes at the first write)."""
+    """Fail fast, with what to change, when the tracking server or database cannot be reached (before any
+    step runs; MLflow's client would otherwise retry for minutes at the first write)."""
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        _check_database(uri, timeout)
+        return
     if not uri.startswith(HTTP):
         return
     import urllib.error
@@ -148,6 +152,25 @@ def check_store(uri: str, timeout: float = 10.0) -> None:
     except (urllib.error.URLError, OSError) as err:
         raise TrackingError(f"the MLflow server at tracking.uri={uri} does not answer ({err}): start it, or fix "
                             "tracking.uri (null = a SQLite store under campaign.root)") from err
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    """A database tracking store (``tracking.uri=postgresql+psycopg2://...``) answers and lets us in."""
+    import sqlalchemy
+
+    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)  # no password in the message
+    try:
+        connect_args = {"connect_timeout": int(max(1, timeout))} if uri.startswith("postgresql") else {}
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as err:  # a refused connection, a wrong password, a missing database or driver
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"the MLflow database at tracking.uri={shown} cannot be reached ({first}): start it, fix "
+                            "tracking.uri, or point it at an MLflow server (http://...)") from err
 
 
 def find_experiment(uri: str, name: str) -> str | None:

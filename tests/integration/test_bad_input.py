@@ -156,3 +156,14 @@ def test_a_read_only_campaign_root_is_a_clear_error(small_disk, capsys):
     assert main(["sft", "model=tiny", f"campaign.root={small_disk}", "campaign.name=c"]) == 2
     err = capsys.readouterr().err
     assert "read-only file system" in err and "Traceback" not in err, err
+
+
+def test_a_tracking_database_that_refuses_is_a_clear_error_before_any_step(tmp_path, capsys):
+    """tracking.uri naming a PostgreSQL server that is not there (port 1 refuses at once)."""
+    uri = "postgresql+psycopg2://rlhf:secret-pw@127.0.0.1:1/mlflow"
+    assert main(["run", "experiment=smoke", f"campaign.root={tmp_path}", "campaign.name=c",
+                 f"tracking.uri={uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri=postgresql+psycopg2://rlhf:***@127.0.0.1:1/mlflow" in err and "cannot be reached" in err, err
+    assert "secret-pw" not in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "iter-0").exists()  # no step ran

@@ -1,6 +1,7 @@
-"""The smoke campaign's sampling steps as shards on a real local Ray runtime (2 CPUs), against the default
-runner: the same pairs, labels, candidates, pool and win rates; a failed shard reruns alone; a task
-runner's address that does not answer, or resources no machine has, are clear errors before any step."""
+"""The smoke campaign's sampling steps as shards on a real local Ray runtime (2 CPUs) and a local Dask
+cluster, against the default runner: the same pairs, labels, candidates, pool and win rates; a failed shard
+reruns alone; a task runner's address that does not answer, or resources no machine has, are clear errors
+before any step."""
 
 from __future__ import annotations
 
@@ -41,9 +42,41 @@ def ray_processes() -> list[str]:
     return [line for line in found.splitlines() if "pgrep" not in line]
 
 
-def test_ray_shards_give_the_default_runners_outputs_and_a_failed_shard_reruns_alone(tmp_path):
-    assert not ray_processes(), "a Ray runtime is already running on this machine"
-    run_campaign(smoke(tmp_path / "default"), upto=1)
+def no_ray_processes(within: float = 60) -> list[str]:
+    """The Ray processes still alive after ``within`` seconds (a runtime's processes take a while to exit)."""
+    deadline = time.monotonic() + within
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return ray_processes()
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    """The smoke campaign's first iteration with the default runner (one shard, in-process), on one thread
+    like the shards' workers (Ray gives a task as many as its num_cpus, Dask one): torch's results depend on
+    its thread count in the last bits, and this module-scoped fixture runs before the function-scoped
+    ``one_thread``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("default")
+    try:
+        run_campaign(smoke(root), upto=1)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "c" / "iter-1"
+
+
+def same_outputs(default: Path, here: Path) -> None:
+    for name in OUTPUTS:
+        pd.testing.assert_frame_equal(pd.read_parquet(default / name), pd.read_parquet(here / name), check_exact=True)
+    assert read_manifest(default / "evaluate")["metrics"]["win_rate"] == read_manifest(here / "evaluate")["metrics"][
+        "win_rate"]
+
+
+def test_ray_shards_give_the_default_runners_outputs_and_a_failed_shard_reruns_alone(tmp_path, default_run):
+    assert not no_ray_processes(), "a Ray runtime is already running on this machine"
     on_ray = ["orchestration.task_runner=ray", "orchestration.shards=2", "orchestration.ray.local_cpus=2"]
     # 1. One shard of rejection sampling fails: the other shards, and every step before, finish and stay.
     with pytest.raises(InjectedFault):
@@ -61,17 +94,19 @@ def test_ray_shards_give_the_default_runners_outputs_and_a_failed_shard_reruns_a
             rows = pd.read_parquet(here / f"{step}-shard-{index}-of-2" / "rows.parquet")
             assert len(rows) > 0, f"{step} shard {index} had no work: the comparison below would prove nothing"
     # 3. Merged, the shards are the default runner's outputs, bit for bit.
-    default = tmp_path / "default" / "c" / "iter-1"
-    for name in OUTPUTS:
-        pd.testing.assert_frame_equal(pd.read_parquet(default / name), pd.read_parquet(here / name), check_exact=True)
-    assert read_manifest(default / "evaluate")["metrics"]["win_rate"] == read_manifest(here / "evaluate")["metrics"][
-        "win_rate"]
+    same_outputs(default_run, here)
     assert summary["iterations"][0]["iteration"] == 1
     # 4. The runtime started for the run is gone with it.
-    deadline = time.monotonic() + 30
-    while ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not ray_processes()
+    assert not no_ray_processes()
+
+
+def test_dask_shards_give_the_default_runners_outputs(tmp_path, default_run):
+    """The same shards on a local Dask cluster of 2 worker processes (prefect-dask)."""
+    run_campaign(smoke(tmp_path, "orchestration.task_runner=dask", "orchestration.shards=2",
+                       "orchestration.dask.n_workers=2"), upto=1)
+    here = tmp_path / "c" / "iter-1"
+    assert all(read_manifest(here / f"{step}-shard-1-of-2")["metrics"]["n_rows"] > 0 for step in SHARDED)
+    same_outputs(default_run, here)
 
 
 @pytest.mark.parametrize("args, key, says", [
