@@ -1,7 +1,7 @@
-"""The smoke campaign's sampling steps as shards on a real local Ray runtime (2 CPUs) and a local Dask
-cluster, against the default runner: the same pairs, labels, candidates, pool and win rates; a failed shard
-reruns alone; a task runner's address that does not answer, or resources no machine has, are clear errors
-before any step."""
+"""The smoke campaign (both iterations) with its sampling steps as shards on a real local Ray runtime
+(2 CPUs) and a local Dask cluster, against the default runner: the same pairs, labels, candidates, pool
+and win rates; a failed shard reruns alone; a task runner's address that does not answer, or resources no
+machine has, are clear errors before any step."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def no_ray_processes(within: float = 60) -> list[str]:
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> Path:
-    """The smoke campaign's first iteration with the default runner (one shard, in-process), on one thread
+    """The smoke campaign (SFT, RLHF-V1 with PPO, V2 with GAtt) with the default runner (one shard,
+    in-process), on one thread
     like the shards' workers (Ray gives a task as many as its num_cpus, Dask one): torch's results depend on
     its thread count in the last bits, and this module-scoped fixture runs before the function-scoped
     ``one_thread``."""
@@ -62,19 +63,24 @@ def default_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("default")
     try:
-        run_campaign(smoke(root), upto=1)
+        run_campaign(smoke(root))
     finally:
         torch.set_num_threads(threads)
-    return root / "c" / "iter-1"
+    return root / "c"
 
 
 def same_outputs(default: Path, here: Path) -> None:
-    for name in OUTPUTS:
-        pd.testing.assert_frame_equal(pd.read_parquet(default / name), pd.read_parquet(here / name), check_exact=True)
-    assert read_manifest(default / "evaluate")["metrics"]["win_rate"] == read_manifest(here / "evaluate")["metrics"][
-        "win_rate"]
+    """Every iteration's sampling outputs and win rates, bit for bit (V2's pool re-scores V1's candidates)."""
+    for iteration in (1, 2):
+        for name in OUTPUTS:
+            pd.testing.assert_frame_equal(pd.read_parquet(default / f"iter-{iteration}" / name),
+                                          pd.read_parquet(here / f"iter-{iteration}" / name), check_exact=True)
+        evaluated = [read_manifest(home / f"iter-{iteration}" / "evaluate")["metrics"]["win_rate"]
+                     for home in (default, here)]
+        assert evaluated[0] == evaluated[1]
 
 
+@pytest.mark.processes  # a Ray runtime's processes: with the other multi-process tests (make test-processes)
 def test_ray_shards_give_the_default_runners_outputs_and_a_failed_shard_reruns_alone(tmp_path, default_run):
     assert not no_ray_processes(), "a Ray runtime is already running on this machine"
     on_ray = ["orchestration.task_runner=ray", "orchestration.shards=2", "orchestration.ray.local_cpus=2"]
@@ -86,26 +92,27 @@ def test_ray_shards_give_the_default_runners_outputs_and_a_failed_shard_reruns_a
     assert first is not None and read_manifest(here / "rejection_sample-shard-1-of-2") is None
     assert not (here / "rejection_sample").exists()
     # 2. The rerun computes the failed shard only (the finished one is the same output, not a new one).
-    summary = run_campaign(smoke(tmp_path / "ray", *on_ray), upto=1)
+    summary = run_campaign(smoke(tmp_path / "ray", *on_ray))
     assert read_manifest(here / "rejection_sample-shard-0-of-2") == first
     assert read_manifest(here / "rejection_sample-shard-1-of-2")["metrics"]["n_rows"] > 0
     for step in SHARDED:
         for index in (0, 1):
             rows = pd.read_parquet(here / f"{step}-shard-{index}-of-2" / "rows.parquet")
             assert len(rows) > 0, f"{step} shard {index} had no work: the comparison below would prove nothing"
-    # 3. Merged, the shards are the default runner's outputs, bit for bit.
-    same_outputs(default_run, here)
-    assert summary["iterations"][0]["iteration"] == 1
+    # 3. Merged, the shards are the default runner's outputs, bit for bit, in both iterations.
+    same_outputs(default_run, tmp_path / "ray" / "c")
+    assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
     # 4. The runtime started for the run is gone with it.
     assert not no_ray_processes()
 
 
+@pytest.mark.processes  # a Dask cluster's worker processes
 def test_dask_shards_give_the_default_runners_outputs(tmp_path, default_run):
     """The same shards on a local Dask cluster of 2 worker processes (prefect-dask)."""
     run_campaign(smoke(tmp_path, "orchestration.task_runner=dask", "orchestration.shards=2",
-                       "orchestration.dask.n_workers=2"), upto=1)
-    here = tmp_path / "c" / "iter-1"
-    assert all(read_manifest(here / f"{step}-shard-1-of-2")["metrics"]["n_rows"] > 0 for step in SHARDED)
+                       "orchestration.dask.n_workers=2"))
+    here = tmp_path / "c"
+    assert all(read_manifest(here / "iter-2" / f"{step}-shard-1-of-2")["metrics"]["n_rows"] > 0 for step in SHARDED)
     same_outputs(default_run, here)
 
 
