@@ -82,20 +82,32 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float, log: Path) -> 
 def mlflow_server(backend_uri: str, artifacts: Path) -> Iterator[str]:
     """``mlflow server`` on loopback with ``backend_uri`` and its own artifact store in ``artifacts``
     (served through it: clients see ``mlflow-artifacts:``); yields its URL."""
+    with served("mlflow", lambda port: [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts.resolve().as_uri(),
+            "--serve-artifacts"], "/health", 120) as url:
+        yield url
+
+
+@contextmanager
+def served(name: str, argv, health: str, timeout: float) -> Iterator[str]:
+    """A server ``argv(port)`` started on a free loopback port in a process group of its own, its output in
+    a temporary log; yields its URL once ``<url><health>`` answers. On exit its group is stopped, the log
+    removed, and the port checked closed."""
     port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="rlhf-mlflow-")) / "server.log"
+    log = Path(tempfile.mkdtemp(prefix=f"rlhf-{name}-")) / "server.log"
     with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts.resolve().as_uri(),
-             "--serve-artifacts"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(argv(port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(f"{url}/health", process, 120, log)
+        wait_for(f"{url}{health}", process, timeout, log)
         yield url
     finally:
         stop_group(process)
         shutil.rmtree(log.parent, ignore_errors=True)
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"the {name} server's port {port} is still open after it was stopped")
 
 
 def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
@@ -127,18 +139,6 @@ def s3_server() -> Iterator[str]:
     endpoint URL (what ``MLFLOW_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL`` take). Any access key is accepted
     until ``<endpoint>/moto-api/reset-auth`` switches IAM checks on. Stopped with its process group on
     exit, and the port checked closed."""
-    port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="rlhf-s3-")) / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/moto-api/data.json", process, 60, log)
+    with served("s3", lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                "/moto-api/data.json", 60) as url:
         yield url
-    finally:
-        stop_group(process)
-        shutil.rmtree(log.parent, ignore_errors=True)
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                raise RuntimeError(f"the S3 server's port {port} is still open after it was stopped")
