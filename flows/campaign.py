@@ -73,8 +73,9 @@ from .iteration import (
 )
 
 log = logging.getLogger("rlhf")
-TRAINING_STEPS = ("sft", "train_reward_models", "train_policy", "ppo", "gatt")
+TRAINING_STEPS = ("sft", "train_reward_models", "ablate_reward_models", "train_policy", "ppo", "gatt")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
+         "ablate_reward_models",
          "search_temperature", "rejection_sample", "train_policy", "ppo", "gatt", "evaluate")
 
 

@@ -1,7 +1,7 @@
 """The RLHF-Vn iteration as one Prefect flow (docs/design.md#the-iteration-dag)::
 
-    collect_pairs -> annotate -> train_reward_models -> eval_reward_models
-                                        |
+    collect_pairs -> annotate -> train_reward_models -> eval_reward_models (when configured),
+                                        |                ablate_reward_models (reward.ablate)
                  search_temperature <---+
                         |
                  rejection_sample (pool: best of all iterations) -> train_policy
@@ -292,7 +292,11 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     rms = refs["train_reward_models"] = step(steps.train_reward_models, init=carried.sft, model=cfg.model,
                                              reward=cfg.reward, seed=carried.seed, labelled=labelled,
                                              launch=cfg.launch.for_step("train_reward_models"))
-    refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
+    if cfg.reward.eval_data or cfg.reward.n_eval_synthetic:  # beside the labelled pairs' Table 8, when configured
+        refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
+    if cfg.reward.ablate:  # Table 28 on this campaign's SFT model and labelled pairs
+        refs["ablate_reward_models"] = step(steps.ablate_reward_models, init=carried.sft, model=cfg.model,
+                                            reward=cfg.reward, seed=carried.seed, labelled=labelled)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
     sampling = {"model": cfg.model, "sampling": cfg.sampling, "rejection": cfg.rejection, "scorer": cfg.scorer}
     refs["search_temperature"] = flow_steps.sharded(steps.search_temperature, steps.search_temperature_shard, shards,

@@ -6,10 +6,21 @@ One interface, three implementations:
   or "b") and ``level``, import it back with every problem reported at once.
 - ``HumanAnnotator``: the same, and it waits for the labels file to appear (the flow pauses).
 
+Every pair is labelled on two axes, as Llama 2's annotators did (§3.2.1):
+
+- **helpfulness**: which answer is better and by how much (``preferred`` a/b, ``level``);
+- **safety**: each answer safe or unsafe (``safe_a``, ``safe_b``) and, where the prompt is adversarial
+  (``safety`` true: an unsafe request), which answer is safer and by how much (``safety_preferred``,
+  ``safety_level``). On other prompts the safety preference is optional (both or neither).
+
 Pairs in:  pair_id, prompt_id, prompt, response_a, response_b, instructions, safety, source,
            iteration.
-Labels out: pair_id, prompt_id, prompt, chosen, rejected, level, source, iteration, safety,
-           instructions, annotator (+ gold_chosen, gold_rejected for the simulated rater).
+Labels out: pair_id, prompt_id, prompt, chosen, rejected, level (the helpfulness axis), source,
+           iteration, safety, instructions, chosen_safe, rejected_safe (each answer's safety label),
+           safety_prefers ("chosen", "rejected" or None: which of the two the safety preference picks),
+           safety_level (its level or None), annotator (+ gold_chosen, gold_rejected -- the helpfulness
+           axis' gold scores -- for the simulated rater). ``rlhf.core.preferences.axis_pairs`` turns them
+           into each reward model's pairs.
 """
 
 from __future__ import annotations
@@ -28,13 +39,17 @@ import pandas as pd
 from rlhf.core.artifacts import atomic_file, write_jsonl
 from rlhf.core.errors import ConfigError, DataError, DataErrors, RLHFError
 from rlhf.core.preferences import read_records, record_format
-from rlhf.core.rater.gold import gold_score
+from rlhf.core.rater.gold import helpfulness_axis, is_safe, safety_axis
 from rlhf.core.rater.levels import LEVELS, RaterConfig, decide
 
 PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "response_a", "response_b", "instructions",
                 "safety", "source", "iteration"]
-EXPORT_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "preferred", "level"]
+LABEL_COLUMNS = ["preferred", "level", "safe_a", "safe_b", "safety_preferred", "safety_level"]
+EXPORT_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "adversarial", *LABEL_COLUMNS]
 LABEL_HINT = f"write preferred as a or b, and level as one of {', '.join(LEVELS)}"
+SAFE_HINT = "write safe or unsafe: an answer is unsafe when it helps with a harmful request"
+SAFETY_HINT = (f"an adversarial prompt needs safety_preferred (a or b: the safer answer) and safety_level (one of "
+               f"{', '.join(LEVELS)}); on other prompts give both or neither")
 
 
 def check_pairs(pairs: pd.DataFrame, path: str = "<pairs>") -> None:
@@ -62,13 +77,29 @@ def _text(value) -> str:
     return str(value).strip()
 
 
-def _labelled_row(pair: dict, preferred: str, level: str, annotator: str) -> dict:
-    win, lose = ("response_a", "response_b") if preferred == "a" else ("response_b", "response_a")
+@dataclass(frozen=True)
+class Label:
+    """One pair's labels on both axes, answers named a and b as they were shown."""
+
+    preferred: str  # a | b: the more helpful answer
+    level: str  # how much more helpful (LEVELS)
+    safe_a: bool  # answer a is safe
+    safe_b: bool
+    safety_preferred: str | None = None  # a | b: the safer answer (adversarial prompts), else None
+    safety_level: str | None = None
+
+
+def _labelled_row(pair: dict, label: Label, annotator: str) -> dict:
+    win, lose = ("a", "b") if label.preferred == "a" else ("b", "a")
+    safe = {"a": label.safe_a, "b": label.safe_b}
+    prefers = None if label.safety_preferred is None else (
+        "chosen" if label.safety_preferred == label.preferred else "rejected")
     return {"pair_id": pair["pair_id"], "prompt_id": pair["prompt_id"], "prompt": pair["prompt"],
-            "chosen": pair[win], "rejected": pair[lose], "level": level,
+            "chosen": pair[f"response_{win}"], "rejected": pair[f"response_{lose}"], "level": label.level,
             "source": pair["source"], "iteration": int(pair["iteration"]),
             "safety": bool(pair["safety"]), "instructions": pair["instructions"],
-            "annotator": annotator}
+            "chosen_safe": safe[win], "rejected_safe": safe[lose], "safety_prefers": prefers,
+            "safety_level": label.safety_level, "annotator": annotator}
 
 
 class Annotator(ABC):
@@ -82,10 +113,12 @@ class Annotator(ABC):
 
 
 class SimulatedAnnotator(Annotator):
-    """The default "human": gold scores, a level from their gap, and seeded rater noise.
+    """The default "human": gold scores on each axis, a level from their gap, and seeded rater noise.
 
-    Each pair's draw comes from its own generator seeded by (seed, pair_id), so a pair gets the
-    same label whatever else is in the batch and in whatever order.
+    Helpfulness: the gold judge's helpfulness axis on every prompt. Safety: each answer's label
+    (``rlhf.core.rater.gold.is_safe``) and, on adversarial prompts, a preference from the safety axis with
+    its own, independent noise draw. Each pair's draws come from generators seeded by (seed, pair_id, axis),
+    so a pair gets the same labels whatever else is in the batch and in whatever order.
     """
 
     name = "simulated"
@@ -97,12 +130,20 @@ class SimulatedAnnotator(Annotator):
         check_pairs(pairs)
         rows = []
         for pair in pairs.to_dict("records"):
-            gold = {side: gold_score(_text(pair[f"response_{side}"]), pair["instructions"],
-                                     bool(pair["safety"])) for side in ("a", "b")}
-            rng = random.Random(f"{self.config.seed}:{pair['pair_id']}")
-            preferred, level = decide(gold["a"], gold["b"], rng, self.config)
+            answers = {side: _text(pair[f"response_{side}"]) for side in ("a", "b")}
+            adversarial = bool(pair["safety"])
+            gold = {side: helpfulness_axis(answer, pair["instructions"]) for side, answer in answers.items()}
+            preferred, level = decide(gold["a"], gold["b"], random.Random(f"{self.config.seed}:{pair['pair_id']}"),
+                                      self.config)
+            safety_preferred = safety_level = None
+            if adversarial:
+                safety_preferred, safety_level = decide(
+                    safety_axis(answers["a"]), safety_axis(answers["b"]),
+                    random.Random(f"{self.config.seed}:{pair['pair_id']}:safety"), self.config)
+            label = Label(preferred, level, is_safe(answers["a"], adversarial), is_safe(answers["b"], adversarial),
+                          safety_preferred, safety_level)
             other = "b" if preferred == "a" else "a"
-            rows.append(_labelled_row(pair, preferred, level, self.name)
+            rows.append(_labelled_row(pair, label, self.name)
                         | {"gold_chosen": gold[preferred], "gold_rejected": gold[other]})
         return pd.DataFrame(rows)
 
@@ -186,24 +227,60 @@ def read_pairs(path) -> pd.DataFrame:
     return pairs
 
 
-def _check_label(path: Path, line: int, record: dict) -> tuple[tuple[str, str] | None,
-                                                                list[DataError]]:
-    """``(preferred, level)`` of one labelled line, or the problems found on it.
+def _level(value) -> str:
+    """A level read leniently: "Slightly better" -> slightly_better."""
+    return _text(value).lower().replace(" ", "_").replace("-", "_")
 
-    Levels are read leniently ("Slightly better" -> slightly_better); anything else is reported.
-    """
-    preferred = _text(record.get("preferred")).lower()
-    level = _text(record.get("level")).lower().replace(" ", "_").replace("-", "_")
-    errors = []
-    if preferred not in ("a", "b"):
-        what = "missing label" if not preferred else f"bad value {preferred!r}"
-        errors.append(DataError(path, f"{what} (expected a or b)", line=line,
-                                field="preferred", hint=LABEL_HINT))
+
+def _check_choice(path: Path, line: int, record: dict, name: str, hint: str, errors: list) -> str:
+    """``a`` or ``b`` from ``record[name]``; an error naming the field otherwise."""
+    value = _text(record.get(name)).lower()
+    if value not in ("a", "b"):
+        what = "missing label" if not value else f"bad value {value!r}"
+        errors.append(DataError(path, f"{what} (expected a or b)", line=line, field=name, hint=hint))
+    return value
+
+
+def _check_level(path: Path, line: int, record: dict, name: str, hint: str, errors: list) -> str:
+    level = _level(record.get(name))
     if level not in LEVELS:
         what = "missing label" if not level else f"unknown level {level!r}"
-        errors.append(DataError(path, f"{what} (expected one of {', '.join(LEVELS)})",
-                                line=line, field="level", hint=LABEL_HINT))
-    return (None if errors else (preferred, level)), errors
+        errors.append(DataError(path, f"{what} (expected one of {', '.join(LEVELS)})", line=line, field=name,
+                                hint=hint))
+    return level
+
+
+def _check_safe(path: Path, line: int, record: dict, name: str, errors: list) -> bool:
+    value = _text(record.get(name)).lower()
+    if value not in ("safe", "unsafe"):
+        what = "missing label" if not value else f"bad value {value!r}"
+        errors.append(DataError(path, f"{what} (expected safe or unsafe)", line=line, field=name, hint=SAFE_HINT))
+    return value == "safe"
+
+
+def _check_label(path: Path, line: int, record: dict, adversarial: bool) -> tuple[Label | None, list[DataError]]:
+    """The :class:`Label` of one labelled line, or the problems found on it.
+
+    Levels are read leniently ("Slightly better" -> slightly_better); anything else is reported. An
+    adversarial prompt's line must carry the safety preference; another line may carry it (both fields) or
+    leave both empty.
+    """
+    errors: list[DataError] = []
+    preferred = _check_choice(path, line, record, "preferred", LABEL_HINT, errors)
+    level = _check_level(path, line, record, "level", LABEL_HINT, errors)
+    safe_a = _check_safe(path, line, record, "safe_a", errors)
+    safe_b = _check_safe(path, line, record, "safe_b", errors)
+    safety_preferred = safety_level = None
+    given = [name for name in ("safety_preferred", "safety_level") if _text(record.get(name))]
+    if adversarial or given:
+        if adversarial or len(given) == 2:
+            safety_preferred = _check_choice(path, line, record, "safety_preferred", SAFETY_HINT, errors)
+            safety_level = _check_level(path, line, record, "safety_level", SAFETY_HINT, errors)
+        else:
+            missing = ({"safety_preferred", "safety_level"} - set(given)).pop()
+            errors.append(DataError(path, f"{given[0]} is given but {missing} is empty", line=line, field=missing,
+                                    hint=SAFETY_HINT))
+    return (None if errors else Label(preferred, level, safe_a, safe_b, safety_preferred, safety_level)), errors
 
 
 class FileAnnotator(Annotator):
@@ -215,11 +292,13 @@ class FileAnnotator(Annotator):
         self.labels_path = Path(labels_path) if labels_path is not None else None
 
     def export(self, pairs: pd.DataFrame, path) -> Path:
-        """Write the pairs to label (CSV or JSONL by suffix), keyed by their ``pair_id``, with
-        empty ``preferred`` and ``level`` columns for people to fill in."""
+        """Write the pairs to label (CSV or JSONL by suffix), keyed by their ``pair_id``, with empty label
+        columns (:data:`LABEL_COLUMNS`: both axes) for people to fill in; ``adversarial`` says which pairs
+        need a safety preference."""
         path = _checked_suffix(path, (".csv", ".jsonl"))
         check_pairs(pairs)
-        frame = pairs.assign(preferred="", level="")[EXPORT_COLUMNS]
+        frame = pairs.assign(adversarial=pairs["safety"].astype(bool), **{c: "" for c in LABEL_COLUMNS})
+        frame = frame[EXPORT_COLUMNS]
         if path.suffix == ".csv":
             frame["prompt"] = [json.dumps(p, ensure_ascii=False, default=_json_default)
                                for p in frame["prompt"]]
@@ -227,7 +306,7 @@ class FileAnnotator(Annotator):
 
     def import_labels(self, path, pairs: pd.DataFrame) -> pd.DataFrame:
         """The labelled pairs, or :class:`DataErrors` listing every unknown, duplicate or
-        unlabelled pair id and every bad ``preferred``/``level`` value (file, line, field).
+        unlabelled pair id and every bad or missing label of either axis (file, line, field).
 
         Prompts and answers are taken from ``pairs``, not from the file, so an accidental edit
         of an answer in the file cannot change what is trained on.
@@ -236,7 +315,7 @@ class FileAnnotator(Annotator):
         check_pairs(pairs)
         records, errors = _read_records(path)
         by_id = {p["pair_id"]: p for p in pairs.to_dict("records")}
-        labels: dict[str, tuple[str, str]] = {}
+        labels: dict[str, Label] = {}
         seen: dict[str, int] = {}
         for line, record in records:
             pid = _text(record.get("pair_id"))
@@ -251,7 +330,7 @@ class FileAnnotator(Annotator):
                                         hint="keep one label per pair"))
             else:
                 seen[pid] = line
-                label, problems = _check_label(path, line, record)
+                label, problems = _check_label(path, line, record, bool(by_id[pid]["safety"]))
                 errors += problems
                 if label:
                     labels[pid] = label
@@ -260,7 +339,7 @@ class FileAnnotator(Annotator):
                    for pid in by_id if pid not in seen]
         if errors:
             raise DataErrors(errors)
-        return pd.DataFrame([_labelled_row(by_id[pid], *labels[pid], self.name) for pid in by_id])
+        return pd.DataFrame([_labelled_row(by_id[pid], labels[pid], self.name) for pid in by_id])
 
     def label(self, pairs: pd.DataFrame) -> pd.DataFrame:
         if self.labels_path is None or not self.labels_path.exists():

@@ -210,6 +210,41 @@ def split_pairs(df: pd.DataFrame, n_test: int | float, seed: int = 0) -> tuple[p
     return df[~is_test], df[is_test]
 
 
+AXES = ("helpfulness", "safety")
+"""The two annotation axes (§3.2.1): which answer is more helpful, and which is safer."""
+
+TWO_AXIS_COLUMNS = ("chosen_safe", "rejected_safe", "safety_prefers", "safety_level")
+"""The safety axis of a labelled pair (``rlhf.core.annotators``): each answer's safety label, which of the two
+the safety preference picks (``"chosen"``, ``"rejected"`` or missing) and its level."""
+
+
+def has_two_axes(df: pd.DataFrame) -> bool:
+    """True for labelled pairs that carry the safety axis beside the helpfulness preference."""
+    return all(column in df.columns for column in TWO_AXIS_COLUMNS)
+
+
+def axis_pairs(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, int]:
+    """The pairs of one annotation ``axis`` of two-axis labelled pairs, and how many were dropped.
+
+    ``helpfulness``: every pair as labelled (``chosen``, ``rejected``, ``level``). ``safety``: the pairs with
+    a safety preference, ``chosen`` the safer answer and ``level`` its safety level; as in Llama 2 (§3.2.1), a
+    pair whose safer answer was labelled unsafe while the other was labelled safe is dropped (a rater
+    contradicting themself) and counted. Row labels are kept, so both axes' rows of one pair share it.
+    """
+    if axis not in AXES:
+        raise ConfigError("reward.*.axis", f"unknown axis {axis!r}; one of {', '.join(AXES)}")
+    if axis == "helpfulness":
+        return df, 0
+    has = df["safety_prefers"].isin(["chosen", "rejected"])
+    pairs = df[has].copy()
+    swap = pairs["safety_prefers"].eq("rejected")
+    pairs.loc[swap, ["chosen", "rejected"]] = pairs.loc[swap, ["rejected", "chosen"]].to_numpy()
+    pairs.loc[swap, ["chosen_safe", "rejected_safe"]] = pairs.loc[swap, ["rejected_safe", "chosen_safe"]].to_numpy()
+    pairs["level"] = pairs["safety_level"]
+    contradicts = ~pairs["chosen_safe"].astype(bool) & pairs["rejected_safe"].astype(bool)
+    return pairs[~contradicts], int(contradicts.sum())
+
+
 def check_n_test(n_test: Any) -> None:
     """ValueError unless ``n_test`` is a count (an int >= 0) or a fraction (a float in (0, 1))."""
     if isinstance(n_test, bool) or not isinstance(n_test, numbers.Real):

@@ -53,6 +53,7 @@ from rlhf.core.steps.outputs import (
     GATT,
     PPO,
     REJECTION_SAMPLE,
+    RM_ABLATION,
     SEARCH_TEMPERATURE,
     SEED_PAIRS,
     SFT,
@@ -374,7 +375,8 @@ def annotate_shard(pairs: Ref, annotator: AnnotatorConfig, shard: Shard, here: s
 
 def rm_data(reward: RewardSection, name: str, seed: Ref, labelled: list[Ref]) -> RMDataConfig:
     """RM ``name``'s pairs: its seed pairs plus every labelled batch so far (§3.2.2: the RMs are retrained
-    on all the data at each iteration)."""
+    on all the data at each iteration), each labelled batch read on the RM's axis with the other axis mixed in
+    (``reward.<name>.axis``, ``mix``)."""
     files = [seed["files"][name]] + [ref["files"]["pairs"] for ref in labelled]
     return replace(getattr(reward, name), data=files)
 
@@ -412,6 +414,18 @@ def eval_reward_models(rms: dict[str, Ref], model: ModelConfig, reward: RewardSe
         return out
 
     return _outputs("eval_reward_models", fault, body)
+
+
+@step_task("ablate_reward_models")
+def ablate_reward_models(init: Ref, model: ModelConfig, reward: RewardSection, seed: Ref, labelled: list[Ref],
+                         here: str, fault: Fault | None = None) -> Ref:
+    """Table 28 (``reward.ablate``): one Helpfulness RM per margin variant from the SFT checkpoint, on the same
+    pairs and split as ``train_reward_models``' Helpfulness RM, tested on its held-out labelled pairs."""
+    from rlhf.core.steps.reward import rm_ablate_step
+
+    return _one("ablate_reward_models", RM_ABLATION, here, fault, lambda out, f: rm_ablate_step(
+        _model(model, init), rm_data(reward, "helpful", seed, labelled), _failing(reward.train, f), out,
+        reward.ablation))
 
 
 @step_task("search_temperature")
@@ -528,4 +542,4 @@ def evaluate_shard(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], 
 CONTRACTS: dict[str, Outputs] = {"sft": SFT, "seed_pairs": SEED_PAIRS, "collect_pairs": COLLECT_PAIRS,
                                  "annotate": ANNOTATE, "search_temperature": SEARCH_TEMPERATURE,
                                  "rejection_sample": REJECTION_SAMPLE, "train_policy": TRAIN_POLICY, "ppo": PPO,
-                                 "gatt": GATT, "evaluate": EVALUATE}
+                                 "gatt": GATT, "evaluate": EVALUATE, "ablate_reward_models": RM_ABLATION}

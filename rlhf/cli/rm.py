@@ -25,14 +25,14 @@ from .common import Command, compose, here, writing
 def _print_accuracy(manifests: dict[str, dict]) -> None:
     """The Table 8 layout: test accuracy (%) per preference level, one row per RM."""
     from rlhf.core.reward.metrics import accuracy_table
-    from rlhf.core.steps.reward import markdown_table
+    from rlhf.core.steps.reward import HELD_OUT, markdown_table
 
-    def nan_for_none(metrics: dict) -> dict:
-        return {k.removeprefix("test/"): math.nan if v is None else v for k, v in metrics.items()}
-
-    table = accuracy_table({name: nan_for_none(m["metrics"]) for name, m in manifests.items()})
-    print("\ntest accuracy (%) per preference level:")
-    print(markdown_table(table), end="")
+    for prefix, title in HELD_OUT.items():
+        tested = {name: {k.removeprefix(f"{prefix}/"): math.nan if v is None else v for k, v in m["metrics"].items()}
+                  for name, m in manifests.items() if f"{prefix}/accuracy" in m["metrics"]}
+        if tested:
+            print(f"\ntest accuracy (%) per preference level, {title}:")
+            print(markdown_table(accuracy_table(tested)), end="")
 
 
 def _files(contract: Callable[[str], Outputs], names, out: Path, file: str) -> str:
@@ -53,10 +53,11 @@ def cmd_rm_train(overrides: list[str]) -> int:
     for name, manifest in manifests.items():
         metrics = manifest["metrics"]
         print(f"\n{name} RM: {rm_outputs(name).dir(out)}")
-        print(f"  {metrics['n_train']} train / {metrics['n_test']} test pairs, {metrics['steps']} steps, train loss "
+        print(f"  {metrics['n_train']} train / {metrics['n_test']} labelled + {metrics['n_test_synthetic']} synthetic "
+              f"test pairs, {metrics['steps']} steps, train loss "
               f"{metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}, "
               f"{metrics['pairs_per_s']:.2f} pairs/s")
-    if any(manifest["metrics"]["n_test"] for manifest in manifests.values()):
+    if any(m["metrics"]["n_test"] + m["metrics"]["n_test_synthetic"] for m in manifests.values()):
         _print_accuracy(manifests)
     print(f"\nper-pair test scores: {_files(rm_outputs, manifests, out, 'eval')}; next: `rlhf rm eval` on held-out "
           "prompts")

@@ -283,25 +283,55 @@ def section_helpful_vs_safety(doc: Doc, c: Campaign) -> None:
         doc.para("No Safety RM in this campaign (reward.train_safety=false): only the combined axis exists.")
 
 
+def _accuracy_cells(acc: dict) -> list[str]:
+    """Table 8 cells of one :func:`rlhf.record.summary.accuracy_entry`: each level's accuracy, 95 % interval and
+    n, then the overall ones."""
+    def cell(value, interval, n) -> str:
+        ci = f" [{pct(interval[0])}, {pct(interval[1])}]" if interval else ""
+        return f"{pct(value)}{ci} (n={n})"
+
+    return [cell(acc["accuracy_by_level"][lv], acc.get("ci95_by_level", {}).get(lv), acc["n_by_level"][lv])
+            for lv in LEVELS] + [cell(acc["accuracy"], acc.get("ci95"), acc["n_test"])]
+
+
+SYNTHETIC_SETS = {"synthetic_seed": "synthetic seed pairs (held out)", "synthetic": "synthetic eval pairs",
+                  "eval_data": "reward.eval_data"}
+
+
 def section_reward_models(doc: Doc, c: Campaign) -> None:
-    doc.para("Held-out accuracy by preference level (Llama 2 Table 8 layout); n = test pairs per level.")
+    doc.para("Held-out accuracy by preference level (Llama 2 Table 8 layout) on the pairs labelled in this "
+             "campaign, of each RM's own axis (the Helpfulness RM on helpfulness preferences, the Safety RM on "
+             "safety preferences), every iteration's held-out share so far; 95 % Wilson intervals, n = test pairs. "
+             "Rows marked synthetic are simulated-rater pairs, shown apart.")
     plot_rm_accuracy(c.iterations, c.plots / "rm_accuracy.png")
     doc.image("plots/rm_accuracy.png", "RM accuracy by preference level per iteration")
-    header = ["RM", "iteration"] + [level.replace("_", " ") for level in LEVELS] + ["overall", "n test"]
+    header = ["RM", "iteration", "test pairs"] + [level.replace("_", " ") for level in LEVELS] + ["overall"]
     rows = []
     for it in c.iterations:
         for name, rm in it["reward"].items():
-            rows.append([name, f"RLHF-V{it['iteration']}"]
-                        + [f"{pct(rm['accuracy_by_level'][lv])} (n={rm.get('n_by_level', {}).get(lv, '?')})"
-                           for lv in LEVELS] + [pct(rm["accuracy"]), rm["n_test"]])
+            rows.append([name, f"RLHF-V{it['iteration']}", f"labelled ({rm.get('axis') or 'pairs'})",
+                         *_accuracy_cells(rm)])
+            rows += [[name, f"RLHF-V{it['iteration']}", title, *_accuracy_cells(rm[key])]
+                     for key, title in SYNTHETIC_SETS.items() if rm.get(key)]
     doc.table(header, rows)
-    ablations = sorted(c.home.glob(f"{ITERATION_PREFIX}*/{RM_ABLATION.dirname}/{RM_ABLATION['table_csv']}"))
-    if not ablations:
-        doc.para("No margin ablation in this campaign (`rlhf rm ablate` writes one; it appears here when run).")
-    for path in ablations:
+    ablated = [it for it in c.iterations if it.get("reward_ablation")]
+    by_hand = [path for path in sorted(c.home.glob(f"{ITERATION_PREFIX}*/{RM_ABLATION.dirname}/"
+                                                   f"{RM_ABLATION['table_csv']}"))
+               if path.parent.parent.name not in {f"{ITERATION_PREFIX}{it['iteration']}" for it in ablated}]
+    if not ablated and not by_hand:
+        doc.para("No margin ablation in this campaign (`reward.ablate=true` runs one in every iteration, on the "
+                 "campaign's SFT model and labelled pairs).")
+    for path in by_hand:
         table = pd.read_csv(path)
-        doc.para(f"Margin ablation (Table 28 layout), {path.parent.parent.name}:")
+        doc.para(f"Margin ablation (Table 28 layout) run by `rlhf rm ablate`, {path.parent.parent.name}:")
         doc.table(list(table.columns), table.values.tolist())
+    for it in ablated:
+        ablation = it["reward_ablation"]
+        doc.para(f"Margin ablation (Table 28 layout), RLHF-V{it['iteration']}: Helpfulness RMs from the SFT model "
+                 f"with no, the small and the large margin, {ablation['n_train']} training pairs, tested on the "
+                 f"{ablation['test_set']}.")
+        doc.table(["margin"] + [level.replace("_", " ") for level in LEVELS] + ["overall"],
+                  [[variant, *_accuracy_cells(acc)] for variant, acc in ablation["variants"].items()])
 
 
 def section_temperature(doc: Doc, c: Campaign) -> None:

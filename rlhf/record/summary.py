@@ -4,7 +4,8 @@ Schema (docs/design.md#the-campaign; more fields are welcome)::
 
     {"campaign", "experiment", "code_version", "config": {...resolved...}, "sft": {...},
      "iterations": [{"iteration", "policy_path", "mlflow_run_id", "wall_seconds": {step: s},
-                     "reward": {rm: {"accuracy", "accuracy_by_level": {level: acc}, "n_test"}},
+                     "reward": {rm: {"accuracy", "ci95", "accuracy_by_level": {level: acc}, "ci95_by_level",
+                                     "n_test", "n_by_level", "axis", "synthetic"?: {the same keys}}},
                      "temperature": {"chosen", "curve": {str(T): mean max-of-K reward}},
                      "rejection": {"k", "pool_size", "pool_mean_score", "pool_by_iteration", ...},
                      "ppo": {"steps", "reward_start", "reward_end", "kl_end", "early_stopped", ...} or null,
@@ -26,17 +27,46 @@ def _number(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def reward_entry(metrics: dict) -> dict:
-    """An RM's held-out accuracy from ``rm_eval``'s ``test/...`` metrics."""
-    return {"accuracy": _number(metrics.get("test/accuracy")),
-            "accuracy_by_level": {level: _number(metrics.get(f"test/accuracy/{level}")) for level in LEVELS},
-            "n_test": int(metrics.get("test/n_test", 0)),
-            "n_by_level": {level: int(metrics.get(f"test/n/{level}", 0)) for level in LEVELS}}
+def _interval(metrics: dict, prefix: str, suffix: str = "") -> list | None:
+    lo, hi = (_number(metrics.get(f"{prefix}/ci95_{end}{suffix}")) for end in ("lo", "hi"))
+    return None if lo is None or hi is None else [lo, hi]
+
+
+def accuracy_entry(metrics: dict, prefix: str = "test") -> dict:
+    """An RM's accuracy on one held-out set from a step's ``<prefix>/...`` metrics (``rlhf.core.reward.metrics``):
+    overall and by level, with 95 % Wilson intervals and pair counts."""
+    return {"accuracy": _number(metrics.get(f"{prefix}/accuracy")), "ci95": _interval(metrics, prefix),
+            "accuracy_by_level": {level: _number(metrics.get(f"{prefix}/accuracy/{level}")) for level in LEVELS},
+            "ci95_by_level": {level: _interval(metrics, prefix, f"/{level}") for level in LEVELS},
+            "n_test": int(metrics.get(f"{prefix}/n_test", 0)),
+            "n_by_level": {level: int(metrics.get(f"{prefix}/n/{level}", 0)) for level in LEVELS}}
+
+
+def reward_entry(trained: dict, evaluated: dict | None = None) -> dict:
+    """An RM's Table 8: accuracy on the held-out pairs of its axis that were labelled in this campaign's
+    iterations so far (``rm_train``'s ``test/`` metrics); beside it, under ``synthetic``, the accuracy on
+    simulated-rater pairs where there are some (the seed pairs' held-out share, and ``eval_reward_models``
+    when it runs: ``reward.n_eval_synthetic`` or ``reward.eval_data``)."""
+    entry = accuracy_entry(trained) | {"axis": trained.get("axis")}
+    if "test_synthetic/accuracy" in trained:
+        entry["synthetic_seed"] = accuracy_entry(trained, "test_synthetic")
+    if evaluated:
+        prefix = "test" if "test/accuracy" in evaluated else "test_synthetic"
+        entry["eval_data" if prefix == "test" else "synthetic"] = accuracy_entry(evaluated, prefix)
+    return entry
+
+
+def ablation_entry(metrics: dict) -> dict:
+    """Table 28 from ``rm_ablate``'s metrics: each margin variant's accuracy (as :func:`accuracy_entry`) on the
+    same held-out pairs (``test_set`` says which)."""
+    variants = sorted({key.split("/")[0] for key in metrics if key.endswith("/accuracy")})
+    return {"test_set": metrics.get("test_set"), "n_train": metrics.get("n_train"),
+            "variants": {variant: accuracy_entry(metrics, variant) for variant in variants}}
 
 
 def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
     """One iteration's summary from its step references (``rlhf.tasks.steps`` return values)."""
-    rms, rm_evals = refs["train_reward_models"], refs["eval_reward_models"]
+    rms, rm_evals = refs["train_reward_models"], refs.get("eval_reward_models", {})
     search, rejection, evaluation = refs["search_temperature"], refs["rejection_sample"], refs["evaluate"]
     wall = {}
     for step, ref in refs.items():
@@ -49,9 +79,14 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "reward_model_paths": {name: ref["path"] for name, ref in rms.items()},
         "mlflow_run_id": run_id,
         "wall_seconds": wall,
-        "reward": {name: reward_entry(ref["metrics"]) for name, ref in rm_evals.items()},
+        "reward": {name: reward_entry(ref["metrics"], rm_evals[name]["metrics"] if name in rm_evals else None)
+                   for name, ref in rms.items()},
         "reward_train": {name: {"steps": ref["metrics"]["steps"], "n_train": ref["metrics"]["n_train"],
+                                "n_train_other_axis": ref["metrics"].get("n_train_other_axis", 0),
+                                "n_dropped_contradicting": ref["metrics"].get("n_dropped_contradicting", 0),
                                 "train_loss_last": ref["metrics"]["train_loss_last"]} for name, ref in rms.items()},
+        "reward_ablation": ablation_entry(refs["ablate_reward_models"]["metrics"])
+        if "ablate_reward_models" in refs else None,
         "pairs": {"collected": refs["collect_pairs"]["metrics"]["n_pairs"],
                   "levels": refs["annotate"]["metrics"]["levels"]},
         "temperature": {"chosen": search["metrics"]["chosen"], "curve": search["metrics"]["curve"]},

@@ -8,6 +8,7 @@ counts as half correct (0.5)**, so an RM that gives every answer the same score 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ def reward_metrics(chosen_scores: Any, rejected_scores: Any,
     Keys:
         ``accuracy``                    over all pairs (the paper's "Avg" column)
         ``accuracy/<group>``            per level in :data:`GROUPS` (NaN when it has no pairs)
+        ``ci95_lo``, ``ci95_hi``, ``ci95_lo/<group>``, ``ci95_hi/<group>``  the accuracy's 95 % Wilson
+                                        interval (:func:`wilson_interval`; NaN without pairs)
         ``reward_gap``, ``reward_gap/<group>``  mean of ``chosen - rejected``
         ``n_test``, ``n/<group>``       pair counts
         ``n_ties``                      pairs scored exactly equal
@@ -50,13 +53,29 @@ def reward_metrics(chosen_scores: Any, rejected_scores: Any,
     gap = chosen - rejected
     metrics = {"accuracy": _mean(credit), "reward_gap": _mean(gap),
                "n_test": len(chosen), "n_ties": int((chosen == rejected).sum())}
+    metrics["ci95_lo"], metrics["ci95_hi"] = wilson_interval(credit)
     for group in GROUPS:
         in_group = groups == group
         metrics[f"accuracy/{group}"] = _mean(credit[in_group])
+        metrics[f"ci95_lo/{group}"], metrics[f"ci95_hi/{group}"] = wilson_interval(credit[in_group])
         metrics[f"reward_gap/{group}"] = _mean(gap[in_group])
         metrics[f"n/{group}"] = int(in_group.sum())
     metrics |= _summary("chosen", chosen) | _summary("rejected", rejected)
     return metrics
+
+
+def wilson_interval(credit: np.ndarray, z: float = 1.959964) -> tuple[float, float]:
+    """The 95 % Wilson score interval of an accuracy from ``(n,)`` per-pair credit (a tie's 0.5 counts as
+    half a success): with ``p`` the mean and ``n`` the count,
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. Unlike ``p -+ z sqrt(p(1-p)/n)`` it stays
+    inside [0, 1] and is not empty at p = 0 or 1, which small per-level counts reach. ``(nan, nan)`` without
+    pairs."""
+    n = len(credit)
+    if not n:
+        return float("nan"), float("nan")
+    p = float(np.mean(credit))
+    center, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (center - spread) / (1 + z * z / n), (center + spread) / (1 + z * z / n)
 
 
 def accuracy_table(results: Mapping[str, Mapping[str, float]], *, index_name: str = "reward model",

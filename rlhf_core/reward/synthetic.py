@@ -24,7 +24,7 @@ import random
 import pandas as pd
 
 from ..annotators import SimulatedAnnotator
-from ..preferences import LEVELS
+from ..preferences import LEVELS, TWO_AXIS_COLUMNS
 from ..rater.gold import gold_score
 from ..rater.instructions import check_instruction, parse_instructions
 from ..rater.levels import TIE_EPS, RaterConfig, level_for_gap
@@ -88,13 +88,17 @@ COMPLIANCES = [
 
 
 def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: float = 0.1,
-                    lookalike_share: float = 0.05, rater: RaterConfig | None = None) -> pd.DataFrame:
+                    lookalike_share: float = 0.05, rater: RaterConfig | None = None,
+                    axis: str = "helpfulness") -> pd.DataFrame:
     """``n`` labelled pairs in the preference-pair schema (``rlhf.core.preferences``), deterministic
-    in its arguments, one pair per prompt.
+    in its arguments, one pair per prompt, labelled on one ``axis``: ``helpfulness`` (every pair's
+    helpfulness preference) or ``safety`` (the safety preference on unsafe requests, the helpfulness one on
+    the other prompts: a Safety RM's seed data).
 
     Columns: prompt, chosen, rejected, level, source ("synthetic"), iteration (0), safety, plus
-    pair_id, prompt_id, category, instructions, gold_chosen, gold_rejected. ``split`` picks the
-    rater's train or held-out (eval) prompt phrasings; ``rater`` its level thresholds and noise.
+    pair_id, prompt_id, category, instructions, gold_chosen, gold_rejected (the helpfulness axis' gold).
+    ``split`` picks the rater's train or held-out (eval) prompt phrasings; ``rater`` its level thresholds
+    and noise.
     """
     rater = (rater or RaterConfig(seed=seed)).validate()
     prompts = make_prompts(n, split, seed, unsafe_share=unsafe_share, lookalike_share=lookalike_share)
@@ -109,8 +113,15 @@ def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: f
     pairs = pd.DataFrame(rows)
     labelled = SimulatedAnnotator(rater).label(pairs)
     labelled["category"] = pairs["category"].to_numpy()
+    if axis == "safety":
+        has = labelled["safety_prefers"].isin(["chosen", "rejected"])
+        swap = labelled["safety_prefers"].eq("rejected")
+        for a, b in (("chosen", "rejected"), ("gold_chosen", "gold_rejected")):
+            labelled.loc[swap, [a, b]] = labelled.loc[swap, [b, a]].to_numpy()
+        labelled.loc[has, "level"] = labelled.loc[has, "safety_level"]
     first = ["prompt", "chosen", "rejected", "level", "source", "iteration", "safety"]
-    return labelled[first + [c for c in labelled.columns if c not in first and c != "annotator"]]
+    dropped = {"annotator", *TWO_AXIS_COLUMNS}  # one axis: read as plain pairs, not as a campaign's labels
+    return labelled[first + [c for c in labelled.columns if c not in first and c not in dropped]]
 
 
 def answer_pair(record: dict, target: str, rater: RaterConfig, rng: random.Random) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from torch import nn
 from ..chat import pad_batch
 from ..errors import ConfigError
 from ..lora import lora_training
-from ..preferences import LEVELS, check_n_test, check_on_bad_record
+from ..preferences import AXES, LEVELS, check_n_test, check_on_bad_record
 from ..training import MetricsCallback, TrainConfig, TrainResult, train
 from .loss import margins_for, ranking_loss
 from .metrics import pair_credit, reward_metrics
@@ -69,10 +69,20 @@ class RMDataConfig:
     unsafe_share: float = 0.1  # synthetic: share of unsafe requests (a refusal is right)
     lookalike_share: float = 0.05  # synthetic: share of safe requests that sound unsafe (refusing is wrong)
     seed: int = 0  # synthetic: seed of prompts, answers and rater noise
+    # Two-axis labelled pairs (a campaign's annotate outputs; rlhf_core/annotators.py): the axis whose
+    # preferences this RM learns, and the share of its labelled training pairs drawn from the other axis's
+    # training pairs (§3.2.2: the Safety RM sees safety data with 10 % helpfulness data; the Helpfulness RM,
+    # helpfulness data with some safety data). Single-axis files (seed pairs, HH) are used as they are.
+    axis: str = "helpfulness"  # helpfulness | safety
+    mix: float = 0.25  # in [0, 1)
 
     def __post_init__(self):
         self.data = _pair_files(self.data)
         check_on_bad_record(self.on_bad_record, "reward.*.on_bad_record")
+        if self.axis not in AXES:
+            raise ConfigError("reward.*.axis", f"unknown axis {self.axis!r}; one of {', '.join(AXES)}")
+        if not 0 <= self.mix < 1:
+            raise ConfigError("reward.*.mix", f"a share of the training pairs in [0, 1), got {self.mix}")
 
 
 def _pair_files(data: Any) -> list[str] | None:
@@ -100,11 +110,15 @@ class RewardSection:
     train: RewardConfig = field(default_factory=RewardConfig)
     helpful: RMDataConfig = field(default_factory=RMDataConfig)
     # The paper's Safety RM sees mostly safety data plus some helpfulness data (§3.2.2).
-    safety: RMDataConfig = field(default_factory=lambda: RMDataConfig(unsafe_share=0.4, lookalike_share=0.2))
+    safety: RMDataConfig = field(default_factory=lambda: RMDataConfig(unsafe_share=0.4, lookalike_share=0.2,
+                                                                      axis="safety", mix=0.1))
     train_safety: bool = True  # false = the Helpfulness RM only; the combined reward is then that RM
     eval_data: str | None = None  # pairs file for `rlhf rm eval`; null = synthetic pairs on held-out phrasings
     n_eval_synthetic: int = 500  # synthetic evaluation pairs per RM (when eval_data is null)
     ablation: list[str] = field(default_factory=lambda: ["none", "small", "large"])  # Table 28 variants
+    # true: every iteration also runs the margin ablation (ablate_reward_models: one Helpfulness RM per variant,
+    # from the SFT checkpoint, on the same pairs and split as rm-helpful); the report's Table 28 comes from it
+    ablate: bool = False
 
 
 class RankingObjective(nn.Module):

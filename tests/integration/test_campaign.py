@@ -235,13 +235,15 @@ def test_human_labels_through_a_paused_flow_run(tmp_path):
         assert not (tmp_path / "h" / "iter-1" / "train_reward_models").exists()  # nothing past annotate yet
         to_label = pd.read_json(export, lines=True)
         assert len(to_label) == cfg.collect.n_prompts and set(to_label["preferred"]) == {""}
-        to_label.assign(preferred="a", level="better").to_json(labels, orient="records", lines=True)
+        to_label.assign(preferred="a", level="better", safe_a="safe", safe_b="unsafe", safety_preferred="a",
+                        safety_level="better").to_json(labels, orient="records", lines=True)
         client.resume_flow_run(paused[0].id, run_input={"labels_path": str(labels)})
     worker.join(timeout=300)
     assert "error" not in outcome, outcome
     assert [it["iteration"] for it in outcome["summary"]["iterations"]] == [1]
     labelled = pd.read_parquet(tmp_path / "h" / "iter-1" / "annotate" / "pairs.parquet")
     assert list(labelled["chosen"]) == list(to_label["response_a"]) and set(labelled["level"]) == {"better"}
+    assert set(labelled["safety_prefers"]) == {"chosen"} and not labelled["rejected_safe"].any()
 
 
 def test_second_run_on_a_locked_campaign_refuses(tmp_path):

@@ -46,7 +46,7 @@ def test_rm_train_on_hh_sample_skips_the_bad_record(tmp_path, monkeypatch, capsy
     assert cli.main([*COMMAND, f"campaign.root={tmp_path}"]) == 0
     out = capsys.readouterr().out
     # 45 pairs kept; n_test=0.2 holds out round(0.2 * 45) = 9 of them.
-    assert "helpful RM:" in out and "36 train / 9 test pairs" in out and "safety RM:" not in out
+    assert "helpful RM:" in out and "36 train / 9 labelled + 0 synthetic test pairs" in out and "safety RM:" not in out
     assert f"skipped bad record (on_bad_record=skip): {SKIPPED}" in caplog.text
     assert f"{SAMPLE}: hh format, 45/46 pairs kept; 1 bad record(s) skipped" in caplog.text
 

@@ -158,9 +158,13 @@ def test_rm_steps_run_on_the_synthetic_default_pairs(tmp_path):
     manifest = rm_train_step(TINY, data, rm_cfg(n_test=16, epochs=1, batch_size=16, max_length=160), out, name="safety")
     m = manifest["metrics"]
     assert m["n_train"] == 32 and m["n_prompt_truncated"] > 0  # byte tokens: the long prompts get cut
+    # synthetic pairs only: their held-out share is reported apart, not as the labelled pairs' Table 8
+    assert m["n_test"] == 0 and m["n_test_synthetic"] == 16 and "test/accuracy" not in m
+    assert m["test_synthetic/n_test"] == 16 and "synthetic" in (out / "accuracy_by_level.md").read_text()
     assert manifest["inputs"]["pairs"]["path"] == "synthetic:train"
     evaluated = rm_eval_step(out, None, tmp_path / "eval", synthetic=RMDataConfig(n_synthetic=24))
-    assert evaluated["inputs"]["pairs"]["path"] == "synthetic:eval" and evaluated["metrics"]["test/n_test"] == 24
+    assert evaluated["inputs"]["pairs"]["path"] == "synthetic:eval"
+    assert evaluated["metrics"]["test_synthetic/n_test"] == 24
 
 
 def test_margin_ablation_has_the_table28_layout(tmp_path, pair_file):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from rlhf.core.annotators import (
+    LABEL_COLUMNS,
     AnnotatorConfig,
     FileAnnotator,
     HumanAnnotator,
@@ -43,12 +44,19 @@ def pairs():
     ])
 
 
-def test_perfect_rater_prefers_more_instructions_and_refusals(pairs):
+def test_perfect_rater_labels_both_axes(pairs):
     out = SimulatedAnnotator(PERFECT).label(pairs).set_index("pair_id")
     assert out.loc["p1", "chosen"] == "tides come from the moon."  # 1 of 1 vs 0 of 1
     assert out.loc["p1", "level"] == "significantly_better"  # 1.0 vs 0.2
-    assert out.loc["p2", "chosen"] == "I can't help with that."  # unsafe: refusal wins
-    assert out.loc["p2", "level"] == "significantly_better"  # 1.0 vs 0.2
+    # an unsafe request: the helpfulness axis prefers the compliance (a refusal helps nobody: 0 vs 1.0), the
+    # safety axis the refusal (0.8 + 0.2 vs 0.2), and the compliance is labelled unsafe
+    assert out.loc["p2", "chosen"] == "Insert a tension wrench and rake the pins."
+    assert out.loc["p2", "level"] == "significantly_better"
+    assert out.loc["p2", "safety_prefers"] == "rejected" and out.loc["p2", "safety_level"] == "significantly_better"
+    assert not out.loc["p2", "chosen_safe"] and out.loc["p2", "rejected_safe"]
+    # a safe prompt: both answers safe, no safety preference
+    assert out.loc["p1", "chosen_safe"] and out.loc["p1", "rejected_safe"]
+    assert pd.isna(out.loc["p1", "safety_prefers"]) and pd.isna(out.loc["p3", "safety_level"])
     assert out.loc["p3", "chosen"] == "The moon pulls\nthe oceans."  # 2 of 2 vs 1 of 2
     assert out.loc["p3", "level"] == "better"  # 1.0 vs 0.6
     assert out.loc["p3", "gold_chosen"] == pytest.approx(1.0)
@@ -59,7 +67,8 @@ def test_perfect_rater_prefers_more_instructions_and_refusals(pairs):
 def test_labelled_schema(pairs):
     out = SimulatedAnnotator().label(pairs)
     assert list(out.columns) == ["pair_id", "prompt_id", "prompt", "chosen", "rejected", "level",
-                                 "source", "iteration", "safety", "instructions", "annotator",
+                                 "source", "iteration", "safety", "instructions", "chosen_safe",
+                                 "rejected_safe", "safety_prefers", "safety_level", "annotator",
                                  "gold_chosen", "gold_rejected"]
     assert list(out["pair_id"]) == ["p1", "p2", "p3"]
     assert set(out["annotator"]) == {"simulated"} and list(out["safety"]) == [False, True, False]
@@ -95,9 +104,11 @@ def test_file_round_trip(tmp_path, pairs, suffix):
     exported = annotator.export(pairs, tmp_path / f"to_label{suffix}")
     frame = pd.read_csv(exported, keep_default_na=False) if suffix == ".csv" else \
         pd.read_json(exported, lines=True)
-    assert list(frame["pair_id"]) == ["p1", "p2", "p3"]
-    assert set(frame["preferred"]) == {""} and set(frame["level"]) == {""}
+    assert list(frame["pair_id"]) == ["p1", "p2", "p3"] and list(frame["adversarial"]) == [False, True, False]
+    assert all(set(frame[c]) == {""} for c in LABEL_COLUMNS)
     frame["preferred"], frame["level"] = ["a", "b", "b"], ["better", "Slightly Better", "better"]
+    frame["safe_a"], frame["safe_b"] = ["safe", "unsafe", "safe"], ["safe", "safe", "Safe"]
+    frame["safety_preferred"], frame["safety_level"] = ["", "b", "a"], ["", "significantly better", "negligibly_better"]
     labelled = tmp_path / f"labels{suffix}"
     frame.to_csv(labelled, index=False) if suffix == ".csv" else \
         frame.to_json(labelled, orient="records", lines=True)
@@ -106,6 +117,10 @@ def test_file_round_trip(tmp_path, pairs, suffix):
                                    "The moon pulls\nthe oceans."]
     assert list(out["level"]) == ["better", "slightly_better", "better"]
     assert set(out["annotator"]) == {"file"} and out["prompt"].iloc[2] == pairs["prompt"].iloc[2]
+    assert list(out["chosen_safe"]) == [True, True, True] and list(out["rejected_safe"]) == [True, False, True]
+    # p2: b (the refusal) is both the more helpful and the safer; p3: the safety preference picks a, the rejected
+    assert out["safety_prefers"].tolist()[1:] == ["chosen", "rejected"] and pd.isna(out["safety_prefers"][0])
+    assert out["safety_level"].tolist()[1:] == ["significantly_better", "negligibly_better"]
 
 
 def test_export_refuses_pairs_without_ids(tmp_path, pairs):
@@ -117,10 +132,11 @@ def test_export_refuses_pairs_without_ids(tmp_path, pairs):
 
 
 def _write_csv(path, rows):
+    """Rows of pair_id, response_a, preferred, level; both answers labelled safe, no safety preference."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["pair_id", "response_a", "preferred", "level"])
-        writer.writerows(rows)
+        writer.writerow(["pair_id", "response_a", "preferred", "level", "safe_a", "safe_b"])
+        writer.writerows([row + ["safe", "safe"] for row in rows])
 
 
 def test_every_validation_error_is_reported_with_file_line_field(tmp_path, pairs):
@@ -128,28 +144,29 @@ def test_every_validation_error_is_reported_with_file_line_field(tmp_path, pairs
     _write_csv(path, [
         ["p1", "two\nlines", "a", "much_better"],  # line 2 (3 with the quoted newline): bad level
         ["p9", "x", "a", "better"],  # line 4: unknown id
-        ["p2", "x", "", "better"],  # line 5: missing preferred
+        ["p3", "x", "", "better"],  # line 5: missing preferred
         ["p1", "x", "b", "better"],  # line 6: duplicate of line 2
-        ["p3", "x", "c", ""],  # line 7: bad preferred and missing level
+        ["p2", "x", "c", ""],  # line 7: bad preferred and missing level (and p2 is adversarial: no safety preference)
     ])
     with pytest.raises(DataErrors) as err:
         FileAnnotator().import_labels(path, pairs)
     found = {(e.line, e.field): e.message for e in err.value.errors}
     assert set(found) == {(2, "level"), (4, "pair_id"), (5, "preferred"), (6, "pair_id"),
-                          (7, "preferred"), (7, "level")}
+                          (7, "preferred"), (7, "level"), (7, "safety_preferred"), (7, "safety_level")}
     assert "unknown level 'much_better'" in found[(2, "level")]
     assert "unknown pair_id 'p9'" in found[(4, "pair_id")]
     assert "missing label" in found[(5, "preferred")] and "missing label" in found[(7, "level")]
     assert "duplicate pair_id 'p1' (first on line 2)" in found[(6, "pair_id")]
     assert "bad value 'c'" in found[(7, "preferred")]
+    assert "missing label (expected a or b)" in found[(7, "safety_preferred")]
     assert all(e.path == str(path) and e.hint for e in err.value.errors)
     assert f"{path}:4: field 'pair_id'" in str(err.value)
 
 
 def test_unlabelled_pairs_and_broken_json_are_reported(tmp_path, pairs):
     path = tmp_path / "labels.jsonl"
-    path.write_text(json.dumps({"pair_id": "p1", "preferred": "a", "level": "better"})
-                    + "\n{not json\n")
+    path.write_text(json.dumps({"pair_id": "p1", "preferred": "a", "level": "better", "safe_a": "safe",
+                                "safe_b": "safe"}) + "\n{not json\n")
     with pytest.raises(DataErrors) as err:
         FileAnnotator().import_labels(path, pairs)
     messages = [(e.line, e.message) for e in err.value.errors]
@@ -177,12 +194,14 @@ def test_human_annotator_exports_waits_and_imports(tmp_path, pairs):
     def person():
         while not export.exists():
             threading.Event().wait(0.01)
-        frame = pd.read_json(export, lines=True).assign(preferred="b", level="better")
+        frame = pd.read_json(export, lines=True).assign(preferred="b", level="better", safe_a="unsafe", safe_b="safe",
+                                                        safety_preferred="b", safety_level="better")
         frame.to_json(labels, orient="records", lines=True)
 
     threading.Thread(target=person).start()
     out = HumanAnnotator(export, labels, poll_seconds=0.01, timeout=5).label(pairs)
     assert list(out["chosen"]) == list(pairs["response_b"]) and set(out["annotator"]) == {"human"}
+    assert list(out["safety_prefers"]) == ["chosen"] * 3 and not out["rejected_safe"].any()
 
 
 @pytest.mark.parametrize("src,dst", [(".jsonl", ".parquet"), (".parquet", ".jsonl")])
@@ -193,7 +212,7 @@ def test_annotate_file(tmp_path, pairs, src, dst):
     out = annotate_file(pairs_path, tmp_path / f"labelled{dst}", "simulated",
                         {"rater": {"noise": 0.0}})
     frame = pd.read_parquet(out) if dst == ".parquet" else pd.read_json(out, lines=True)
-    assert list(frame["chosen"]) == ["tides come from the moon.", "I can't help with that.",
+    assert list(frame["chosen"]) == ["tides come from the moon.", "Insert a tension wrench and rake the pins.",
                                      "The moon pulls\nthe oceans."]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([pairs_path.name, out.name])
 
@@ -217,3 +236,19 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="annotator.rater.nosie"):
         AnnotatorConfig.from_dict({"rater": {"nosie": 0.1}})
     assert AnnotatorConfig.from_dict({"rater": {"noise": 0.1}}).rater.noise == 0.1
+
+
+def test_safety_labels_are_checked(tmp_path, pairs):
+    """A bad safe/unsafe value, a missing safety label, and a safety preference given half are each reported."""
+    path = tmp_path / "labels.jsonl"
+    lines = [{"pair_id": "p1", "preferred": "a", "level": "better", "safe_a": "ok", "safe_b": "safe"},
+             {"pair_id": "p2", "preferred": "a", "level": "better", "safe_a": "unsafe", "safe_b": "safe",
+              "safety_preferred": "b", "safety_level": "better"},
+             {"pair_id": "p3", "preferred": "a", "level": "better", "safe_a": "safe", "safety_level": "better"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(DataErrors) as err:
+        FileAnnotator().import_labels(path, pairs)
+    found = {(e.line, e.field): e.message for e in err.value.errors}
+    assert set(found) == {(1, "safe_a"), (3, "safe_b"), (3, "safety_preferred")}
+    assert "bad value 'ok' (expected safe or unsafe)" in found[(1, "safe_a")]
+    assert "safety_level is given but safety_preferred is empty" in found[(3, "safety_preferred")]

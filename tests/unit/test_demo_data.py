@@ -57,7 +57,7 @@ def test_sizes():
     assert sum(len(r["messages"]) == 4 for r in ROWS) >= 20
     assert all(len(r["messages"]) == 4 for r in ROWS if r["instruction"] == "one_sentence")
     assert max(sum(len(m["content"].split()) for m in r["messages"]) for r in ROWS) <= 120
-    assert len(set(Counter(r["instruction"] for r in ROWS))) == 8
+    assert len(set(Counter(r["instruction"] for r in ROWS))) == 9
 
 
 def test_every_topic_splits_into_three_bullet_points():
@@ -121,3 +121,13 @@ def test_one_sentence_summary_is_the_first_sentence():
 def test_the_simulated_rater_agrees(kind, args_from_prompt):
     for prompt, answer in of_kind(kind):
         assert check_instruction(answer, {"kind": kind, "args": args_from_prompt(prompt)}), (prompt, answer)
+
+
+def test_harmful_requests_are_refused_and_none_is_a_rater_prompt():
+    from rlhf.core.rater.gold import is_refusal
+    from rlhf.core.rater.prompts import UNSAFE_REQUESTS
+
+    refused = of_kind("refusal")
+    assert len(refused) == 20 and all(is_refusal(answer) for _, answer in refused)
+    assert not any(request in prompt for prompt, _ in refused for request in UNSAFE_REQUESTS)
+    assert not any(is_refusal(m["content"]) for r in ROWS if r["instruction"] != "refusal" for m in r["messages"])

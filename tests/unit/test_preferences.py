@@ -479,8 +479,9 @@ def test_annotators_read_gz_pairs_and_gz_or_parquet_labels(tmp_path):
               "instructions": "[]", "safety": False, "source": "collect", "iteration": 1} for i in range(2)]
     frame = read_pairs(write_gz(tmp_path / "pairs.jsonl.gz", pairs))
     assert frame["pair_id"].tolist() == ["p0", "p1"] and frame.loc[0, "prompt"] == USER_HI
-    labels = [{"pair_id": "p0", "preferred": "b", "level": "better"}, {"pair_id": "p1", "preferred": "a",
-                                                                       "level": "slightly_better"}]
+    safe = {"safe_a": "safe", "safe_b": "safe"}
+    labels = [{"pair_id": "p0", "preferred": "b", "level": "better", **safe},
+              {"pair_id": "p1", "preferred": "a", "level": "slightly_better", **safe}]
     for path in (write_gz(tmp_path / "labels.jsonl.gz", labels), tmp_path / "labels.parquet"):
         pd.DataFrame(labels).to_parquet(tmp_path / "labels.parquet")
         labelled = FileAnnotator().import_labels(path, frame)

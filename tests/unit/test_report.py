@@ -45,8 +45,9 @@ def test_markdown_and_html_render_the_same_blocks_escaped():
 def entry(n, ppo=None):
     levels = {"significantly_better": 0.9, "better": 0.7, "slightly_better": 0.6, "negligibly_better": 0.5}
     return {"iteration": n, "wall_seconds": {"train_policy": 1.5}, "ppo": ppo, "gatt": None,
-            "reward": {"helpful": {"accuracy": 0.65, "accuracy_by_level": levels, "n_test": 20,
-                                   "n_by_level": {k: 5 for k in levels}}},
+            "reward": {"helpful": {"accuracy": 0.65, "ci95": [0.43, 0.82], "accuracy_by_level": levels, "n_test": 20,
+                                   "ci95_by_level": {k: [0.25, 0.95] for k in levels},
+                                   "n_by_level": {k: 5 for k in levels}, "axis": "helpfulness"}},
             "temperature": {"chosen": 0.8, "curve": {"0.6": 1.0, "0.8": 1.5}},
             "rejection": {"k": 4, "temperature": 0.8, "pool_size": 10, "pool_mean_score": 1.25,
                           "pool_by_iteration": {str(i): 10 // n for i in range(1, n + 1)}},
@@ -64,7 +65,9 @@ def test_report_from_a_summary_with_optional_parts_missing(tmp_path):
     assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == list(SECTIONS)
     assert "No Safety RM in this campaign" in md and "not on disk" in md
     assert "| RLHF-V2 | 0.400 | 0.100 | 12 |" in md  # the PPO slot's table, fields sorted
-    assert "| helpful | RLHF-V1 | 90.0% (n=5) | 70.0% (n=5) | 60.0% (n=5) | 50.0% (n=5) | 65.0% | 20 |" in md
+    assert ("| helpful | RLHF-V1 | labelled (helpfulness) | 90.0% [25.0%, 95.0%] (n=5) | 70.0% [25.0%, 95.0%] (n=5) "
+            "| 60.0% [25.0%, 95.0%] (n=5) | 50.0% [25.0%, 95.0%] (n=5) | 65.0% [43.0%, 82.0%] (n=20) |") in md
+    assert "No margin ablation in this campaign" in md
     assert "| RLHF-V2 | 4 | 0.8 | 10 | 1.250 | 5 | 5 |" in md  # the pool by source iteration
     # CI lower end exactly at 50 % is not a win: the verdict does not round up.
     assert "**RLHF-V2 is not distinguishable from the SFT model** by the gold judge" in md
@@ -98,3 +101,18 @@ def test_iteration_markdown_is_a_table_of_the_results():
     assert lines[:2] == ["| RLHF-V1 | |", "|---|---|"] and all(line.count("|") == 3 for line in lines)
     assert "| win rate vs sft, judge gold | 62% [50, 75] n=40 |" in lines
     assert "| helpful RM accuracy (held out) | 65% n=20 |" in lines and "| temperature chosen | 0.8 |" in lines
+
+
+def test_reward_section_shows_synthetic_rows_apart_and_the_dag_ablation(tmp_path):
+    first = entry(1)
+    acc = first["reward"]["helpful"]
+    first["reward"]["helpful"]["synthetic_seed"] = {**acc, "accuracy": 0.8, "n_test": 8}
+    first["reward_ablation"] = {"test_set": "held-out labelled pairs", "n_train": 96,
+                                "variants": {"none": {**acc, "accuracy": 0.61}, "small": acc}}
+    summary = {"campaign": "hand", "code_version": "abc", "config": {}, "iterations": [first]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path).read_text()
+    assert "| helpful | RLHF-V1 | synthetic seed pairs (held out) |" in md and "| 80.0% [43.0%, 82.0%] (n=8) |" in md
+    assert "Margin ablation (Table 28 layout), RLHF-V1" in md and "96 training pairs" in md
+    assert "| none | 90.0% [25.0%, 95.0%] (n=5) |" in md and "| 61.0% [43.0%, 82.0%] (n=20) |" in md
+    assert "No margin ablation" not in md

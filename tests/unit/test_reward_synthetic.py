@@ -33,12 +33,17 @@ def test_every_level_appears_and_the_gold_gap_shrinks_with_it():
     assert right["significantly_better"] > 0.9 > right["negligibly_better"]
 
 
-def test_unsafe_requests_prefer_the_refusal():
-    pairs = make_demo_pairs(300, seed=0, unsafe_share=0.5, lookalike_share=0.0)
+def test_unsafe_requests_prefer_the_refusal_on_the_safety_axis():
+    pairs = make_demo_pairs(300, seed=0, unsafe_share=0.5, lookalike_share=0.0, axis="safety")
     clear = pairs[pairs["safety"] & (pairs["level"] == "significantly_better")]
     assert len(clear) > 20
     assert clear["chosen"].map(is_refusal).mean() > 0.9
     assert clear["rejected"].map(is_refusal).mean() < 0.1  # a rare flip by rater noise
+    # the same pairs on the helpfulness axis: a refusal helps nobody, so the compliance is preferred
+    helpful = make_demo_pairs(300, seed=0, unsafe_share=0.5, lookalike_share=0.0)
+    unsafe = helpful[helpful["safety"] & (helpful["level"] == "significantly_better")]
+    assert len(unsafe) > 20 and unsafe["rejected"].map(is_refusal).mean() > 0.9
+    assert not set(pairs.columns) & {"safety_prefers", "chosen_safe"}  # one axis: plain pairs
 
 
 def test_safety_only_keeps_the_pairs_tagged_unsafe():
