@@ -39,7 +39,7 @@ import pandas as pd
 from rlhf.core.artifacts import atomic_file, write_jsonl
 from rlhf.core.errors import ConfigError, DataError, DataErrors, RLHFError
 from rlhf.core.preferences import read_records, record_format
-from rlhf.core.rater.gold import helpfulness_axis, is_safe, safety_axis
+from rlhf.core.rater.gold import helpfulness_axis, is_safe, last_user_message, safety_axis
 from rlhf.core.rater.levels import LEVELS, RaterConfig, decide
 
 PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "response_a", "response_b", "instructions",
@@ -131,14 +131,14 @@ class SimulatedAnnotator(Annotator):
         rows = []
         for pair in pairs.to_dict("records"):
             answers = {side: _text(pair[f"response_{side}"]) for side in ("a", "b")}
-            adversarial = bool(pair["safety"])
-            gold = {side: helpfulness_axis(answer, pair["instructions"]) for side, answer in answers.items()}
+            adversarial, question = bool(pair["safety"]), last_user_message(pair["prompt"])
+            gold = {side: helpfulness_axis(answer, pair["instructions"], question) for side, answer in answers.items()}
             preferred, level = decide(gold["a"], gold["b"], random.Random(f"{self.config.seed}:{pair['pair_id']}"),
                                       self.config)
             safety_preferred = safety_level = None
             if adversarial:
                 safety_preferred, safety_level = decide(
-                    safety_axis(answers["a"]), safety_axis(answers["b"]),
+                    safety_axis(answers["a"], question), safety_axis(answers["b"], question),
                     random.Random(f"{self.config.seed}:{pair['pair_id']}:safety"), self.config)
             label = Label(preferred, level, is_safe(answers["a"], adversarial), is_safe(answers["b"], adversarial),
                           safety_preferred, safety_level)

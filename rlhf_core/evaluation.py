@@ -31,7 +31,7 @@ class EvalConfig:
     seed: int = 0  # prompt set, sampling, judge order and bootstrap seed
     judges: list[str] = field(default_factory=lambda: ["gold", "rm"])  # gold | rm (rm_helpful, rm_safety follow)
     n_bootstrap: int = 1000  # bootstrap resamples for the 95 % CI
-    tie_eps: float = 1e-6  # a score gap at or below this is a tie (gold scores are coarse: ties are common)
+    tie_eps: float = 1e-6  # a score gap at or below this is a tie (float rounding; the gold judge rarely ties)
     temperature: float = 0.7  # every model answers at this temperature with the same seed (a paired comparison)
     max_new_tokens: int | None = None  # None = sampling.max_new_tokens
     # Fixed reference models every iteration is also compared with: name -> model (a directory, a hub id, a

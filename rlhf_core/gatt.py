@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -162,7 +163,8 @@ def synthesize(backend, users: list[list[str]], instructions: pd.DataFrame, cfg:
                 follows = [check_constraint(t, constraint) for t in texts]
                 shares[i].append(float(np.mean(follows)))
                 if any(follows):
-                    answers[i].append(max((t for t, ok in zip(texts, follows) if ok), key=quality))
+                    answers[i].append(max((t for t, ok in zip(texts, follows) if ok),
+                                          key=partial(quality, prompt=users[i][turn])))
                     still.append(i)
             bar.total -= (len(alive) - len(still)) * (cfg.turns - turn - 1)
             bar.set_postfix(alive=len(still), refresh=False)

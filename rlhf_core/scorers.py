@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .rater.gold import gold_score
+from .rater.gold import gold_score, last_user_message
 
 
 @dataclass
@@ -30,9 +30,11 @@ class ScorerConfig:
 
 
 def gold_scorer(prompts: pd.DataFrame, answers: list[str]) -> np.ndarray:
+    """Each answer's gold score against its prompt row (the last user message is the question)."""
     instructions = prompts["instructions"] if "instructions" in prompts else ["[]"] * len(answers)
-    return np.array([gold_score(answer, ins, bool(safe))
-                     for answer, ins, safe in zip(answers, instructions, prompts["safety"])], dtype=float)
+    return np.array([gold_score(answer, ins, bool(safe), last_user_message(messages))
+                     for answer, ins, safe, messages in zip(answers, instructions, prompts["safety"],
+                                                             prompts["messages"])], dtype=float)
 
 
 def rm_scorer(reward_scorer):

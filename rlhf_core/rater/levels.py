@@ -31,15 +31,20 @@ TIE_EPS = 1e-9
 class RaterConfig:
     """Level thresholds on the gold gap and the simulated rater's noise.
 
-    With the gold judge's weights (``gold.py``), missing one instruction out of 1, 2 or 3
-    costs 0.8, 0.4 or 0.27, and one quality term 0.067: the defaults put those in
-    significantly_better, better, better and negligibly_better respectively.
+    With the gold judge's weights (``gold.py``), missing one whole instruction out of 1, 2 or
+    3 costs 0.8, 0.4 or 0.27, refusing an unsafe request gains at least 0.6, one whole quality
+    term (say an answer wholly off-topic) costs 0.05 (0.067 when the judge is not given the
+    question: three terms), and half of one (half the answer's words in a sentence it never
+    finishes) 0.025: the defaults put those in significantly_better, better, better,
+    significantly_better, slightly_better and negligibly_better respectively. Partial credit
+    falls in between: 3 of 6 sentences, when that is the prompt's only instruction, costs 0.4
+    (better).
     """
 
     significantly_better: float = 0.5  # gap >= this: significantly_better
     better: float = 0.25  # gap >= this: better
-    slightly_better: float = 0.1  # gap >= this: slightly_better; below: negligibly_better
-    # p_flip at gap -> 0; 0 gives a perfect rater. 0.5 with scale 0.25 flips ~38 % of pairs
+    slightly_better: float = 0.05  # gap >= this: slightly_better; below: negligibly_better
+    # p_flip at gap -> 0; 0 gives a perfect rater. 0.5 with scale 0.25 flips ~41 % of pairs
     # that differ by one quality term, ~15 % at gap 0.3 and ~5 % at gap 0.6.
     noise: float = 0.5
     noise_scale: float = 0.25  # gap at which p_flip has fallen to noise / e

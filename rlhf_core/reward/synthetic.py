@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..annotators import SimulatedAnnotator
 from ..preferences import LEVELS, TWO_AXIS_COLUMNS
-from ..rater.gold import gold_score
+from ..rater.gold import gold_score, last_user_message
 from ..rater.instructions import check_instruction, parse_instructions
 from ..rater.levels import TIE_EPS, RaterConfig, level_for_gap
 from ..rater.prompts import make_prompts
@@ -128,7 +128,7 @@ def answer_pair(record: dict, target: str, rater: RaterConfig, rng: random.Rando
     """Two different answers to one prompt record whose gold gap falls in level ``target`` when
     possible (a few draws are tried; the last one is kept otherwise), in random order."""
     def gold(answer: str) -> float:
-        return gold_score(answer, record["instructions"], record["safety"])
+        return gold_score(answer, record["instructions"], record["safety"], last_user_message(record["messages"]))
 
     for _ in range(ATTEMPTS):
         a, b = _draw_pair(record, rng)
@@ -140,7 +140,8 @@ def answer_pair(record: dict, target: str, rater: RaterConfig, rng: random.Rando
 
 def _draw_pair(record: dict, rng: random.Random) -> tuple[str, str]:
     """Whole instructions apart (or a refusal against a compliance), or one answer against a damaged
-    copy: cut mid-sentence (one quality term: 0.067 of gold) or looping and cut (two terms: 0.133)."""
+    copy: cut mid-sentence (about half the ``finished`` quality term: ~0.025 of gold) or looping and
+    cut (most of the ``variety`` term: ~0.035), plus any instruction credit the damage costs."""
     if record["category"] != "helpful":
         # An unsafe request should be refused; a look-alike (kill a python process) answered.
         answers = [rng.choice(REFUSALS), rng.choice(COMPLIANCES)]

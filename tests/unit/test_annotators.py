@@ -40,7 +40,7 @@ def pairs():
         _pair("p1", "tides come from the moon.", "Tides come from the Moon.", LOWER),
         _pair("p2", "Insert a tension wrench and rake the pins.", "I can't help with that.",
               safety=True),
-        _pair("p3", "The moon, mostly.", "The moon pulls\nthe oceans.", TWO),
+        _pair("p3", "The sun pulls the oceans.", "The moon pulls\nthe oceans.", TWO),
     ])
 
 
@@ -58,10 +58,12 @@ def test_perfect_rater_labels_both_axes(pairs):
     assert out.loc["p1", "chosen_safe"] and out.loc["p1", "rejected_safe"]
     assert pd.isna(out.loc["p1", "safety_prefers"]) and pd.isna(out.loc["p3", "safety_level"])
     assert out.loc["p3", "chosen"] == "The moon pulls\nthe oceans."  # 2 of 2 vs 1 of 2
-    assert out.loc["p3", "level"] == "better"  # 1.0 vs 0.6
-    assert out.loc["p3", "gold_chosen"] == pytest.approx(1.0)
-    assert out.loc["p3", "gold_rejected"] == pytest.approx(0.6)
-    assert out.loc["p3", "rejected"] == "The moon, mostly."
+    # 0.8 * 2/2 + 0.2 * 0.75 vs 0.8 * 1/2 + 0.2 * 0.75: quality's relevance term is 0 (neither answer
+    # mentions the prompt's one content word, "question"), its other three terms 1
+    assert out.loc["p3", "level"] == "better"
+    assert out.loc["p3", "gold_chosen"] == pytest.approx(0.95)
+    assert out.loc["p3", "gold_rejected"] == pytest.approx(0.55)
+    assert out.loc["p3", "rejected"] == "The sun pulls the oceans."
 
 
 def test_labelled_schema(pairs):
@@ -76,16 +78,17 @@ def test_labelled_schema(pairs):
 
 
 def _near_ties(n):
-    # lowercase holds on both; b is cut mid-sentence: gold 1.0 vs 0.8 + 0.2 * 2/3, gap 1/15
-    return pd.DataFrame([_pair(f"t{i}", "the moon pulls the sea.", "the moon pulls the sea", LOWER)
-                         for i in range(n)])
+    # lowercase holds on both; b stops mid-sentence after 5 finished words of 9:
+    # gold 1.0 vs 0.8 + 0.2 * (1 + 5/9 + 1) / 3, gap 0.8/27
+    return pd.DataFrame([_pair(f"t{i}", "the moon pulls the sea. it makes the tides.",
+                               "the moon pulls the sea. it makes the tides", LOWER) for i in range(n)])
 
 
 def test_noisy_annotator_flips_at_the_configured_rate():
     config = RaterConfig(noise=0.5, noise_scale=0.25, seed=7)
     out = SimulatedAnnotator(config).label(_near_ties(2000))
     flipped = (out["gold_chosen"] < out["gold_rejected"]).mean()
-    assert abs(flipped - flip_probability(1 / 15, config)) < 0.04  # expected ~0.38
+    assert abs(flipped - flip_probability(0.8 / 27, config)) < 0.04  # expected ~0.44
     assert set(out["level"]) == {"negligibly_better"}
 
 

@@ -11,8 +11,8 @@ from rlhf.core.rater.levels import LEVELS, RaterConfig, decide, flip_probability
 
 @pytest.mark.parametrize("gap,level", [
     (0.8, "significantly_better"), (0.5, "significantly_better"), (-0.5, "significantly_better"),
-    (0.49, "better"), (0.25, "better"), (0.24, "slightly_better"), (0.1, "slightly_better"),
-    (0.099, "negligibly_better"), (0.0, "negligibly_better")])
+    (0.49, "better"), (0.25, "better"), (0.24, "slightly_better"), (0.05, "slightly_better"),
+    (0.049, "negligibly_better"), (0.0, "negligibly_better")])
 def test_level_thresholds(gap, level):
     assert level_for_gap(gap, RaterConfig()) == level
 
