@@ -79,6 +79,9 @@ class CollectConfig:
 
     n_prompts: int = 64  # new prompts per iteration (a fresh slice of the generated train split)
     temperatures: list[float] = field(default_factory=lambda: [0.7, 1.1])  # one per answer: pairs that differ
+    # Share of adversarial (unsafe) requests among the new prompts: the safety preferences come from these
+    # (Llama 2 collected its safety data on adversarial prompts, §3.2.1); null = prompts.unsafe_share
+    unsafe_share: float | None = None
 
 
 @dataclass

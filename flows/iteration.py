@@ -274,7 +274,9 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                        fault=steps.Fault.parse(fault))
     step, shards = flow_steps.run, cfg.orchestration.shards
     rs_prompts = replace(cfg.prompts, n=cfg.rejection.n_prompts)
-    new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts, offset=collect_offset(cfg, iteration))
+    new_prompts = replace(cfg.prompts, n=cfg.collect.n_prompts, offset=collect_offset(cfg, iteration),
+                          unsafe_share=cfg.prompts.unsafe_share if cfg.collect.unsafe_share is None
+                          else cfg.collect.unsafe_share)
     refs: dict = {}
 
     # 1. Pairs from the current policy, labelled (the sampling steps in orchestration.shards shards each).

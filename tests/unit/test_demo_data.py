@@ -128,6 +128,6 @@ def test_harmful_requests_are_refused_and_none_is_a_rater_prompt():
     from rlhf.core.rater.prompts import UNSAFE_REQUESTS
 
     refused = of_kind("refusal")
-    assert len(refused) == 20 and all(is_refusal(answer) for _, answer in refused)
+    assert len(refused) == 40 and all(is_refusal(answer) for _, answer in refused)
     assert not any(request in prompt for prompt, _ in refused for request in UNSAFE_REQUESTS)
     assert not any(is_refusal(m["content"]) for r in ROWS if r["instruction"] != "refusal" for m in r["messages"])
