@@ -59,6 +59,12 @@ class CampaignConfig:
     # A campaign on object storage (root s3://...): how long its lock outlives a run that died without
     # releasing it (a live run renews it every third of this); docs/design.md#object-storage
     lock_lease_seconds: float = 120.0
+    # One number for every random choice of the campaign (prompt sets, sampling, rater noise, shuffling, RM head
+    # and LoRA init, bootstrap, GAtt draws, PPO batches, the synthetic seed pairs): it sets every section's
+    # `seed` key (`seeded` below), so the same seed on the same machine gives the same summary.json. null = each
+    # section keeps its own seed (all 0 by default: campaign.seed=0 is the default campaign, same cache keys).
+    # The base model is not drawn from it: model.tiny_seed picks the tiny model, as model.name_or_path a checkpoint.
+    seed: int | None = None
 
     def validate(self) -> None:
         """The name becomes a directory under ``root``: one plain path component, nothing that escapes."""
@@ -192,6 +198,26 @@ class RootConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)  # processes per training step; launch.steps.<step>
 
 
+def seeded(cfg: RootConfig) -> RootConfig:
+    """``cfg`` with every section's ``seed`` (each dataclass field of that name, at any depth: ``sft.seed``,
+    ``reward.helpful.seed``, ``annotator.rater.seed``, ...) set to ``campaign.seed``; ``cfg`` itself when that
+    is null. One integer for all: each component mixes it with its own tag (split, pair id, batch, turn)."""
+    if cfg.campaign.seed is None:
+        return cfg
+    return _with_seed(cfg, cfg.campaign.seed)
+
+
+def _with_seed(section, seed: int):
+    changes = {}
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if f.name == "seed":
+            changes[f.name] = seed
+        elif is_dataclass(value):
+            changes[f.name] = _with_seed(value, seed)
+    return replace(section, **changes)
+
+
 def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
     """PPO's early-stopping prompts: held out from training, and disjoint from the win-rate prompts (the
     next ``ppo.eval_prompts`` of the evaluation set), so choosing when to stop does not select on them."""
@@ -271,8 +297,8 @@ def _register() -> None:
 
 
 def compose_config(overrides: list[str] | None = None):
-    """The composed config as a ``RootConfig`` dataclass; bad overrides raise :class:`ConfigError`, naming
-    the key and what to do (the keys or group options it was probably meant to be)."""
+    """The composed config as a ``RootConfig`` dataclass, :func:`seeded`; bad overrides raise :class:`ConfigError`,
+    naming the key and what to do (the keys or group options it was probably meant to be)."""
     overrides = list(overrides or [])
     for override in overrides:
         if "=" not in override and not override.startswith("~"):
@@ -284,7 +310,7 @@ def compose_config(overrides: list[str] | None = None):
         unknown = next(_unknown_keys(composed), None)  # `+key=value` adds a key the schema lacks, silently
         if unknown is not None:
             raise unknown_key_error(unknown[0], _value_of(unknown[0], overrides), unknown[1])
-        cfg = OmegaConf.to_object(composed)
+        cfg = seeded(OmegaConf.to_object(composed))
     except (HydraException, OmegaConfBaseException) as err:
         raise _config_error(err, overrides) from err
     cfg.campaign.validate()
@@ -441,11 +467,11 @@ def stored_config(root: str, name: str) -> RootConfig:
 
 
 def config_from_dict(values: dict) -> RootConfig:
-    """A resolved config (``to_dict`` output, e.g. from summary.json) back as a ``RootConfig``.
+    """A resolved config (``to_dict`` output, e.g. from summary.json) back as a ``RootConfig``, :func:`seeded`.
 
     Every flow of a campaign converts the same dict (50 ms through OmegaConf each time), so the result is
     memoised on the dict's JSON and handed out as a copy."""
-    cfg = copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True)))
+    cfg = seeded(copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True))))
     cfg.campaign.validate()
     check_sizes(cfg)
     check_lora(cfg)

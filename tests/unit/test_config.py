@@ -1,12 +1,14 @@
 """The Hydra config tree: every experiment composes, every experiment file opens with its command,
-a bad override names the key, and the resolved config round-trips (what `rlhf resume` relies on)."""
+a bad override names the key, the resolved config round-trips (what `rlhf resume` relies on), and
+campaign.seed sets every seed."""
 
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from rlhf.core.errors import ConfigError
-from rlhf.flows.config import RootConfig, compose_config, config_from_dict, to_dict
+from rlhf.flows.config import RootConfig, compose_config, config_from_dict, seeded, to_dict
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml"))
 
@@ -129,3 +131,40 @@ def test_a_stored_config_without_a_launch_section_reads_as_one_process():
     values = to_dict(compose_config(["experiment=smoke"]))
     del values["launch"]
     assert config_from_dict(values).launch.num_processes == 1
+
+
+def seed_keys(section, prefix: str = "") -> dict:
+    """Every dataclass field named ``seed`` under ``section``, at any depth: ``{"reward.helpful.seed": 0, ...}``."""
+    found = {}
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if f.name == "seed":
+            found[prefix + f.name] = value
+        elif is_dataclass(value):
+            found |= seed_keys(value, f"{prefix}{f.name}.")
+    return found
+
+
+def test_campaign_seed_sets_every_seed_of_the_config():
+    cfg = compose_config(["experiment=smoke", "campaign.seed=7", "sft.seed=3"])
+    seeds = seed_keys(cfg)
+    assert {"data.seed", "sft.seed", "annotator.rater.seed", "reward.train.seed", "reward.helpful.seed",
+            "reward.safety.seed", "prompts.seed", "sampling.seed", "train_policy.seed", "eval.seed", "ppo.seed",
+            "gatt.seed", "gatt.train.seed", "campaign.seed"} <= set(seeds)
+    assert set(seeds.values()) == {7}  # a section's own key (sft.seed=3) is overwritten
+    assert cfg.model.tiny_seed == 0  # the base model is not a draw of the campaign
+    values = to_dict(cfg)
+    values["reward"]["safety"]["seed"] = 5
+    assert set(seed_keys(config_from_dict(values)).values()) == {7}  # a stored config (rlhf resume, each flow)
+
+
+def test_without_campaign_seed_each_section_keeps_its_own():
+    cfg = compose_config(["experiment=smoke", "sft.seed=3"])
+    seeds = seed_keys(cfg)
+    assert seeds.pop("campaign.seed") is None and seeds.pop("sft.seed") == 3 and set(seeds.values()) == {0}
+    assert seeded(cfg) is cfg
+
+
+def test_campaign_seed_0_is_the_default_campaign():
+    default, zero = compose_config(["experiment=smoke"]), compose_config(["experiment=smoke", "campaign.seed=0"])
+    assert replace(zero, campaign=default.campaign) == default  # every step's config, so every cache key
