@@ -25,7 +25,7 @@ from rlhf.flows.config import compose_config
 from rlhf.record.layout import CampaignLocked, campaign_lock
 
 ITERATION_STEPS = {"collect_pairs", "annotate", "train_reward_models", "eval_reward_models", "search_temperature",
-                   "rejection_sample", "train_policy", "evaluate"}
+                   "rejection_sample", "train_policy", "evaluate"}  # and ablate_reward_models with reward.ablate
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +57,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
 
     # Prefect: every step ran once per iteration, all Completed.
     states = prefect_runs.task_states(t0)
-    assert set(states) == set(STEPS)
+    assert set(states) == set(STEPS) - {"ablate_reward_models"}
     assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
     assert len(states["ppo"]) == 1  # campaign.ppo_at defaults to the iteration before the last: V1
     assert len(states["gatt"]) == 1  # smoke: campaign.gatt_from=2
@@ -94,10 +94,22 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
         assert (tmp_path / "c" / f"iter-{it['iteration']}" / "train_policy" / "model.safetensors").is_file()
         assert set(it["wall_seconds"]) >= ITERATION_STEPS
         assert set(it["reward"]) == {"helpful", "safety"}
+        labelled = pd.concat([pd.read_parquet(tmp_path / "c" / f"iter-{i}" / "annotate" / "pairs.parquet")
+                              for i in range(1, it["iteration"] + 1)])
+        # Table 8 on the labelled pairs held out so far, each RM on its axis: 4 of each batch's 8 pairs; the
+        # Safety RM's are those of the 4 with a safety preference (adversarial prompts)
+        helpful, safety = it["reward"]["helpful"], it["reward"]["safety"]
+        assert helpful["n_test"] == 4 * it["iteration"] and helpful["axis"] == "helpfulness"
+        assert safety["axis"] == "safety" and 0 < safety["n_test"] < helpful["n_test"]
+        assert safety["n_test"] <= labelled["safety_prefers"].notna().sum()
         for rm in it["reward"].values():
-            assert 0 <= rm["accuracy"] <= 1 and rm["n_test"] == 16
+            assert 0 <= rm["ci95"][0] <= rm["accuracy"] <= rm["ci95"][1] <= 1
+            assert sum(rm["n_by_level"].values()) == rm["n_test"]
             assert set(rm["accuracy_by_level"]) == {"significantly_better", "better", "slightly_better",
                                                     "negligibly_better"}
+            assert rm["synthetic"]["n_test"] == 16  # eval_reward_models: reward.n_eval_synthetic, apart
+            assert rm["synthetic_seed"]["n_test"] == 4  # the seed pairs' held-out share, apart
+        assert it["reward_ablation"] is None  # reward.ablate is off
         assert it["temperature"]["chosen"] in (0.7, 1.0) and set(it["temperature"]["curve"]) == {"0.7", "1.0"}
         assert it["rejection"]["k"] == 2 and it["rejection"]["pool_size"] == 8
         if it["iteration"] == 2:  # Ghost Attention ran: its output is V2's policy
@@ -139,7 +151,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert {r.info.status for r in step_runs} == {"FINISHED"}
     history = client.get_metric_history(campaign[0].info.run_id, "3_temperature/chosen")
     assert sorted(m.step for m in history) == [1, 2]
-    assert client.get_metric_history(campaign[0].info.run_id, "2_rm/helpful/accuracy/significantly_better")
+    assert [m.step for m in client.get_metric_history(campaign[0].info.run_id, "2_rm/helpful/accuracy")] == [1, 2]
     assert client.get_metric_history(campaign[0].info.run_id, "1_win_rate/sft/gold")
     rm_step = next(r for r in step_runs if r.data.tags["rlhf.step"] == "train_reward_models")
     assert any(m.startswith("helpful/train/loss") for m in rm_step.data.metrics) or \
@@ -244,6 +256,22 @@ def test_human_labels_through_a_paused_flow_run(tmp_path):
     labelled = pd.read_parquet(tmp_path / "h" / "iter-1" / "annotate" / "pairs.parquet")
     assert list(labelled["chosen"]) == list(to_label["response_a"]) and set(labelled["level"]) == {"better"}
     assert set(labelled["safety_prefers"]) == {"chosen"} and not labelled["rejected_safe"].any()
+
+
+def test_margin_ablation_runs_in_the_dag_on_labelled_pairs(tmp_path):
+    """reward.ablate=true: Table 28 as a step of the iteration, from the SFT model, on the Helpfulness RM's pairs
+    and split, tested on its held-out labelled pairs; summary.json and the report carry it."""
+    cfg = smoke(tmp_path, "abl", "reward.ablate=true", "campaign.iterations=1", "campaign.gatt_from=null")
+    entry = run_campaign(cfg)["iterations"][0]
+    ablation, helpful = entry["reward_ablation"], entry["reward"]["helpful"]
+    assert ablation["test_set"] == "held-out labelled pairs" and set(ablation["variants"]) == {"none", "small", "large"}
+    assert ablation["n_train"] == entry["reward_train"]["helpful"]["n_train"]
+    for variant in ablation["variants"].values():
+        assert variant["n_test"] == helpful["n_test"] == 4 and variant["n_by_level"] == helpful["n_by_level"]
+    manifest = json.loads((tmp_path / "abl" / "iter-1" / "rm-ablation" / "manifest.json").read_text())
+    assert manifest["inputs"]["model"]["path"] == str(tmp_path / "abl" / "iter-0" / "sft")
+    report = (tmp_path / "abl" / "report" / "report.md").read_text()
+    assert "Margin ablation (Table 28 layout), RLHF-V1" in report and "| none |" in report
 
 
 def test_second_run_on_a_locked_campaign_refuses(tmp_path):

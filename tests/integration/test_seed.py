@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+# Three CLI campaigns in their own processes (~3 min on an idle 2-core machine): `make test-processes` runs it.
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 TIMINGS = ("wall_seconds", "tokens_per_s")  # and PPO's "seconds_per_step/<phase>"
 
 
