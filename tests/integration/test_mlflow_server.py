@@ -81,7 +81,9 @@ def test_smoke_campaign_on_an_mlflow_server(server, tmp_path):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(local), AutoTokenizer.from_pretrained(local)
     prompt = tokenizer("hello", return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        # min_new_tokens: the tiny random policy may put its end-of-turn token first
+        out = model.generate(**prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == prompt["input_ids"].shape[1] + 4
 
     # A cached rerun records nothing twice: same runs, same versions, every run FINISHED again.
