@@ -147,10 +147,8 @@ def rm_pairs(data_cfg: RMDataConfig, rm_cfg: RewardConfig) -> RMPairs:
     own_train = pd.concat(own, ignore_index=True) if own else pd.DataFrame()
     other_train = pd.concat(other, ignore_index=True) if other else pd.DataFrame()
     n_other = min(len(other_train), round(data_cfg.mix / (1 - data_cfg.mix) * len(own_train)))
-    if n_other:
-        other_train = other_train.iloc[np.sort(np.random.default_rng([rm_cfg.seed, 1]).permutation(
-            len(other_train))[:n_other])]
-    train += [own_train, other_train.head(n_other)]
+    mixed_in = np.sort(np.random.default_rng([rm_cfg.seed, 1]).permutation(len(other_train))[:n_other])
+    train += [own_train, other_train.iloc[mixed_in]]
     test_all = pd.concat(test, ignore_index=True)
     synthetic = test_all["source"].eq(SYNTHETIC)
     train_all = pd.concat([t for t in train if len(t)], ignore_index=True)
