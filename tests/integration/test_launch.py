@@ -212,7 +212,7 @@ def test_a_reward_model_on_two_processes_gives_the_weights_of_one(tmp_path):
     diff = max_abs_diff(weights(tmp_path / "one"), weights(tmp_path / "two"))
     print(f"RM 1 vs 2 processes: max abs weight difference {diff:.3g}")
     assert diff <= TOLERANCE
-    assert two["metrics"]["test/accuracy"] == pytest.approx(one["metrics"]["test/accuracy"])
+    assert two["metrics"]["test_synthetic/accuracy"] == pytest.approx(one["metrics"]["test_synthetic/accuracy"])
     assert (tmp_path / "two" / "eval.csv").is_file()  # the main rank evaluated and wrote it
 
 
