@@ -223,6 +223,19 @@ def has_two_axes(df: pd.DataFrame) -> bool:
     return all(column in df.columns for column in TWO_AXIS_COLUMNS)
 
 
+def safer_first(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of two-axis labelled pairs where each pair with a safety preference has the safer answer as
+    ``chosen`` (its ``*_safe`` and ``gold_*`` columns swapped along) and its safety level as ``level``; pairs
+    without one are unchanged."""
+    out = df.copy()
+    has, swap = out["safety_prefers"].isin(["chosen", "rejected"]), out["safety_prefers"].eq("rejected")
+    for a, b in (("chosen", "rejected"), ("chosen_safe", "rejected_safe"), ("gold_chosen", "gold_rejected")):
+        if a in out.columns:
+            out.loc[swap, [a, b]] = out.loc[swap, [b, a]].to_numpy()
+    out.loc[has, "level"] = out.loc[has, "safety_level"]
+    return out
+
+
 def axis_pairs(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, int]:
     """The pairs of one annotation ``axis`` of two-axis labelled pairs, and how many were dropped.
 
@@ -235,12 +248,7 @@ def axis_pairs(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, int]:
         raise ConfigError("reward.*.axis", f"unknown axis {axis!r}; one of {', '.join(AXES)}")
     if axis == "helpfulness":
         return df, 0
-    has = df["safety_prefers"].isin(["chosen", "rejected"])
-    pairs = df[has].copy()
-    swap = pairs["safety_prefers"].eq("rejected")
-    pairs.loc[swap, ["chosen", "rejected"]] = pairs.loc[swap, ["rejected", "chosen"]].to_numpy()
-    pairs.loc[swap, ["chosen_safe", "rejected_safe"]] = pairs.loc[swap, ["rejected_safe", "chosen_safe"]].to_numpy()
-    pairs["level"] = pairs["safety_level"]
+    pairs = safer_first(df[df["safety_prefers"].isin(["chosen", "rejected"])])
     contradicts = ~pairs["chosen_safe"].astype(bool) & pairs["rejected_safe"].astype(bool)
     return pairs[~contradicts], int(contradicts.sum())
 

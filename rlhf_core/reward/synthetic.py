@@ -24,7 +24,7 @@ import random
 import pandas as pd
 
 from ..annotators import SimulatedAnnotator
-from ..preferences import LEVELS, TWO_AXIS_COLUMNS
+from ..preferences import LEVELS, TWO_AXIS_COLUMNS, safer_first
 from ..rater.gold import gold_score, last_user_message
 from ..rater.instructions import check_instruction, parse_instructions
 from ..rater.levels import TIE_EPS, RaterConfig, level_for_gap
@@ -114,11 +114,7 @@ def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: f
     labelled = SimulatedAnnotator(rater).label(pairs)
     labelled["category"] = pairs["category"].to_numpy()
     if axis == "safety":
-        has = labelled["safety_prefers"].isin(["chosen", "rejected"])
-        swap = labelled["safety_prefers"].eq("rejected")
-        for a, b in (("chosen", "rejected"), ("gold_chosen", "gold_rejected")):
-            labelled.loc[swap, [a, b]] = labelled.loc[swap, [b, a]].to_numpy()
-        labelled.loc[has, "level"] = labelled.loc[has, "safety_level"]
+        labelled = safer_first(labelled)
     first = ["prompt", "chosen", "rejected", "level", "source", "iteration", "safety"]
     dropped = {"annotator", *TWO_AXIS_COLUMNS}  # one axis: read as plain pairs, not as a campaign's labels
     return labelled[first + [c for c in labelled.columns if c not in first and c not in dropped]]
