@@ -227,7 +227,8 @@ def ppo_eval_prompts(cfg: RootConfig) -> PromptsConfig:
 
 # Counts and sizes that must be at least 1 (a 0 or a negative one fails deep inside a step, or silently
 # does nothing) and those that may be 0. Checked on every composed or stored config.
-AT_LEAST_ONE = ("rejection.k", "rejection.n_prompts", "rejection.probe_prompts", "collect.n_prompts",
+AT_LEAST_ONE = ("rejection.k", "rejection.n_prompts", "rejection.probe_prompts", "rejection.pool_from",
+                "collect.n_prompts",
                 "sampling.max_new_tokens", "sampling.batch_prompts", "eval.n_prompts", "eval.n_bootstrap",
                 "sft.epochs", "sft.batch_size", "sft.micro_batch_size", "sft.max_length",
                 "train_policy.epochs", "train_policy.batch_size", "train_policy.micro_batch_size",

@@ -4,7 +4,7 @@
                                         |                ablate_reward_models (reward.ablate)
                  search_temperature <---+
                         |
-                 rejection_sample (pool: best of all iterations) -> train_policy
+                 rejection_sample (pool: best of all iterations from rejection.pool_from) -> train_policy
                                                                       |
                  ppo (campaign.ppo_at) -> gatt (campaign.gatt_from) -> evaluate
 
@@ -227,6 +227,12 @@ def iteration_params(cfg: RootConfig, resolved: dict, iteration: int) -> dict:
         "collect_offset": collect_offset(cfg, iteration)}}
 
 
+def pool_history(cfg: RootConfig, iteration: int, candidates: list) -> list:
+    """The earlier iterations' candidates the pool chooses among besides this iteration's: all of them from
+    ``rejection.pool_from`` on, none before (the paper's schedule: the latest round's samples only up to V2)."""
+    return list(candidates) if iteration >= cfg.rejection.pool_from else []
+
+
 def collect_offset(cfg: RootConfig, iteration: int) -> int:
     """Where this iteration's new prompts start: after the rejection-sampling prompts and every earlier
     iteration's new ones (the paper's weekly batches)."""
@@ -307,7 +313,7 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     refs["rejection_sample"] = flow_steps.sharded(
         steps.rejection_sample, steps.rejection_sample_shard, shards,
         dict(policy=carried.policy, rms=rms, search=refs["search_temperature"], prompts=rs_prompts, **sampling),
-        previous=carried.candidates, iteration=iteration)
+        previous=pool_history(cfg, iteration, carried.candidates), iteration=iteration)
     # 4. The new policy: fine-tuned on the pool.
     policy = refs["train_policy"] = step(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
                                          model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student,

@@ -40,6 +40,10 @@ class RejectionConfig:
     probe_prompts: int = 16  # prompts used by the temperature search
     probe_k: int | None = None  # samples per probe prompt; None = k
     n_prompts: int = 64  # prompts sampled for the pool each iteration (the same prompts every iteration)
+    # From this iteration on the pool keeps the best answer among the candidates of *all* iterations so far;
+    # before it, among the latest iteration's only (Llama 2 §3.2.3: the latest round's only up to RLHF-V2,
+    # all rounds from RLHF-V3). 1: all iterations from V1.
+    pool_from: int = 1
     student: str | None = None  # fine-tune this (smaller) model on the pool instead of the policy (distillation)
 
 

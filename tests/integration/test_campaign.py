@@ -181,7 +181,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
 
 def test_fault_mid_training_then_resume(tmp_path):
     with pytest.raises(InjectedFault):
-        run_campaign(smoke(tmp_path, "f", "debug.fail_at=train_policy:1"))
+        run_campaign(smoke(tmp_path, "f", "debug.fail_at=train_policy:1", "rejection.pool_from=3"))
     work = tmp_path / "f" / "iter-1" / ".train_policy.work" / "checkpoints"
     assert [p.name for p in work.iterdir()] == ["step-1"]
     assert not (tmp_path / "f" / "iter-1" / "train_policy").exists()  # nothing half-written
@@ -209,6 +209,8 @@ def test_fault_mid_training_then_resume(tmp_path):
     assert sorted(p.name for p in (tmp_path / "f" / "iter-1" / "train_policy").iterdir()) == \
         sorted(p.name for p in (tmp_path / "f" / "iter-2" / "train_policy").iterdir())
     assert [it["iteration"] for it in summary["iterations"]] == [1, 2] and summary["config"]["debug"]["fail_at"] is None
+    # rejection.pool_from=3 (kept by the stored config): V2's pool is its own best-of-K, not V1's candidates too
+    assert summary["iterations"][1]["rejection"]["pool_by_iteration"] == {"2": 8}
     [resumed] = train_policy_runs()  # the failed attempt's run, finished by the resumed step
     assert resumed.info.run_id == failed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.metrics["resumed_from_step"] == 1 and resumed.data.tags["rlhf.key"]

@@ -168,3 +168,17 @@ def test_without_campaign_seed_each_section_keeps_its_own():
 def test_campaign_seed_0_is_the_default_campaign():
     default, zero = compose_config(["experiment=smoke"]), compose_config(["experiment=smoke", "campaign.seed=0"])
     assert replace(zero, campaign=default.campaign) == default  # every step's config, so every cache key
+
+
+def test_pool_from_chooses_which_iterations_candidates_the_pool_draws_on():
+    from rlhf.flows.iteration import pool_history
+
+    earlier = ["cands-1", "cands-2"]
+    everything = compose_config(["campaign.iterations=3"])
+    assert pool_history(everything, 3, earlier) == earlier  # default 1: every iteration pools all so far
+    paper = compose_config(["experiment=llama2"])
+    assert paper.rejection.pool_from == 3
+    assert pool_history(paper, 2, earlier[:1]) == []  # V2: its own samples only
+    assert pool_history(paper, 3, earlier) == earlier  # from V3: the best of all rounds
+    with pytest.raises(ConfigError, match="rejection.pool_from"):
+        compose_config(["rejection.pool_from=0"])
