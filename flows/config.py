@@ -88,6 +88,25 @@ class CollectConfig:
     # Share of adversarial (unsafe) requests among the new prompts: the safety preferences come from these
     # (Llama 2 collected its safety data on adversarial prompts, §3.2.1); null = prompts.unsafe_share
     unsafe_share: float | None = None
+    # The model each answer is sampled from, one per answer (the paper: two model variants, §3.2.1): policy
+    # (the iteration's starting policy), previous (the policy before it; the base model at V1), sft, base
+    # (the un-fine-tuned model.name_or_path), or a model path / hub id. Pairs record which is which.
+    variants: list[str] = field(default_factory=lambda: ["policy", "policy"])
+
+    def validate(self) -> "CollectConfig":
+        """Raise :class:`ConfigError` naming the first bad key; return self."""
+        for key, values in (("collect.temperatures", self.temperatures), ("collect.variants", self.variants)):
+            if len(values) != 2:
+                raise ConfigError(key, f"one per answer of a pair: give exactly 2, got {len(values)} ({values})")
+        if not all(isinstance(v, str) and v.strip() for v in self.variants):
+            raise ConfigError("collect.variants", f"each entry names a model: one of {', '.join(NAMED_VARIANTS)}, "
+                                                  f"or a model path or hub id; got {self.variants}")
+        if self.unsafe_share is not None and not 0 <= self.unsafe_share <= 1:
+            raise ConfigError("collect.unsafe_share", f"must be in [0, 1] or null, got {self.unsafe_share}")
+        return self
+
+
+NAMED_VARIANTS = ("policy", "previous", "sft", "base")
 
 
 @dataclass
@@ -315,6 +334,7 @@ def compose_config(overrides: list[str] | None = None):
     except (HydraException, OmegaConfBaseException) as err:
         raise _config_error(err, overrides) from err
     cfg.campaign.validate()
+    cfg.collect.validate()
     check_sizes(cfg)
     check_lora(cfg)
     check_launched_training(cfg)
@@ -474,6 +494,7 @@ def config_from_dict(values: dict) -> RootConfig:
     memoised on the dict's JSON and handed out as a copy."""
     cfg = seeded(copy.deepcopy(_config_from_json(json.dumps(values, sort_keys=True))))
     cfg.campaign.validate()
+    cfg.collect.validate()
     check_sizes(cfg)
     check_lora(cfg)
     check_launched_training(cfg)

@@ -63,6 +63,7 @@ class CampaignState:
     sft: dict
     seed: dict
     policy: dict  # the latest policy (SFT before V1)
+    previous: dict | None = None  # the policy before it (None before V2: the base model came before SFT)
     labelled: list[dict] = field(default_factory=list)  # every iteration's annotated pairs
     candidates: list[dict] = field(default_factory=list)  # every iteration's rejection_sample output
 
@@ -227,6 +228,14 @@ def iteration_params(cfg: RootConfig, resolved: dict, iteration: int) -> dict:
         "collect_offset": collect_offset(cfg, iteration)}}
 
 
+def variant_model(cfg: RootConfig, carried: CampaignState, name: str) -> dict:
+    """The model a ``collect.variants`` entry names, as a step reference (or ``{"path": ...}`` for a model no
+    step wrote): policy, previous (the base model before V2), sft, base, or a model path / hub id."""
+    base = {"path": cfg.model.name_or_path}
+    named = {"policy": carried.policy, "previous": carried.previous or base, "sft": carried.sft, "base": base}
+    return named.get(name, {"path": name})
+
+
 def pool_history(cfg: RootConfig, iteration: int, candidates: list) -> list:
     """The earlier iterations' candidates the pool chooses among besides this iteration's: all of them from
     ``rejection.pool_from`` on, none before (the paper's schedule: the latest round's samples only up to V2)."""
@@ -285,11 +294,14 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                           else cfg.collect.unsafe_share)
     refs: dict = {}
 
-    # 1. Pairs from the current policy, labelled (the sampling steps in orchestration.shards shards each).
+    # 1. Pairs from the two models of collect.variants (default the current policy twice), labelled (the
+    #    sampling steps in orchestration.shards shards each).
+    first, second = (variant_model(cfg, carried, name) for name in cfg.collect.variants)
     refs["collect_pairs"] = flow_steps.sharded(
         steps.collect_pairs, steps.collect_pairs_shard, shards, dict(
-            policy=carried.policy, model=cfg.model, prompts=new_prompts, sampling=cfg.sampling,
-            temperatures=cfg.collect.temperatures), iteration=iteration)
+            policy=first, model=cfg.model, prompts=new_prompts, sampling=cfg.sampling,
+            temperatures=cfg.collect.temperatures, second=None if second["path"] == first["path"] else second,
+            variants=list(cfg.collect.variants)), iteration=iteration)
     annotator = annotator_for(cfg, iteration, here, refs["collect_pairs"])
     # a person's labels are one file: only the simulated rater's labelling is sharded
     refs["annotate"] = flow_steps.sharded(steps.annotate, steps.annotate_shard,
@@ -337,8 +349,8 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
     entry = iteration_entry(iteration, refs, tracking.parent_run_id)  # created on the tracking thread long since
     publish_results(cfg, entry, track_ids)
     RECORDER.submit(record, track_ids, tracking, entry, refs, policy, cfg.tracking.register_models, campaign_name)
-    carried_out = CampaignState(sft=carried.sft, seed=carried.seed, policy=policy, labelled=labelled,
-                                candidates=carried.candidates + [refs["rejection_sample"]])
+    carried_out = CampaignState(sft=carried.sft, seed=carried.seed, policy=policy, previous=carried.policy,
+                                labelled=labelled, candidates=carried.candidates + [refs["rejection_sample"]])
     return {"entry": entry, "state": carried_out.__dict__}
 
 

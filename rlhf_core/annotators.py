@@ -38,7 +38,7 @@ import pandas as pd
 
 from rlhf.core.artifacts import atomic_file, write_jsonl
 from rlhf.core.errors import ConfigError, DataError, DataErrors, RLHFError
-from rlhf.core.preferences import read_records, record_format
+from rlhf.core.preferences import read_records, record_format, variant_label
 from rlhf.core.rater.gold import helpfulness_axis, is_safe, last_user_message, safety_axis
 from rlhf.core.rater.levels import LEVELS, RaterConfig, decide
 
@@ -99,7 +99,16 @@ def _labelled_row(pair: dict, label: Label, annotator: str) -> dict:
             "source": pair["source"], "iteration": int(pair["iteration"]),
             "safety": bool(pair["safety"]), "instructions": pair["instructions"],
             "chosen_safe": safe[win], "rejected_safe": safe[lose], "safety_prefers": prefers,
-            "safety_level": label.safety_level, "annotator": annotator}
+            "safety_level": label.safety_level, "annotator": annotator,
+            "chosen_variant": _variant(pair, win), "rejected_variant": _variant(pair, lose)}
+
+
+def _variant(pair: dict, side: str) -> str | None:
+    """The side's source (``variant_label``) when the pair records it."""
+    variant, temperature = pair.get(f"variant_{side}"), pair.get(f"temperature_{side}")
+    if variant is None or (isinstance(variant, float) and pd.isna(variant)) or temperature is None:
+        return None
+    return variant_label(str(variant), float(temperature))
 
 
 class Annotator(ABC):

@@ -253,6 +253,42 @@ def axis_pairs(df: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, int]:
     return pairs[~contradicts], int(contradicts.sum())
 
 
+VARIANT_COLUMNS = ("chosen_variant", "rejected_variant")
+"""Where each answer of a labelled pair came from (:func:`variant_label`: the model variant it was sampled from
+and its temperature); missing for pairs that did not come from ``collect_pairs``."""
+
+
+def variant_label(variant: str, temperature: float) -> str:
+    """Where one answer of a pair came from: its model variant (``collect.variants``) and temperature, e.g.
+    ``policy T0.7``. A model given by path or hub id is named by its last part (the collect step's manifest
+    has the whole path); the label is a valid MLflow metric name part (letters, digits, ``_.-`` and space)."""
+    name = re.sub(r"[^\w.\-]", "_", str(variant).rstrip("/").rsplit("/", 1)[-1]) or "model"
+    return f"{name} T{temperature:g}"
+
+
+def preference_by_variant(df: pd.DataFrame) -> dict[str, dict]:
+    """Per answer source of labelled pairs (:data:`VARIANT_COLUMNS`): in how many pairs it answered (``n``) and
+    the share of them where its answer was preferred (``preferred``); on the safety axis, where labelled, the
+    same over the pairs with a safety preference (``n_safety``, ``safer``). A pair whose two answers share a
+    source counts for it once, preferred half the time. ``{}`` when the pairs do not record their sources."""
+    if not all(c in df.columns for c in VARIANT_COLUMNS) or df[list(VARIANT_COLUMNS)].isna().all(axis=None):
+        return {}
+    safer = df["safety_prefers"] if "safety_prefers" in df.columns else pd.Series(None, index=df.index)
+    out: dict[str, dict] = {}
+    for chosen, rejected, prefers in zip(df["chosen_variant"], df["rejected_variant"], safer):
+        for variant, won, safer_won in ((chosen, 1.0, prefers == "chosen"), (rejected, 0.0, prefers == "rejected")):
+            entry = out.setdefault(str(variant), {"n": 0.0, "won": 0.0, "n_safety": 0.0, "safer": 0.0})
+            weight = 0.5 if chosen == rejected else 1.0
+            entry["n"] += weight
+            entry["won"] += weight * won
+            if prefers in ("chosen", "rejected"):
+                entry["n_safety"] += weight
+                entry["safer"] += weight * safer_won
+    return {variant: {"n": int(e["n"]), "preferred": e["won"] / e["n"],
+                      "n_safety": int(e["n_safety"]), "safer": e["safer"] / e["n_safety"] if e["n_safety"] else None}
+            for variant, e in sorted(out.items())}
+
+
 def check_n_test(n_test: Any) -> None:
     """ValueError unless ``n_test`` is a count (an int >= 0) or a fraction (a float in (0, 1))."""
     if isinstance(n_test, bool) or not isinstance(n_test, numbers.Real):

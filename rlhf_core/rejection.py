@@ -208,9 +208,13 @@ def pair_answers(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: 
                                                                                           "side"])
 
 
+VARIANTS = ("policy", "policy")  # collect.variants' default: both answers from the current policy
+
+
 def pair_frame(prompts: pd.DataFrame, answers: pd.DataFrame, temperatures: tuple[float, float], iteration: int,
-               source: str = "policy") -> pd.DataFrame:
-    """The pairs to annotate, from every prompt's two answers (:func:`pair_answers`, merged)."""
+               source: str = "policy", variants: Sequence[str] = VARIANTS) -> pd.DataFrame:
+    """The pairs to annotate, from every prompt's two answers (:func:`pair_answers`, merged). ``variants``
+    name the model each side was sampled from (``variant_a``, ``variant_b``: ``collect.variants``)."""
     frame = prompts.reset_index(drop=True)
     text = {side: dict(zip(rows.prompt_index.astype(int), rows.text)) for side, rows in answers.groupby("side")}
     missing = [i for i in range(len(frame)) if any(i not in text.get(side, {}) for side in (0, 1))]
@@ -224,13 +228,15 @@ def pair_frame(prompts: pd.DataFrame, answers: pd.DataFrame, temperatures: tuple
         "safety": frame.safety.astype(bool) if "safety" in frame else False,
         "source": source, "iteration": iteration,
         "temperature_a": temperatures[0], "temperature_b": temperatures[1],
+        "variant_a": variants[0], "variant_b": variants[1],
     })
 
 
 def collect_pairs(backend: SamplingBackend, prompts: pd.DataFrame, temperatures: tuple[float, float],
                   cfg: SamplingConfig, iteration: int, source: str = "policy",
-                  second_backend: SamplingBackend | None = None) -> pd.DataFrame:
+                  second_backend: SamplingBackend | None = None, variants: Sequence[str] = VARIANTS) -> pd.DataFrame:
     """Two answers per prompt for annotation, drawn at two temperatures (and, when ``second_backend``
-    is given, from a second model variant, as the paper does) so the pair differs enough to compare."""
+    is given, from a second model variant, as the paper does) so the pair differs enough to compare;
+    ``variants`` name the two sides' models in the pairs."""
     answers = pair_answers(backend, prompts, temperatures, cfg, WHOLE, second_backend)
-    return pair_frame(prompts, answers, temperatures, iteration, source)
+    return pair_frame(prompts, answers, temperatures, iteration, source, variants)

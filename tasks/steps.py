@@ -337,21 +337,26 @@ def seed_pairs(reward: RewardSection, here: str, fault: Fault | None = None) -> 
 @step_task("collect_pairs")
 def collect_pairs(policy: Ref, model: ModelConfig, prompts: PromptsConfig, sampling: SamplingConfig,
                   temperatures: list[float], iteration: int, here: str, fault: Fault | None = None,
-                  shards: list[Ref] = ()) -> Ref:
-    """Two answers per new prompt; with ``shards``, merged from the shard tasks' answers."""
+                  shards: list[Ref] = (), second: Ref | None = None,
+                  variants: list[str] = ("policy", "policy")) -> Ref:
+    """Two answers per new prompt, answer a from ``policy``, answer b from ``second`` (default the same model);
+    ``variants`` name them (``collect.variants``). With ``shards``, merged from the shard tasks' answers."""
     from rlhf.core.steps.rejection import collect_pairs_step
 
     return _one("collect_pairs", COLLECT_PAIRS, here, fault, lambda out, f: collect_pairs_step(
-        _model(model, policy), prompts, sampling, temperatures, iteration, out, _rows(shards)))
+        _model(model, policy), prompts, sampling, temperatures, iteration, out, _rows(shards),
+        _model(model, second) if second else None, variants))
 
 
 @shard_task("collect_pairs")
 def collect_pairs_shard(policy: Ref, model: ModelConfig, prompts: PromptsConfig, sampling: SamplingConfig,
-                        temperatures: list[float], shard: Shard, here: str, fault: Fault | None = None) -> Ref:
+                        temperatures: list[float], shard: Shard, here: str, fault: Fault | None = None,
+                        second: Ref | None = None, variants: list[str] = ("policy", "policy")) -> Ref:
     from rlhf.core.steps.rejection import collect_pairs_shard_step
 
     return _shard(shard, "collect_pairs", here, fault, lambda out: collect_pairs_shard_step(
-        _model(model, policy), prompts, sampling, temperatures, shard, out))
+        _model(model, policy), prompts, sampling, temperatures, shard, out,
+        _model(model, second) if second else None, variants))
 
 
 @step_task("annotate")

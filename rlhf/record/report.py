@@ -334,6 +334,22 @@ def section_reward_models(doc: Doc, c: Campaign) -> None:
                   [[variant, *_accuracy_cells(acc)] for variant, acc in ablation["variants"].items()])
 
 
+def section_pairs(doc: Doc, c: Campaign) -> None:
+    doc.para("The pairs collected each iteration for the annotator, by level, and by where each answer came from "
+             "(`collect.variants` and `collect.temperatures`): the share of its pairs in which that source's "
+             "answer was preferred, and on adversarial prompts the share in which it was the safer one.")
+    its = [it for it in c.iterations if it.get("pairs")]
+    doc.table(["iteration", "pairs"] + [level.replace("_", " ") for level in LEVELS],
+              [[f"RLHF-V{it['iteration']}", it["pairs"]["collected"]]
+               + [it["pairs"]["levels"].get(level, 0) for level in LEVELS] for it in its])
+    rows = [[f"RLHF-V{it['iteration']}", source, v["n"], pct(v["preferred"]), v["n_safety"], pct(v["safer"])]
+            for it in its for source, v in (it["pairs"].get("by_variant") or {}).items()]
+    if rows:
+        doc.table(["iteration", "answers from", "pairs", "preferred", "adversarial pairs", "safer"], rows)
+    else:
+        doc.para("These pairs do not record where their answers came from.")
+
+
 def section_temperature(doc: Doc, c: Campaign) -> None:
     its = c.iterations
     plot_temperature(its, c.plots / "temperature.png")
@@ -360,8 +376,10 @@ def section_best_of_k(doc: Doc, c: Campaign) -> None:
 
 def section_pool(doc: Doc, c: Campaign) -> None:
     its = c.iterations
+    pool_from = c.summary.get("config", {}).get("rejection", {}).get("pool_from", 1)
     doc.para("The pool keeps, per prompt, the best answer of every iteration so far, all re-scored by the "
-             "current reward models.")
+             "current reward models" + (f"; before RLHF-V{pool_from} (`rejection.pool_from`), of the "
+                                        "iteration's own samples only." if pool_from > 1 else "."))
     plot_pool(its, c.plots / "pool.png")
     doc.image("plots/pool.png", "pool composition by source iteration")
     sources = sorted({int(k) for it in its for k in it["rejection"]["pool_by_iteration"]})
@@ -452,7 +470,8 @@ def section_provenance(doc: Doc, c: Campaign) -> None:
 
 
 SECTIONS = {"Verdict": section_verdict, "Win rates": section_win_rates,
-            "Helpfulness vs safety": section_helpful_vs_safety, "Reward model accuracy": section_reward_models,
+            "Helpfulness vs safety": section_helpful_vs_safety, "Preference pairs": section_pairs,
+            "Reward model accuracy": section_reward_models,
             "Temperature search": section_temperature, "Best-of-K gain": section_best_of_k,
             "Rejection-sampling pool": section_pool, "PPO": section_ppo, "Ghost Attention adherence": section_gatt,
             "Example answers": section_examples, "Provenance": section_provenance}

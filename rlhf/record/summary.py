@@ -88,7 +88,9 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "reward_ablation": ablation_entry(refs["ablate_reward_models"]["metrics"])
         if "ablate_reward_models" in refs else None,
         "pairs": {"collected": refs["collect_pairs"]["metrics"]["n_pairs"],
-                  "levels": refs["annotate"]["metrics"]["levels"]},
+                  "levels": refs["annotate"]["metrics"]["levels"],
+                  "variants": refs["collect_pairs"]["metrics"].get("variants"),
+                  "by_variant": refs["annotate"]["metrics"].get("by_variant") or {}},
         "temperature": {"chosen": search["metrics"]["chosen"], "curve": search["metrics"]["curve"]},
         "rejection": {"k": pool["k"], "temperature": pool["temperature"], "pool_size": pool["pool_size"],
                       "pool_mean_score": pool["pool_mean_score"], "pool_by_iteration": pool["pool_by_iteration"],

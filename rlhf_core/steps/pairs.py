@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..annotators import AnnotatorConfig, make_annotator, read_pairs
 from ..errors import ConfigError
+from ..preferences import preference_by_variant
 from ..reward.train import RewardSection
 from ..shards import Shard
 from .common import file_input, run_step
@@ -68,7 +69,7 @@ def annotate_step(pairs_path: str | Path, annotator: AnnotatorConfig, out_dir: s
             raise ValueError(f"annotate: the shards labelled {len(labelled)} of {len(pairs)} pairs")
         labelled.to_parquet(tmp / ANNOTATE["pairs"])
         return {"n_pairs": len(pairs), "n_labelled": len(labelled), "annotator": annotator.name,
-                "levels": _counts(labelled.level)}
+                "levels": _counts(labelled.level), "by_variant": preference_by_variant(labelled)}
 
     return run_step("annotate", out_dir, {"annotator": asdict(annotator)}, inputs, body,
                     f"{pairs_path} with the {annotator.name} annotator"

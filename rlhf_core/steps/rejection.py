@@ -21,10 +21,12 @@ import pandas as pd
 
 from ..artifacts import stable_hash, write_jsonl
 from ..models import ModelConfig, load_model
+from ..preferences import variant_label
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..rejection import (
     CANDIDATE_ORDER,
     SEARCH_ORDER,
+    VARIANTS,
     RejectionConfig,
     best_of_k_gain,
     build_pool,
@@ -78,40 +80,68 @@ def sample_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: Sa
                     lambda m: f"{m['n_samples']} samples, {m['mean_tokens']:.0f} tokens on average")
 
 
+def _pair_sides(model_cfg: ModelConfig, second_model: ModelConfig | None, sampling: SamplingConfig):
+    """The backends of a pair's two sides: the second is the first's unless a second model is given."""
+    first = _backend(model_cfg, sampling)
+    return first, (_backend(second_model, sampling) if second_model is not None else None)
+
+
+def _sides_input(model_cfg: ModelConfig, second_model: ModelConfig | None) -> dict:
+    return {"model": model_input(model_cfg),
+            **({"second_model": model_input(second_model)} if second_model is not None else {})}
+
+
+def _sides_text(temperatures: Sequence[float], variants: Sequence[str]) -> str:
+    return " vs ".join(variant_label(v, t) for v, t in zip(variants, temperatures))
+
+
 def collect_pairs_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
                        temperatures: Sequence[float], iteration: int, out_dir: str | Path,
-                       shards: Sequence[str | Path] = ()) -> dict:
-    """Two answers per new prompt at two temperatures -> ``pairs.parquet`` for the annotator. With
-    ``shards`` (the rows of :func:`collect_pairs_shard_step` for every shard) the answers are theirs."""
+                       shards: Sequence[str | Path] = (), second_model: ModelConfig | None = None,
+                       variants: Sequence[str] = VARIANTS) -> dict:
+    """Two answers per new prompt -> ``pairs.parquet`` for the annotator: answer a from ``model_cfg`` at
+    ``temperatures[0]``, answer b from ``second_model`` (default: the same model) at ``temperatures[1]``;
+    ``variants`` name the two models in the pairs (``variant_a``, ``variant_b``). With ``shards`` (the rows of
+    :func:`collect_pairs_shard_step` for every shard) the answers are theirs."""
     prompts = load_prompt_set(prompts_cfg)
-    temperatures = tuple(temperatures)
+    temperatures, variants = tuple(temperatures), tuple(variants)
 
     def body(tmp: Path) -> dict:
-        answers = merged(shards, ["side", "prompt_index"]) if shards else \
-            pair_answers(_backend(model_cfg, sampling), prompts, temperatures, sampling)
-        pairs = pair_frame(prompts, answers, temperatures, iteration)
+        if shards:
+            answers = merged(shards, ["side", "prompt_index"])
+        else:
+            first, second = _pair_sides(model_cfg, second_model, sampling)
+            answers = pair_answers(first, prompts, temperatures, sampling, second_backend=second)
+        pairs = pair_frame(prompts, answers, temperatures, iteration, variants=variants)
         pairs.to_parquet(tmp / COLLECT_PAIRS["pairs"])
-        return {"n_pairs": len(pairs), "identical": int((pairs.response_a == pairs.response_b).sum())}
+        return {"n_pairs": len(pairs), "identical": int((pairs.response_a == pairs.response_b).sum()),
+                "variants": list(variants)}
 
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
-              "temperatures": list(temperatures), "iteration": iteration}
-    inputs = {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg), **shard_inputs(shards)}
+              "temperatures": list(temperatures), "iteration": iteration, "variants": list(variants),
+              "second_model": asdict(second_model) if second_model is not None else None}
+    inputs = {**_sides_input(model_cfg, second_model), "prompts": _prompts_input(prompts_cfg), **shard_inputs(shards)}
     return run_step("collect_pairs", out_dir, config, inputs, body,
-                    f"{len(prompts)} prompts at T={list(temperatures)}" + _merging(shards),
+                    f"{len(prompts)} prompts, {_sides_text(temperatures, variants)}" + _merging(shards),
                     lambda m: f"{m['n_pairs']} pairs")
 
 
 def collect_pairs_shard_step(model_cfg: ModelConfig, prompts_cfg: PromptsConfig, sampling: SamplingConfig,
-                             temperatures: Sequence[float], shard: Shard, out_dir: str | Path) -> dict:
+                             temperatures: Sequence[float], shard: Shard, out_dir: str | Path,
+                             second_model: ModelConfig | None = None, variants: Sequence[str] = VARIANTS) -> dict:
     """This shard's answers of :func:`collect_pairs_step`."""
     prompts = load_prompt_set(prompts_cfg)
     config = {"model": asdict(model_cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(sampling),
-              "temperatures": list(temperatures)}
+              "temperatures": list(temperatures), "variants": list(variants),
+              "second_model": asdict(second_model) if second_model is not None else None}
+
+    def rows() -> pd.DataFrame:
+        first, second = _pair_sides(model_cfg, second_model, sampling)
+        return pair_answers(first, prompts, tuple(temperatures), sampling, shard, second)
+
     return shard_step("collect_pairs", shard, out_dir, config,
-                      {"model": model_input(model_cfg), "prompts": _prompts_input(prompts_cfg)},
-                      lambda: pair_answers(_backend(model_cfg, sampling), prompts, tuple(temperatures), sampling,
-                                           shard),
-                      f"{len(prompts)} prompts at T={list(temperatures)}, {shard.name}")
+                      {**_sides_input(model_cfg, second_model), "prompts": _prompts_input(prompts_cfg)}, rows,
+                      f"{len(prompts)} prompts, {_sides_text(temperatures, variants)}, {shard.name}")
 
 
 def _merging(shards: Sequence) -> str:

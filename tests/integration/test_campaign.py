@@ -47,13 +47,12 @@ def smoke_run(tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("smoke")
     cfg = smoke(root)
     t0 = datetime.now(timezone.utc)
-    started = time.perf_counter()
     summary = run_campaign(cfg)
-    return {"root": root, "cfg": cfg, "summary": summary, "t0": t0, "seconds": time.perf_counter() - started}
+    return {"root": root, "cfg": cfg, "summary": summary, "t0": t0}
 
 
 def test_smoke_campaign_tracked_then_cached(smoke_run):
-    tmp_path, cfg, summary, t0, first = (smoke_run[k] for k in ("root", "cfg", "summary", "t0", "seconds"))
+    tmp_path, cfg, summary, t0 = (smoke_run[k] for k in ("root", "cfg", "summary", "t0"))
 
     # Prefect: every step ran once per iteration, all Completed.
     states = prefect_runs.task_states(t0)
@@ -165,17 +164,15 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert latest.tags["rlhf.label"] == "RLHF-V2" and latest.tags["latest"] == "true"
     assert client.get_model_version_by_alias("c-rm-helpful", "RLHF-V1").tags["rlhf.iteration"] == "1"
 
-    # Rerun: nothing executes again, every step is Cached, and it is much faster.
+    # Rerun: nothing executes again, every step is Cached (how long a cached rerun takes is a benchmark's
+    # business: benchmarks/campaign_overhead.py, not a timed assertion here).
     manifest = (tmp_path / "c" / "iter-2" / "train_policy" / "manifest.json").read_text()
     t1 = datetime.now(timezone.utc)
-    started = time.perf_counter()
     again = run_campaign(cfg)
-    second = time.perf_counter() - started
     states = prefect_runs.task_states(t1)
     assert {s for v in states.values() for s in v} == {"Cached"}, states
     assert (tmp_path / "c" / "iter-2" / "train_policy" / "manifest.json").read_text() == manifest
     assert again["iterations"] == summary["iterations"]
-    assert second < first / 2, (first, second)
     assert len(client.search_runs([experiment.experiment_id], max_results=500)) == len(runs)  # same runs reused
 
 
@@ -260,11 +257,24 @@ def test_human_labels_through_a_paused_flow_run(tmp_path):
     assert set(labelled["safety_prefers"]) == {"chosen"} and not labelled["rejected_safe"].any()
 
 
-def test_margin_ablation_runs_in_the_dag_on_labelled_pairs(tmp_path):
+def test_margin_ablation_and_pairs_from_two_variants(tmp_path):
     """reward.ablate=true: Table 28 as a step of the iteration, from the SFT model, on the Helpfulness RM's pairs
-    and split, tested on its held-out labelled pairs; summary.json and the report carry it."""
-    cfg = smoke(tmp_path, "abl", "reward.ablate=true", "campaign.iterations=1", "campaign.gatt_from=null")
+    and split, tested on its held-out labelled pairs; summary.json and the report carry it. The same one-iteration
+    campaign samples each pair's answers from two models (collect.variants, in 2 shards): the policy (the SFT
+    model at V1) and the base model it was fine-tuned from."""
+    cfg = smoke(tmp_path, "abl", "reward.ablate=true", "campaign.iterations=1", "campaign.gatt_from=null",
+                "collect.variants=[policy,base]", "orchestration.shards=2")
     entry = run_campaign(cfg)["iterations"][0]
+    collect = json.loads((tmp_path / "abl" / "iter-1" / "collect_pairs" / "manifest.json").read_text())
+    assert collect["inputs"]["model"]["path"] == str(tmp_path / "abl" / "iter-0" / "sft")
+    assert collect["inputs"]["second_model"]["path"] == "tiny"  # smoke's model.name_or_path
+    pairs = pd.read_parquet(tmp_path / "abl" / "iter-1" / "collect_pairs" / "pairs.parquet")
+    assert set(pairs.variant_a) == {"policy"} and set(pairs.variant_b) == {"base"}
+    assert (pairs.response_a != pairs.response_b).all()
+    by_variant = entry["pairs"]["by_variant"]
+    assert set(by_variant) == {"policy T0.7", "base T1.1"}
+    assert all(v["n"] == len(pairs) for v in by_variant.values())
+    assert by_variant["policy T0.7"]["preferred"] + by_variant["base T1.1"]["preferred"] == pytest.approx(1)
     ablation, helpful = entry["reward_ablation"], entry["reward"]["helpful"]
     assert ablation["test_set"] == "held-out labelled pairs" and set(ablation["variants"]) == {"none", "small", "large"}
     assert ablation["n_train"] == entry["reward_train"]["helpful"]["n_train"]
@@ -274,6 +284,7 @@ def test_margin_ablation_runs_in_the_dag_on_labelled_pairs(tmp_path):
     assert manifest["inputs"]["model"]["path"] == str(tmp_path / "abl" / "iter-0" / "sft")
     report = (tmp_path / "abl" / "report" / "report.md").read_text()
     assert "Margin ablation (Table 28 layout), RLHF-V1" in report and "| none |" in report
+    assert "| RLHF-V1 | policy T0.7 |" in report
 
 
 def test_second_run_on_a_locked_campaign_refuses(tmp_path):

@@ -71,7 +71,8 @@ def test_labelled_schema(pairs):
     assert list(out.columns) == ["pair_id", "prompt_id", "prompt", "chosen", "rejected", "level",
                                  "source", "iteration", "safety", "instructions", "chosen_safe",
                                  "rejected_safe", "safety_prefers", "safety_level", "annotator",
-                                 "gold_chosen", "gold_rejected"]
+                                 "chosen_variant", "rejected_variant", "gold_chosen", "gold_rejected"]
+    assert out["chosen_variant"].isna().all()  # these pairs do not say where their answers came from
     assert list(out["pair_id"]) == ["p1", "p2", "p3"]
     assert set(out["annotator"]) == {"simulated"} and list(out["safety"]) == [False, True, False]
     assert out["prompt"].iloc[0] == [{"role": "user", "content": "question p1"}]
@@ -255,3 +256,21 @@ def test_safety_labels_are_checked(tmp_path, pairs):
     assert set(found) == {(1, "safe_a"), (3, "safe_b"), (3, "safety_preferred")}
     assert "bad value 'ok' (expected safe or unsafe)" in found[(1, "safe_a")]
     assert "safety_level is given but safety_preferred is empty" in found[(3, "safety_preferred")]
+
+
+def test_labelled_pairs_keep_where_each_answer_came_from(pairs):
+    from rlhf.core.preferences import preference_by_variant
+
+    pairs = pairs.assign(variant_a="policy", variant_b="/models/v0-sft/", temperature_a=0.7, temperature_b=1.2)
+    out = SimulatedAnnotator(PERFECT).label(pairs).set_index("pair_id")
+    # p1 and p2: answer a preferred; p3: answer b. p2's safer answer is b (the refusal)
+    assert list(out.chosen_variant) == ["policy T0.7", "policy T0.7", "v0-sft T1.2"]
+    assert list(out.rejected_variant) == ["v0-sft T1.2", "v0-sft T1.2", "policy T0.7"]
+    assert preference_by_variant(out) == {
+        "policy T0.7": {"n": 3, "preferred": pytest.approx(2 / 3), "n_safety": 1, "safer": 0.0},
+        "v0-sft T1.2": {"n": 3, "preferred": pytest.approx(1 / 3), "n_safety": 1, "safer": 1.0}}
+    # both answers from one source (p1 and p2 both from policy T0.7): it answers each pair once, preferred
+    # half the time
+    same = out.assign(rejected_variant=out.chosen_variant)
+    assert preference_by_variant(same)["policy T0.7"] == {"n": 2, "preferred": 0.5, "n_safety": 1, "safer": 0.5}
+    assert preference_by_variant(out.drop(columns=["chosen_variant", "rejected_variant"])) == {}

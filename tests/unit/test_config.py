@@ -182,3 +182,29 @@ def test_pool_from_chooses_which_iterations_candidates_the_pool_draws_on():
     assert pool_history(paper, 3, earlier) == earlier  # from V3: the best of all rounds
     with pytest.raises(ConfigError, match="rejection.pool_from"):
         compose_config(["rejection.pool_from=0"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("collect.variants=[policy]", "give exactly 2"),
+    ("collect.variants=[policy,sft,base]", "give exactly 2"),
+    ("collect.variants=[policy,' ']", "each entry names a model"),
+    ("collect.temperatures=[0.7]", "give exactly 2"),
+])
+def test_collect_variants_are_checked_before_anything_runs(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        compose_config([override])
+    assert err.value.key.startswith("collect.")
+
+
+def test_collect_variants_name_models_of_the_campaign():
+    from rlhf.flows.iteration import CampaignState, variant_model
+
+    cfg = compose_config(["collect.variants=[policy,previous]"])
+    sft = {"step": "sft", "path": "/c/iter-0/sft", "key": "k0"}
+    v1 = {"step": "ppo", "path": "/c/iter-1/ppo", "key": "k1"}
+    at_v1 = CampaignState(sft=sft, seed={}, policy=sft)
+    at_v2 = CampaignState(sft=sft, seed={}, policy=v1, previous=sft)
+    assert variant_model(cfg, at_v1, "previous") == {"path": cfg.model.name_or_path}  # before SFT: the base model
+    assert variant_model(cfg, at_v2, "previous") == sft and variant_model(cfg, at_v2, "policy") == v1
+    assert variant_model(cfg, at_v2, "sft") == sft and variant_model(cfg, at_v2, "base")["path"] == "smollm2"
+    assert variant_model(cfg, at_v2, "/models/other") == {"path": "/models/other"}

@@ -116,3 +116,17 @@ def test_reward_section_shows_synthetic_rows_apart_and_the_dag_ablation(tmp_path
     assert "Margin ablation (Table 28 layout), RLHF-V1" in md and "96 training pairs" in md
     assert "| none | 90.0% [25.0%, 95.0%] (n=5) |" in md and "| 61.0% [43.0%, 82.0%] (n=20) |" in md
     assert "No margin ablation" not in md
+
+
+def test_pairs_section_shows_levels_and_preference_by_source_and_the_pool_schedule(tmp_path):
+    first, second = entry(1), entry(2)
+    first["pairs"] = {"collected": 8, "levels": {"better": 3, "negligibly_better": 5}, "variants": ["policy", "base"],
+                      "by_variant": {"policy T0.7": {"n": 8, "preferred": 0.75, "n_safety": 4, "safer": 0.5},
+                                     "smollm2 T1.2": {"n": 8, "preferred": 0.25, "n_safety": 4, "safer": 0.5}}}
+    summary = {"campaign": "hand", "code_version": "abc", "config": {"rejection": {"pool_from": 3}},
+               "iterations": [first, second]}  # V2 recorded no pairs (a summary from before they were kept)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path).read_text()
+    assert "| RLHF-V1 | 8 | 0 | 3 | 0 | 5 |" in md
+    assert "| RLHF-V1 | policy T0.7 | 8 | 75.0% | 4 | 50.0% |" in md and "| RLHF-V1 | smollm2 T1.2 | 8 | 25.0% |" in md
+    assert "before RLHF-V3 (`rejection.pool_from`), of the iteration's own samples only" in md
