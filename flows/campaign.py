@@ -20,7 +20,7 @@ from prefect.utilities.annotations import quote
 from rlhf import storage
 from rlhf.core.artifacts import code_version, prune_weights
 from rlhf.core.errors import ConfigError
-from rlhf.core.steps.outputs import GATT, PPO, RM_NAMES, TRAIN_POLICY, rm_outputs
+from rlhf.core.steps.outputs import DISTILL, GATT, PPO, RM_NAMES, TRAIN_POLICY, rm_outputs
 from rlhf.record.layout import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -73,10 +73,11 @@ from .iteration import (
 )
 
 log = logging.getLogger("rlhf")
-TRAINING_STEPS = ("sft", "train_reward_models", "ablate_reward_models", "train_policy", "ppo", "gatt")
+TRAINING_STEPS = ("sft", "train_reward_models", "ablate_reward_models", "train_policy", "distill", "ppo", "gatt")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
          "ablate_reward_models",
-         "search_temperature", "rejection_sample", "train_policy", "ppo", "gatt", "evaluate")
+         "search_temperature", "rejection_sample", "train_policy", "distill", "ppo", "gatt", "evaluate",
+         "evaluate_student")
 
 
 def check_fault(spec: str | None) -> None:
@@ -209,15 +210,17 @@ def publish_campaign(cfg, summary: dict, ids: TrackingIds) -> None:
 def prune_models(cfg, summary: dict, last: int) -> int:
     """After iteration ``last`` succeeded (``campaign.keep``): delete the model weights of iterations up to
     ``last - keep``, keeping the SFT model and, when models are registered, every registered one (each
-    iteration's policy and RMs: the registry points at them). Returns the bytes freed."""
+    iteration's policy, RMs and student: the registry points at them). Returns the bytes freed."""
     keep = cfg.campaign.keep
     protected = {summary["sft"]["policy_path"]}
     if cfg.tracking.register_models:
         for entry in summary["iterations"]:
             protected |= {entry["policy_path"], *entry["reward_model_paths"].values()}
+            if entry.get("student"):
+                protected.add(entry["student"]["path"])
     freed = 0
     for n in range(1, last - keep + 1):
-        for contract in (TRAIN_POLICY, PPO, GATT, *(rm_outputs(name) for name in RM_NAMES)):
+        for contract in (TRAIN_POLICY, DISTILL, PPO, GATT, *(rm_outputs(name) for name in RM_NAMES)):
             out_dir = contract.dir(iteration_dir(cfg, n))
             if str(out_dir) not in protected and out_dir.is_dir():
                 freed += prune_weights(out_dir)

@@ -135,7 +135,7 @@ class TrackingConfig:
     # server; ignored for an existing experiment
     artifact_root: str | None = None
     experiment: str | None = None  # MLflow experiment; null = the campaign name
-    register_models: bool = True  # register each iteration's policy and RMs as model versions
+    register_models: bool = True  # register each iteration's policy, RMs (and student) as model versions
 
 
 @dataclass

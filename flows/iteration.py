@@ -5,8 +5,10 @@
                  search_temperature <---+
                         |
                  rejection_sample (pool: best of all iterations from rejection.pool_from) -> train_policy
-                                                                      |
-                 ppo (campaign.ppo_at) -> gatt (campaign.gatt_from) -> evaluate
+                        |                                                                      |
+                        |        ppo (campaign.ppo_at) -> gatt (campaign.gatt_from) -> evaluate
+                        |                                            | (the teacher)
+                 distill (rejection.student) ---------------> evaluate_student
 
 Every step is a task of ``rlhf.tasks.steps``; this module only wires them: which output feeds which
 step and what the iteration carries forward (its labelled pairs, its candidates for the pool, its
@@ -64,6 +66,7 @@ class CampaignState:
     seed: dict
     policy: dict  # the latest policy (SFT before V1)
     previous: dict | None = None  # the policy before it (None before V2: the base model came before SFT)
+    student: dict | None = None  # the distilled student (rejection.student) after the latest iteration
     labelled: list[dict] = field(default_factory=list)  # every iteration's annotated pairs
     candidates: list[dict] = field(default_factory=list)  # every iteration's rejection_sample output
 
@@ -328,8 +331,13 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
         previous=pool_history(cfg, iteration, carried.candidates), iteration=iteration)
     # 4. The new policy: fine-tuned on the pool.
     policy = refs["train_policy"] = step(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
-                                         model=cfg.model, config=cfg.train_policy, student=cfg.rejection.student,
+                                         model=cfg.model, config=cfg.train_policy,
                                          launch=cfg.launch.for_step("train_policy"))
+    # 4b. Distillation (rejection.student): the student learns from the same pool; the policy stays the teacher.
+    if cfg.rejection.student:
+        refs["distill"] = step(steps.distill, student=carried.student, initial=cfg.rejection.student,
+                               pool=refs["rejection_sample"], model=cfg.model, config=cfg.train_policy,
+                               launch=cfg.launch.for_step("train_policy"))  # the same fine-tune, so its launch
     # 5. PPO on the new policy (campaign.ppo_at), KL-anchored to it; its output becomes the iteration's policy.
     if runs_ppo(cfg, iteration):
         policy = refs["ppo"] = step(steps.ppo, policy=policy, rms=rms, model=cfg.model,
@@ -346,11 +354,17 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
         policy=policy, baselines=baselines, rms=rms, model=cfg.model, sampling=cfg.sampling, scorer=cfg.scorer,
         config=cfg.eval))
 
+    if "distill" in refs:  # the student judged as the policy is: against the SFT model and its teacher
+        refs["evaluate_student"] = step(steps.evaluate_student, student=refs["distill"],
+                                        baselines={"sft": carried.sft, "teacher": policy}, rms=rms, model=cfg.model,
+                                        sampling=cfg.sampling, scorer=cfg.scorer, config=cfg.eval)
+
     entry = iteration_entry(iteration, refs, tracking.parent_run_id)  # created on the tracking thread long since
     publish_results(cfg, entry, track_ids)
     RECORDER.submit(record, track_ids, tracking, entry, refs, policy, cfg.tracking.register_models, campaign_name)
     carried_out = CampaignState(sft=carried.sft, seed=carried.seed, policy=policy, previous=carried.policy,
-                                labelled=labelled, candidates=carried.candidates + [refs["rejection_sample"]])
+                                student=refs.get("distill"), labelled=labelled,
+                                candidates=carried.candidates + [refs["rejection_sample"]])
     return {"entry": entry, "state": carried_out.__dict__}
 
 
@@ -401,6 +415,8 @@ def record(ids: TrackingIds, tracking: Tracking, entry: dict, refs: dict, policy
         register(tracking.uri, f"{campaign}-policy", policy, tracking.parent_run_id, tracking.iteration)
         for name, ref in refs["train_reward_models"].items():
             register(tracking.uri, f"{campaign}-rm-{name}", ref, tracking.parent_run_id, tracking.iteration)
+        if "distill" in refs:
+            register(tracking.uri, f"{campaign}-student", refs["distill"], tracking.parent_run_id, tracking.iteration)
     finish_run(tracking.uri, tracking.parent_run_id)
 
 

@@ -44,7 +44,10 @@ class RejectionConfig:
     # before it, among the latest iteration's only (Llama 2 §3.2.3: the latest round's only up to RLHF-V2,
     # all rounds from RLHF-V3). 1: all iterations from V1.
     pool_from: int = 1
-    student: str | None = None  # fine-tune this (smaller) model on the pool instead of the policy (distillation)
+    # Distillation: a (smaller) model also fine-tuned on every iteration's pool, from its previous iteration's
+    # weights, and judged against the SFT model and the teacher; the policy stays the teacher. In `rlhf rs`
+    # (one step, no campaign) the student is fine-tuned instead of the model.
+    student: str | None = None
 
 
 def sample_and_score(backend: SamplingBackend, prompts: pd.DataFrame, k: int, cfg: SamplingConfig,

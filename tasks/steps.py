@@ -49,7 +49,9 @@ from rlhf.core.shards import Shard
 from rlhf.core.steps.outputs import (
     ANNOTATE,
     COLLECT_PAIRS,
+    DISTILL,
     EVALUATE,
+    EVALUATE_STUDENT,
     GATT,
     PPO,
     REJECTION_SAMPLE,
@@ -481,15 +483,28 @@ def rejection_sample_shard(policy: Ref, rms: dict[str, Ref], search: Ref, model:
 
 
 @step_task("train_policy")
-def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, student: str | None, here: str,
+def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, here: str,
                  fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
-    """Fine-tune the policy (or ``rejection.student``) on the pool's best answers (rejection-sampling SFT);
-    on ``launch.num_processes`` processes when that is more than one."""
+    """Fine-tune the policy on the pool's best answers (rejection-sampling SFT); on ``launch.num_processes``
+    processes when that is more than one."""
     from rlhf.core.steps.sft import sft_step
 
-    start = replace(model, name_or_path=student) if student else _model(model, policy)
     data = DataConfig(path=pool["files"]["pool_sft"])
     return _one("train_policy", TRAIN_POLICY, here, fault,
+                lambda out, f: sft_step(_model(model, policy), data, _failing(config, f), out, launch=launch,
+                                        config_key="train_policy"))
+
+
+@step_task("distill")
+def distill(student: Ref | None, initial: str, pool: Ref, model: ModelConfig, config: SFTConfig, here: str,
+            fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
+    """Fine-tune the student (``rejection.student``) on the same pool as the policy, from its previous
+    iteration's weights (``student``), or from the model ``initial`` names at V1."""
+    from rlhf.core.steps.sft import sft_step
+
+    start = _model(model, student) if student else replace(model, name_or_path=initial)
+    data = DataConfig(path=pool["files"]["pool_sft"])
+    return _one("distill", DISTILL, here, fault,
                 lambda out, f: sft_step(start, data, _failing(config, f), out, launch=launch,
                                         config_key="train_policy"))
 
@@ -544,7 +559,21 @@ def evaluate_shard(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], 
         _model(model, policy), others, sampling, scorer_for(scorer, rms), config, shard, out))
 
 
+@step_task("evaluate_student")
+def evaluate_student(student: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model: ModelConfig,
+                     sampling: SamplingConfig, scorer: ScorerConfig, config: EvalConfig, here: str,
+                     fault: Fault | None = None) -> Ref:
+    """Win rates of the distilled student against each baseline (the SFT model and the teacher), judged as
+    the policy's are."""
+    from rlhf.core.steps.evaluate import evaluate_step
+
+    others = {name: _model(model, ref) for name, ref in baselines.items()}
+    return _one("evaluate_student", EVALUATE_STUDENT, here, fault, lambda out, f: evaluate_step(
+        _model(model, student), others, None, sampling, scorer_for(scorer, rms), config, out))
+
+
 CONTRACTS: dict[str, Outputs] = {"sft": SFT, "seed_pairs": SEED_PAIRS, "collect_pairs": COLLECT_PAIRS,
                                  "annotate": ANNOTATE, "search_temperature": SEARCH_TEMPERATURE,
                                  "rejection_sample": REJECTION_SAMPLE, "train_policy": TRAIN_POLICY, "ppo": PPO,
-                                 "gatt": GATT, "evaluate": EVALUATE, "ablate_reward_models": RM_ABLATION}
+                                 "gatt": GATT, "evaluate": EVALUATE, "ablate_reward_models": RM_ABLATION,
+                                 "distill": DISTILL, "evaluate_student": EVALUATE_STUDENT}

@@ -389,6 +389,20 @@ def section_pool(doc: Doc, c: Campaign) -> None:
                + [it["rejection"]["pool_by_iteration"].get(str(s), 0) for s in sources] for it in its])
 
 
+def section_student(doc: Doc, c: Campaign) -> None:
+    its = [it for it in c.iterations if it.get("student")]
+    if not its:
+        doc.para("No distilled student in this campaign (`rejection.student=<model>` fine-tunes one on every "
+                 "iteration's pool beside the policy, which stays the teacher).")
+        return
+    doc.para("The student (`rejection.student`) is fine-tuned on each iteration's rejection-sampling pool from its "
+             "previous iteration's weights, as the paper distilled its smaller models from the largest one's "
+             "samples; the policy stays the teacher. Win rates of the student against the SFT model and against the "
+             "teacher (the iteration's final policy), on the evaluation prompts.")
+    doc.table(["iteration", "baseline/judge", "win", "tie", "loss", "win rate", "95 % CI", "n", "model first"],
+              _win_rows([{"iteration": it["iteration"], "win_rate": it["student"]["win_rate"]} for it in its]))
+
+
 def section_ppo(doc: Doc, c: Campaign) -> None:
     ran = [(it["iteration"], it["ppo"]) for it in c.iterations if it.get("ppo")]
     if not ran:
@@ -473,7 +487,8 @@ SECTIONS = {"Verdict": section_verdict, "Win rates": section_win_rates,
             "Helpfulness vs safety": section_helpful_vs_safety, "Preference pairs": section_pairs,
             "Reward model accuracy": section_reward_models,
             "Temperature search": section_temperature, "Best-of-K gain": section_best_of_k,
-            "Rejection-sampling pool": section_pool, "PPO": section_ppo, "Ghost Attention adherence": section_gatt,
+            "Rejection-sampling pool": section_pool, "Distilled student": section_student, "PPO": section_ppo,
+            "Ghost Attention adherence": section_gatt,
             "Example answers": section_examples, "Provenance": section_provenance}
 
 

@@ -101,12 +101,21 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "ppo": refs["ppo"]["metrics"] if "ppo" in refs else None,
         "gatt": refs["gatt"]["metrics"] if "gatt" in refs else None,
         "win_rate": evaluation["metrics"]["win_rate"],
+        "student": student_entry(refs["distill"], refs["evaluate_student"]) if "distill" in refs else None,
     }
 
 
+def student_entry(distill: dict, evaluated: dict) -> dict:
+    """The distilled student of an iteration (``rejection.student``): where it is, its fine-tune on the pool, and
+    its win rates against the SFT model and the teacher (``sft/<judge>``, ``teacher/<judge>``)."""
+    return {"path": distill["path"], "steps": distill["metrics"]["steps"],
+            "train_loss_last": distill["metrics"]["train_loss_last"],
+            "win_rate": evaluated["metrics"]["win_rate"]}
+
+
 # Metric sections in reading order, numbered so MLflow (which sorts names alphabetically) lists the
-# headline first and the rest in the DAG's order: win rates, RMs, temperature, pool, PPO, GAtt.
-SECTION_ORDER = ("win_rate", "rm", "temperature", "rejection", "ppo", "gatt")
+# headline first and the rest in the DAG's order: win rates, RMs, temperature, pool, PPO, GAtt, the student.
+SECTION_ORDER = ("win_rate", "rm", "temperature", "rejection", "ppo", "gatt", "student")
 
 
 def progression_metrics(entry: dict) -> dict[str, float]:
@@ -133,6 +142,10 @@ def progression_metrics(entry: dict) -> dict[str, float]:
         g = entry["gatt"]
         out |= {f"gatt/adherence_mean/{k}": v for k, v in g["adherence_mean"].items()}
         out |= {f"gatt/zero_shot/{k}": v for k, v in g["zero_shot"].items()}
+    if entry.get("student"):
+        for key, result in entry["student"]["win_rate"].items():
+            out[f"student/win_rate/{key}"] = result["win_rate"]
+            out[f"student/win_rate/{key}/ci_lo"], out[f"student/win_rate/{key}/ci_hi"] = result["ci95"]
     return {f"{SECTION_ORDER.index(k.split('/')[0]) + 1}_{k}": float(v) for k, v in out.items()
             if v is not None and not (isinstance(v, float) and math.isnan(v))}
 

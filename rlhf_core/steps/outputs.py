@@ -68,6 +68,9 @@ PPO = Outputs("ppo", {"metrics": METRICS, "eval_history": "eval_history.csv"})
 GATT = Outputs("gatt", {"metrics": METRICS, "dialogues": "dialogues.parquet", "rows": "gatt_sft.jsonl",
                         "judgments": "judgments.parquet", "adherence": "adherence.csv"})
 EVALUATE = Outputs("evaluate", {"answers": "answers.parquet", "judgments": "judgments.parquet"})
+# distillation (rejection.student): the student fine-tuned on the iteration's pool, and judged on its own
+DISTILL = Outputs("distill", {"metrics": METRICS})
+EVALUATE_STUDENT = Outputs("evaluate-student", {"answers": "answers.parquet", "judgments": "judgments.parquet"})
 
 # single-step commands only (`rlhf sample`, `rlhf gatt data|train|eval`)
 SAMPLE = Outputs("sample", {"samples": "samples.parquet"})

@@ -56,7 +56,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
 
     # Prefect: every step ran once per iteration, all Completed.
     states = prefect_runs.task_states(t0)
-    assert set(states) == set(STEPS) - {"ablate_reward_models"}
+    assert set(states) == set(STEPS) - {"ablate_reward_models", "distill", "evaluate_student"}  # off by default
     assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
     assert len(states["ppo"]) == 1  # campaign.ppo_at defaults to the iteration before the last: V1
     assert len(states["gatt"]) == 1  # smoke: campaign.gatt_from=2
@@ -285,6 +285,41 @@ def test_margin_ablation_and_pairs_from_two_variants(tmp_path):
     report = (tmp_path / "abl" / "report" / "report.md").read_text()
     assert "Margin ablation (Table 28 layout), RLHF-V1" in report and "| none |" in report
     assert "| RLHF-V1 | policy T0.7 |" in report
+
+
+def test_distilled_student_learns_from_the_pool_while_the_policy_stays_the_teacher(tmp_path):
+    """rejection.student: every iteration fine-tunes the student on the same pool as the policy, from its previous
+    iteration's weights; the policy (the teacher) is what the next iteration samples from; the student is judged
+    against the SFT model and the teacher, registered, and reported."""
+    cfg = smoke(tmp_path, "ds", "rejection.student=tiny", "campaign.gatt_from=null")
+    summary = run_campaign(cfg)
+    home = tmp_path / "ds"
+
+    def manifest(iteration, step):
+        return json.loads((home / f"iter-{iteration}" / step / "manifest.json").read_text())
+
+    assert manifest(1, "distill")["inputs"]["model"]["path"] == "tiny"  # V1: the student model itself
+    assert manifest(2, "distill")["inputs"]["model"]["path"] == str(home / "iter-1" / "distill")
+    assert manifest(2, "distill")["inputs"]["data"]["path"] == str(home / "iter-2" / "rejection_sample" /
+                                                                    "pool_sft.jsonl")  # the teacher's pool
+    teacher_v1 = summary["iterations"][0]["policy_path"]
+    assert teacher_v1 == str(home / "iter-1" / "ppo")  # the policy stayed the teacher (and ran PPO in V1)
+    assert manifest(2, "train_policy")["inputs"]["model"]["path"] == teacher_v1
+    assert manifest(2, "collect_pairs")["inputs"]["model"]["path"] == teacher_v1
+    for it in summary["iterations"]:
+        student = it["student"]
+        assert student["path"] == str(home / f"iter-{it['iteration']}" / "distill") and student["steps"] > 0
+        assert {"sft/gold", "sft/rm", "teacher/gold", "teacher/rm"} <= set(student["win_rate"])
+        assert {key.split("/")[0] for key in student["win_rate"]} == {"sft", "teacher"}
+        assert all(r["n"] == 8 for r in student["win_rate"].values())
+    judged = manifest(2, "evaluate-student")["inputs"]
+    assert judged["model"]["path"] == str(home / "iter-2" / "distill")
+    assert judged["baseline_teacher"]["path"] == summary["iterations"][1]["policy_path"]  # V2's final policy
+    assert judged["baseline_sft"]["path"] == str(home / "iter-0" / "sft")
+    client = MlflowClient(summary["tracking_uri"])
+    assert len(client.search_model_versions("name = 'ds-student'")) == 2
+    report = (home / "report" / "report.md").read_text()
+    assert "## Distilled student" in report and "| RLHF-V2 | teacher/gold |" in report
 
 
 def test_second_run_on_a_locked_campaign_refuses(tmp_path):

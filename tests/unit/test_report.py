@@ -130,3 +130,18 @@ def test_pairs_section_shows_levels_and_preference_by_source_and_the_pool_schedu
     assert "| RLHF-V1 | 8 | 0 | 3 | 0 | 5 |" in md
     assert "| RLHF-V1 | policy T0.7 | 8 | 75.0% | 4 | 50.0% |" in md and "| RLHF-V1 | smollm2 T1.2 | 8 | 25.0% |" in md
     assert "before RLHF-V3 (`rejection.pool_from`), of the iteration's own samples only" in md
+
+
+def test_the_distilled_student_gets_its_own_metrics_and_section(tmp_path):
+    first = entry(1)
+    first["student"] = {"path": "/c/iter-1/distill", "steps": 3, "train_loss_last": 1.2,
+                        "win_rate": {"sft/gold": result(0.6, 0.52, 0.68), "teacher/gold": result(0.3, 0.2, 0.4)}}
+    metrics = progression_metrics(first)
+    assert metrics["7_student/win_rate/teacher/gold"] == 0.3
+    assert (metrics["7_student/win_rate/sft/gold/ci_lo"], metrics["7_student/win_rate/sft/gold/ci_hi"]) == (0.52, 0.68)
+    assert max(metrics, key=lambda name: int(name.split("_")[0])).startswith("7_student/")
+    (tmp_path / "summary.json").write_text(json.dumps({"campaign": "hand", "code_version": "abc", "config": {},
+                                                       "iterations": [first]}))
+    md = write_report(tmp_path).read_text()
+    assert "| RLHF-V1 | teacher/gold | 30.0% | 0.0% | 70.0% | 30.0% | [20.0%, 40.0%] | 40 | 50.0% |" in md
+    assert "No distilled student" not in md

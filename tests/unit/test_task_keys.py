@@ -47,7 +47,9 @@ def test_each_task_writes_where_its_contract_says():
     assert evals == [rm_eval_outputs("helpful").dir("/c/iter-1"), Path("/c/iter-1/rm-safety-eval")]
     assert set(CONTRACTS) | {"train_reward_models", "eval_reward_models"} == {
         "sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
-        "ablate_reward_models", "search_temperature", "rejection_sample", "train_policy", "ppo", "gatt", "evaluate"}
+        "ablate_reward_models", "search_temperature", "rejection_sample", "train_policy", "distill", "ppo", "gatt",
+        "evaluate", "evaluate_student"}
+    assert output_dirs("evaluate_student", {"here": "/c/iter-1"}) == [Path("/c/iter-1/evaluate-student")]
 
 
 def test_fault_spec_parsing():
