@@ -87,3 +87,22 @@ def summarise(judgments: pd.DataFrame, judge_name: str, n_bootstrap: int, seed: 
     """The ``win_rate["<baseline>/<judge>"]`` entry of summary.json from one judge's judgments."""
     stats = win_rate_stats(judgments["outcome"].to_numpy(), n_bootstrap, seed)
     return {"judge": judge_name, **stats, "model_first_share": float((judgments["order"] == "model_first").mean())}
+
+
+PROMPT_SETS = ("helpfulness", "safety")  # the paper's two evaluation sets (Fig. 11's axes; Fig. 17)
+
+
+def summarise_by_prompt_set(judgments: pd.DataFrame, judge_name: str, n_bootstrap: int, seed: int) -> dict:
+    """:func:`summarise` on the helpfulness prompts and on the safety (adversarial) prompts apart, as the paper
+    reported helpfulness and safety on separate prompt sets; a set without prompts is left out."""
+    parts = {"helpfulness": judgments[~judgments["safety"]], "safety": judgments[judgments["safety"]]}
+    return {name: summarise(part, judge_name, n_bootstrap, seed) for name, part in parts.items() if len(part)}
+
+
+def violation_rate(safety: Sequence[bool], answers: Sequence[str]) -> dict | None:
+    """The share of the adversarial prompts (``safety`` True) whose answer complies, by the gold rater's refusal
+    check (Llama 2 Fig. 17's violation percentage), with its count; None without adversarial prompts."""
+    from .rater.gold import is_safe
+
+    unsafe = [not is_safe(answer, True) for flag, answer in zip(safety, answers) if flag]
+    return {"rate": float(np.mean(unsafe)), "n": len(unsafe)} if unsafe else None

@@ -21,6 +21,7 @@ import pandas as pd
 
 from rlhf.core.artifacts import atomic_dir
 from rlhf.core.errors import RLHFError
+from rlhf.core.evaluation import PROMPT_SETS
 from rlhf.core.preferences import LEVELS
 from rlhf.core.steps.outputs import EVALUATE, REJECTION_SAMPLE, RM_ABLATION, Outputs
 
@@ -281,6 +282,22 @@ def section_helpful_vs_safety(doc: Doc, c: Campaign) -> None:
         doc.image("plots/helpful_vs_safety.png", "win rate vs SFT on the helpfulness and safety axes")
     else:
         doc.para("No Safety RM in this campaign (reward.train_safety=false): only the combined axis exists.")
+    rows = [[f"RLHF-V{it['iteration']}", key, *(_set_cell(sets.get(name)) for name in PROMPT_SETS)]
+            for it in c.iterations for key, sets in sorted((it.get("win_rate_by_set") or {}).items())]
+    if rows:
+        doc.para("Win rates on the helpfulness prompts and on the adversarial (safety) prompts of the evaluation set "
+                 "apart, as the paper reported helpfulness and safety on separate prompt sets; ties count half.")
+        doc.table(["iteration", "baseline/judge", "helpfulness prompts", "safety prompts"], rows)
+    violations = [[f"RLHF-V{it['iteration']}", model, pct(v["rate"]), v["n"]]
+                  for it in c.iterations for model, v in (it.get("violation_rate") or {}).items() if v]
+    if violations:
+        doc.para("Safety violation rate (Llama 2 Fig. 17): the share of adversarial evaluation prompts whose answer "
+                 "complies instead of refusing, by the gold rater's refusal check; `model` is the iteration's policy.")
+        doc.table(["iteration", "model", "violation rate", "adversarial prompts"], violations)
+
+
+def _set_cell(result: dict | None) -> str:
+    return "-" if result is None else f"{pct(result['win_rate'])} {ci(result)} (n={result['n']})"
 
 
 def _accuracy_cells(acc: dict) -> list[str]:

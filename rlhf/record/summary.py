@@ -101,6 +101,8 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "ppo": refs["ppo"]["metrics"] if "ppo" in refs else None,
         "gatt": refs["gatt"]["metrics"] if "gatt" in refs else None,
         "win_rate": evaluation["metrics"]["win_rate"],
+        "win_rate_by_set": evaluation["metrics"].get("win_rate_by_set") or {},
+        "violation_rate": evaluation["metrics"].get("violation_rate") or {},
         "student": student_entry(refs["distill"], refs["evaluate_student"]) if "distill" in refs else None,
     }
 
@@ -110,7 +112,8 @@ def student_entry(distill: dict, evaluated: dict) -> dict:
     its win rates against the SFT model and the teacher (``sft/<judge>``, ``teacher/<judge>``)."""
     return {"path": distill["path"], "steps": distill["metrics"]["steps"],
             "train_loss_last": distill["metrics"]["train_loss_last"],
-            "win_rate": evaluated["metrics"]["win_rate"]}
+            "win_rate": evaluated["metrics"]["win_rate"],
+            "violation_rate": (evaluated["metrics"].get("violation_rate") or {}).get("model")}
 
 
 # Metric sections in reading order, numbered so MLflow (which sorts names alphabetically) lists the
@@ -126,6 +129,11 @@ def progression_metrics(entry: dict) -> dict[str, float]:
     for key, result in entry["win_rate"].items():
         out[f"win_rate/{key}"] = result["win_rate"]
         out[f"win_rate/{key}/ci_lo"], out[f"win_rate/{key}/ci_hi"] = result["ci95"]
+    for key, sets in (entry.get("win_rate_by_set") or {}).items():
+        out |= {f"win_rate/{key}/{prompt_set}": result["win_rate"] for prompt_set, result in sets.items()}
+    for model, violations in (entry.get("violation_rate") or {}).items():
+        if violations:
+            out[f"win_rate/violation_rate/{model}"] = violations["rate"]
     for name, rm in entry["reward"].items():
         out[f"rm/{name}/accuracy"] = rm["accuracy"]
         out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..evaluation import EvalConfig, judge, summarise
+from ..evaluation import EvalConfig, judge, summarise, summarise_by_prompt_set, violation_rate
 from ..models import ModelConfig, load_model
 from ..progress import progress
 from ..prompt_sets import PromptsConfig, load_prompt_set
@@ -130,7 +130,7 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
                 scores[name] |= {judge_name: by_path[c.name_or_path][judge_name].to_numpy(dtype=float)
                                  for judge_name in RM_JUDGES if judge_name in answered}
         # 3. Judgments and win rates per baseline and judge.
-        rows, win_rate = [], {}
+        rows, win_rate, by_set = [], {}, {}
         for i, baseline in enumerate(baselines):
             for j, judge_name in enumerate(scores["model"]):
                 seed = cfg.seed * 1000 + 10 * i + j
@@ -138,10 +138,14 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
                                answers[baseline], seed, cfg.tie_eps)
                 rows.append(judged.assign(baseline=baseline, judge=judge_name))
                 win_rate[f"{baseline}/{judge_name}"] = summarise(judged, judge_name, cfg.n_bootstrap, seed)
+                by_set[f"{baseline}/{judge_name}"] = summarise_by_prompt_set(judged, judge_name, cfg.n_bootstrap,
+                                                                             seed)
         pd.concat(rows, ignore_index=True).to_parquet(tmp / EVALUATE["judgments"])
         means = {judge_name: {name: float(np.mean(s[judge_name])) for name, s in scores.items()}
                  for judge_name in scores["model"]}
-        return {"win_rate": win_rate, "n_prompts": len(prompts), "mean_score": means, "skipped_judges": skipped}
+        violations = {name: violation_rate(list(prompts.safety), texts) for name, texts in answers.items()}
+        return {"win_rate": win_rate, "win_rate_by_set": by_set, "violation_rate": violations,
+                "n_prompts": len(prompts), "mean_score": means, "skipped_judges": skipped}
 
     inputs = _inputs(model_cfg, baselines, prompts_cfg, scorer_cfg, cfg) | shard_inputs(shards)
     config = {"eval": asdict(cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(answer_cfg),

@@ -129,6 +129,11 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
             result = it["win_rate"][key]
             assert result["n"] == 8 and result["ci95"][0] <= result["win_rate"] <= result["ci95"][1]
             assert result["win"] + result["tie"] + result["loss"] == pytest.approx(1)
+        # the same judgments on the helpfulness and the adversarial prompts apart, and each model's violations
+        sets = it["win_rate_by_set"]["sft/gold"]
+        assert sum(part["n"] for part in sets.values()) == 8
+        adversarial = sets["safety"]["n"] if "safety" in sets else 0
+        assert all((it["violation_rate"][m] or {"n": 0})["n"] == adversarial for m in ("model", "sft", "previous"))
     collect_v2 = json.loads((tmp_path / "c" / "iter-2" / "collect_pairs" / "manifest.json").read_text())
     assert collect_v2["inputs"]["model"]["path"] == str(tmp_path / "c" / "iter-1" / "ppo")  # V2 samples from PPO
     # the pool keeps the best answer per prompt across iterations: V2's pool draws on V1's candidates too

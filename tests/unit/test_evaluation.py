@@ -72,3 +72,25 @@ def test_swapping_model_and_baseline_mirrors_the_win_rate():
     backward = summarise(judge(_prompts(n), b, a, ["y"] * n, ["x"] * n, 0, 1e-9), "gold", 200, 0)
     assert forward["win_rate"] + backward["win_rate"] == pytest.approx(1)
     assert forward["win"] == backward["loss"] and forward["judge"] == "gold" and 0 <= forward["model_first_share"] <= 1
+
+
+def test_win_rates_on_the_helpfulness_and_the_safety_prompts_apart_by_hand():
+    from rlhf.core.evaluation import summarise_by_prompt_set
+
+    prompts = pd.DataFrame({"prompt_id": range(6), "safety": [False, False, False, False, True, True]})
+    # helpfulness prompts: win, win, tie, loss -> (1 + 1 + 0.5 + 0) / 4; safety prompts: loss, win -> 0.5
+    judged = judge(prompts, [1, 1, 0.5, 0, 0, 1], [0, 0, 0.5, 1, 1, 0], ["m"] * 6, ["b"] * 6, 0, 1e-9)
+    by_set = summarise_by_prompt_set(judged, "gold", 200, 0)
+    assert by_set["helpfulness"]["win_rate"] == 0.625 and by_set["helpfulness"]["n"] == 4
+    assert by_set["safety"]["win_rate"] == 0.5 and by_set["safety"]["n"] == 2
+    assert set(summarise_by_prompt_set(judged[~judged.safety], "gold", 200, 0)) == {"helpfulness"}
+
+
+def test_violation_rate_counts_compliance_on_adversarial_prompts_only():
+    from rlhf.core.evaluation import violation_rate
+
+    safety = [True, True, True, False]
+    answers = ["I can't help with that.", "Sure, here is how.", "Step 1: ...", "I can't help with that."]
+    # two of the three adversarial answers comply; the refused safe request is unhelpful, not a violation
+    assert violation_rate(safety, answers) == {"rate": pytest.approx(2 / 3), "n": 3}
+    assert violation_rate([False, False], ["a", "b"]) is None

@@ -145,3 +145,17 @@ def test_the_distilled_student_gets_its_own_metrics_and_section(tmp_path):
     md = write_report(tmp_path).read_text()
     assert "| RLHF-V1 | teacher/gold | 30.0% | 0.0% | 70.0% | 30.0% | [20.0%, 40.0%] | 40 | 50.0% |" in md
     assert "No distilled student" not in md
+
+
+def test_helpfulness_and_safety_prompt_sets_and_the_violation_rate_are_reported(tmp_path):
+    first = entry(1)
+    first["win_rate_by_set"] = {"sft/gold": {"helpfulness": result(0.6, 0.5, 0.7, n=30),
+                                             "safety": result(0.45, 0.3, 0.6, n=10)}}
+    first["violation_rate"] = {"model": {"rate": 0.2, "n": 10}, "sft": {"rate": 0.5, "n": 10}}
+    metrics = progression_metrics(first)
+    assert metrics["1_win_rate/sft/gold/safety"] == 0.45 and metrics["1_win_rate/violation_rate/sft"] == 0.5
+    (tmp_path / "summary.json").write_text(json.dumps({"campaign": "hand", "code_version": "abc", "config": {},
+                                                       "iterations": [first]}))
+    md = write_report(tmp_path).read_text()
+    assert "| RLHF-V1 | sft/gold | 60.0% [50.0%, 70.0%] (n=30) | 45.0% [30.0%, 60.0%] (n=10) |" in md
+    assert "| RLHF-V1 | model | 20.0% | 10 |" in md and "| RLHF-V1 | sft | 50.0% | 10 |" in md
