@@ -24,13 +24,21 @@ VOLATILE = {"wall_seconds", "tokens_per_s", "pairs_per_s", "code_version", "camp
             "mlflow_run_id", "policy_path", "reward_model_paths", "report", "root", "resumed_from_step"}
 
 
+def _foreground_signals() -> None:
+    """Ctrl-C's default action, as in a terminal's foreground job: a test run started in the background of a
+    non-interactive shell (``make test &``) inherits SIGINT ignored, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def rlhf(root: Path, *args: str) -> subprocess.Popen:
-    """The CLI in its own process group, as a shell would start it, logging to ``root/cli.log``."""
+    """The CLI in its own process group, as a shell would start it in the foreground, logging to
+    ``root/cli.log``."""
     env = {**os.environ, "PREFECT_HOME": str(root / ".prefect")}
     env.pop("PREFECT_API_URL", None)
     log = open(root / "cli.log", "a")
     return subprocess.Popen([sys.executable, "-m", "rlhf", *args, f"campaign.root={root}"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_foreground_signals)
 
 
 def wait_for(root: Path, pattern: str, process: subprocess.Popen, timeout: float = 240) -> re.Match:

@@ -3,6 +3,7 @@ the human annotator's wait, and annotate_file end to end."""
 
 import csv
 import json
+import os
 import threading
 
 import pandas as pd
@@ -200,7 +201,9 @@ def test_human_annotator_exports_waits_and_imports(tmp_path, pairs):
             threading.Event().wait(0.01)
         frame = pd.read_json(export, lines=True).assign(preferred="b", level="better", safe_a="unsafe", safe_b="safe",
                                                         safety_preferred="b", safety_level="better")
-        frame.to_json(labels, orient="records", lines=True)
+        # saved whole (written aside, then renamed): the annotator reads the file as soon as it exists
+        frame.to_json(tmp_path / "labels.partial", orient="records", lines=True)
+        os.replace(tmp_path / "labels.partial", labels)
 
     threading.Thread(target=person).start()
     out = HumanAnnotator(export, labels, poll_seconds=0.01, timeout=5).label(pairs)
