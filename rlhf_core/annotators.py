@@ -106,7 +106,7 @@ def _labelled_row(pair: dict, label: Label, annotator: str) -> dict:
 def _variant(pair: dict, side: str) -> str | None:
     """The side's source (``variant_label``) when the pair records it."""
     variant, temperature = pair.get(f"variant_{side}"), pair.get(f"temperature_{side}")
-    if variant is None or (isinstance(variant, float) and pd.isna(variant)) or temperature is None:
+    if pd.isna(variant) or pd.isna(temperature):
         return None
     return variant_label(str(variant), float(temperature))
 

@@ -306,6 +306,10 @@ def _model(base: ModelConfig, ref: Ref) -> ModelConfig:
     return replace(base, name_or_path=ref["path"])
 
 
+def _models(base: ModelConfig, refs: dict[str, Ref]) -> dict[str, ModelConfig]:
+    return {name: _model(base, ref) for name, ref in refs.items()}
+
+
 def scorer_for(base: ScorerConfig, rms: dict[str, Ref]) -> ScorerConfig:
     """The configured scorer with this iteration's RM directories filled in."""
     return replace(base, helpful=rms["helpful"]["path"], safety=rms["safety"]["path"] if "safety" in rms else None)
@@ -487,12 +491,7 @@ def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, 
                  fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
     """Fine-tune the policy on the pool's best answers (rejection-sampling SFT); on ``launch.num_processes``
     processes when that is more than one."""
-    from rlhf.core.steps.sft import sft_step
-
-    data = DataConfig(path=pool["files"]["pool_sft"])
-    return _one("train_policy", TRAIN_POLICY, here, fault,
-                lambda out, f: sft_step(_model(model, policy), data, _failing(config, f), out, launch=launch,
-                                        config_key="train_policy"))
+    return _fine_tune_on_pool("train_policy", TRAIN_POLICY, _model(model, policy), pool, config, here, fault, launch)
 
 
 @step_task("distill")
@@ -500,13 +499,18 @@ def distill(student: Ref | None, initial: str, pool: Ref, model: ModelConfig, co
             fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
     """Fine-tune the student (``rejection.student``) on the same pool as the policy, from its previous
     iteration's weights (``student``), or from the model ``initial`` names at V1."""
+    start = _model(model, student) if student else replace(model, name_or_path=initial)
+    return _fine_tune_on_pool("distill", DISTILL, start, pool, config, here, fault, launch)
+
+
+def _fine_tune_on_pool(step: str, contract: Outputs, start: ModelConfig, pool: Ref, config: SFTConfig, here: str,
+                       fault: Fault | None, launch: LaunchConfig | None) -> Ref:
+    """``start`` fine-tuned on the pool's best answers with the SFT objective (``train_policy``'s settings)."""
     from rlhf.core.steps.sft import sft_step
 
-    start = _model(model, student) if student else replace(model, name_or_path=initial)
     data = DataConfig(path=pool["files"]["pool_sft"])
-    return _one("distill", DISTILL, here, fault,
-                lambda out, f: sft_step(start, data, _failing(config, f), out, launch=launch,
-                                        config_key="train_policy"))
+    return _one(step, contract, here, fault, lambda out, f: sft_step(start, data, _failing(config, f), out,
+                                                                     launch=launch, config_key="train_policy"))
 
 
 @step_task("ppo")
@@ -543,9 +547,9 @@ def evaluate(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model:
     ``shards``: on their answers and RM scores)."""
     from rlhf.core.steps.evaluate import evaluate_step
 
-    others = {name: _model(model, ref) for name, ref in baselines.items()}
     return _one("evaluate", EVALUATE, here, fault, lambda out, f: evaluate_step(
-        _model(model, policy), others, None, sampling, scorer_for(scorer, rms), config, out, _rows(shards)))
+        _model(model, policy), _models(model, baselines), None, sampling, scorer_for(scorer, rms), config, out,
+        _rows(shards)))
 
 
 @shard_task("evaluate")
@@ -554,9 +558,8 @@ def evaluate_shard(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], 
                    fault: Fault | None = None) -> Ref:
     from rlhf.core.steps.evaluate import evaluate_shard_step
 
-    others = {name: _model(model, ref) for name, ref in baselines.items()}
     return _shard(shard, "evaluate", here, fault, lambda out: evaluate_shard_step(
-        _model(model, policy), others, sampling, scorer_for(scorer, rms), config, shard, out))
+        _model(model, policy), _models(model, baselines), sampling, scorer_for(scorer, rms), config, shard, out))
 
 
 @step_task("evaluate_student")
@@ -567,9 +570,8 @@ def evaluate_student(student: Ref, baselines: dict[str, Ref], rms: dict[str, Ref
     the policy's are."""
     from rlhf.core.steps.evaluate import evaluate_step
 
-    others = {name: _model(model, ref) for name, ref in baselines.items()}
     return _one("evaluate_student", EVALUATE_STUDENT, here, fault, lambda out, f: evaluate_step(
-        _model(model, student), others, None, sampling, scorer_for(scorer, rms), config, out))
+        _model(model, student), _models(model, baselines), None, sampling, scorer_for(scorer, rms), config, out))
 
 
 CONTRACTS: dict[str, Outputs] = {"sft": SFT, "seed_pairs": SEED_PAIRS, "collect_pairs": COLLECT_PAIRS,

@@ -121,14 +121,21 @@ def student_entry(distill: dict, evaluated: dict) -> dict:
 SECTION_ORDER = ("win_rate", "rm", "temperature", "rejection", "ppo", "gatt", "student")
 
 
+def _win_metrics(prefix: str, win_rate: dict) -> dict[str, float]:
+    """``<prefix>/<opponent>/<judge>`` and its 95 % CI bounds beside it (``.../ci_lo``, ``.../ci_hi``)."""
+    out = {}
+    for key, result in win_rate.items():
+        out[f"{prefix}/{key}"] = result["win_rate"]
+        out[f"{prefix}/{key}/ci_lo"], out[f"{prefix}/{key}/ci_hi"] = result["ci95"]
+    return out
+
+
 def progression_metrics(entry: dict) -> dict[str, float]:
     """The numbers plotted across iterations in MLflow (logged with ``step=iteration``), named
     ``<n>_<section>/...`` (``1_win_rate/sft/gold``, ``2_rm/helpful/accuracy``, ...); a win rate's 95 % CI
     bounds sit beside it (``.../ci_lo``, ``.../ci_hi``)."""
     out = {}
-    for key, result in entry["win_rate"].items():
-        out[f"win_rate/{key}"] = result["win_rate"]
-        out[f"win_rate/{key}/ci_lo"], out[f"win_rate/{key}/ci_hi"] = result["ci95"]
+    out |= _win_metrics("win_rate", entry["win_rate"])
     for key, sets in (entry.get("win_rate_by_set") or {}).items():
         out |= {f"win_rate/{key}/{prompt_set}": result["win_rate"] for prompt_set, result in sets.items()}
     for model, violations in (entry.get("violation_rate") or {}).items():
@@ -151,9 +158,7 @@ def progression_metrics(entry: dict) -> dict[str, float]:
         out |= {f"gatt/adherence_mean/{k}": v for k, v in g["adherence_mean"].items()}
         out |= {f"gatt/zero_shot/{k}": v for k, v in g["zero_shot"].items()}
     if entry.get("student"):
-        for key, result in entry["student"]["win_rate"].items():
-            out[f"student/win_rate/{key}"] = result["win_rate"]
-            out[f"student/win_rate/{key}/ci_lo"], out[f"student/win_rate/{key}/ci_hi"] = result["ci95"]
+        out |= _win_metrics("student/win_rate", entry["student"]["win_rate"])
     return {f"{SECTION_ORDER.index(k.split('/')[0]) + 1}_{k}": float(v) for k, v in out.items()
             if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
