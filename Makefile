@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-processes test-stack test-fast lint bench ui stack stack-down clean
+.PHONY: install demo replicate test test-processes test-stack test-fast lint bench ui stack stack-down clean
 
 install: $(STAMP)
 
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 # tracked in MLflow; it ends with a per-iteration table. Rerunning it is a cache hit.
 demo: install
 	$(VENV)/bin/rlhf run experiment=demo
+
+# The paper's figures measured on the embedded model (conf/experiment/replicate.yaml: 4 RLHF iterations, about
+# 75 minutes on 2 cores with bf16): the campaign, then its report (Markdown + PNGs) copied to $(RESULTS) to commit.
+RESULTS ?= docs/results/replicate
+replicate: install
+	$(VENV)/bin/rlhf run experiment=replicate
+	$(VENV)/bin/rlhf report experiment=replicate io.output=$(RESULTS)
 
 ui: install
 	$(VENV)/bin/rlhf ui

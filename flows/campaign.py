@@ -20,6 +20,7 @@ from prefect.utilities.annotations import quote
 from rlhf import storage
 from rlhf.core.artifacts import code_version, prune_weights
 from rlhf.core.errors import ConfigError
+from rlhf.core.models import describe_machine
 from rlhf.core.steps.outputs import DISTILL, GATT, PPO, RM_NAMES, TRAIN_POLICY, rm_outputs
 from rlhf.record.layout import (
     CONFIG_FILE,
@@ -160,7 +161,8 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
         state, upstream = iteration_zero(cfg, resolved, ids, cfg.debug.fail_at)
         summary = {"campaign": cfg.campaign.name, "experiment": cfg.tracking.experiment or cfg.campaign.name,
                    "code_version": code_version(), "campaign_dir": str(location), "tracking_uri": ids.uri,
-                   "mlflow_run_id": ids.campaign_run_id, "config": resolved,
+                   "mlflow_run_id": ids.campaign_run_id, "machine": describe_machine(cfg.model.precision),
+                   "config": resolved,
                    "sft": {"policy_path": state.sft["path"], "metrics": state.sft["metrics"]}, "iterations": []}
         # 2. RLHF-V1..V<last>, each a subflow; the summary is rewritten after each.
         for n in range(1, last + 1):

@@ -52,6 +52,8 @@ class CampaignConfig:
     # rejection-sampling round samples from the PPO policy, as the paper's V5 did); [] = never.
     ppo_at: list[int] | None = None
     gatt_from: int | None = None  # Ghost Attention in this iteration and every later one (paper: from V3); null = never
+    # With reward.ablate, the iterations that run the margin ablation (Table 28: three more RMs each); null = every one
+    ablate_at: list[int] | None = None
     # Disk: after each iteration, delete the model weights of iterations older than the last `keep` ones,
     # except the SFT model and, with tracking.register_models, every registered model (each iteration's
     # policy and RMs). null = keep every model. Pruned steps stay cached; loading one is a clear error.

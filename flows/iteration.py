@@ -317,7 +317,7 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                                              launch=cfg.launch.for_step("train_reward_models"))
     if cfg.reward.eval_data or cfg.reward.n_eval_synthetic:  # beside the labelled pairs' Table 8, when configured
         refs["eval_reward_models"] = step(steps.eval_reward_models, rms=rms, model=cfg.model, reward=cfg.reward)
-    if cfg.reward.ablate:  # Table 28 on this campaign's SFT model and labelled pairs
+    if runs_ablation(cfg, iteration):  # Table 28 on this campaign's SFT model and labelled pairs
         refs["ablate_reward_models"] = step(steps.ablate_reward_models, init=carried.sft, model=cfg.model,
                                             reward=cfg.reward, seed=carried.seed, labelled=labelled)
     # 3. Temperature search, then rejection sampling at the chosen temperature into the pool.
@@ -433,6 +433,11 @@ def runs_ppo(cfg: RootConfig, iteration: int) -> bool:
     return cfg.ppo.enabled and iteration in cfg.campaign.ppo_iterations()
 
 
+def runs_ablation(cfg: RootConfig, iteration: int) -> bool:
+    at = cfg.campaign.ablate_at
+    return cfg.reward.ablate and (at is None or iteration in at)
+
+
 def runs_gatt(cfg: RootConfig, iteration: int) -> bool:
     return cfg.campaign.gatt_from is not None and iteration >= cfg.campaign.gatt_from
 
@@ -450,6 +455,10 @@ def check_slots(cfg: RootConfig) -> None:
     if cfg.ppo.enabled and outside:
         raise ConfigError("campaign.ppo_at", f"iterations {outside} are outside 1..{cfg.campaign.iterations} "
                                              "(campaign.iterations)")
+    outside = [n for n in cfg.campaign.ablate_at or [] if not 1 <= n <= cfg.campaign.iterations]
+    if cfg.reward.ablate and outside:
+        raise ConfigError("campaign.ablate_at", f"iterations {outside} are outside 1..{cfg.campaign.iterations} "
+                                                "(campaign.iterations)")
     cfg.gatt.validate()
     if cfg.campaign.gatt_from is not None and not 1 <= cfg.campaign.gatt_from <= cfg.campaign.iterations:
         raise ConfigError("campaign.gatt_from", f"{cfg.campaign.gatt_from} is outside 1..{cfg.campaign.iterations} "

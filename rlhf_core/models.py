@@ -50,6 +50,22 @@ class ModelConfig:
 
 
 @lru_cache(maxsize=1)
+def describe_machine(precision: str = "auto") -> dict:
+    """What a measured figure needs beside it: the CPU's model name, its usable cores, torch's version and
+    threads, and the precision ``precision`` resolves to here."""
+    import os
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "fast_bf16": cpu_has_fast_bf16(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "precision": resolve_precision(precision, torch.device("cpu"))}
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX). Without it, bf16 on CPU is
     emulated and can be 100x slower than fp32 (seen on an AVX2-only EPYC: 1 vs 160 GFLOP/s)."""

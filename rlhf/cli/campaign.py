@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from rlhf.core.errors import ConfigError, RLHFError
 from rlhf.record.layout import (
@@ -70,7 +71,12 @@ def cmd_report(overrides: list[str]) -> int:
 
         remove_leftovers(home)  # e.g. the temp folder of a report that was killed
         path = publish_report(home)
-    print(f"report: {path}\n        {path.with_suffix('.html')}\nplots:  {path.parent / 'plots'}")
+        if cfg.io.output:  # a copy elsewhere, e.g. docs/results/<name> to commit (`make replicate`)
+            from rlhf.record.report import copy_report
+
+            path = copy_report(path.parent, Path(cfg.io.output)) / path.name
+    html = path.with_suffix(".html")
+    print(f"report: {path}" + (f"\n        {html}" if html.is_file() else "") + f"\nplots:  {path.parent / 'plots'}")
     return 0
 
 

@@ -13,6 +13,7 @@ of its win rate is above 50 %.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,7 +337,8 @@ def section_reward_models(doc: Doc, c: Campaign) -> None:
                                                    f"{RM_ABLATION['table_csv']}"))
                if path.parent.parent.name not in {f"{ITERATION_PREFIX}{it['iteration']}" for it in ablated}]
     if not ablated and not by_hand:
-        doc.para("No margin ablation in this campaign (`reward.ablate=true` runs one in every iteration, on the "
+        doc.para("No margin ablation in this campaign (`reward.ablate=true` runs one in every iteration, or in "
+                 "those `campaign.ablate_at` lists, on the "
                  "campaign's SFT model and labelled pairs).")
     for path in by_hand:
         table = pd.read_csv(path)
@@ -488,8 +490,16 @@ def section_provenance(doc: Doc, c: Campaign) -> None:
     import yaml
 
     summary, its = c.summary, c.iterations
+    machine = summary.get("machine") or {}
+    where = (f"{machine['cpu']}, {machine['cores']} cores (fast bf16: {'yes' if machine['fast_bf16'] else 'no'}), "
+             f"torch {machine['torch']}, {machine['precision']}") if machine else "-"
+    total = sum(sum(it["wall_seconds"].values()) for it in its)
     doc.table(["", ""], [["campaign", summary["campaign"]], ["experiment", summary.get("experiment", "-")],
                          ["code version", summary["code_version"]],
+                         ["git commit (of the checkout writing this report)", _git_commit()],
+                         ["machine", where],
+                         ["wall time of the iterations' steps", f"{total / 60:.1f} min (SFT and seed pairs aside)"],
+                         ["report written", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())],
                          ["MLflow campaign run", summary.get("mlflow_run_id", "-")],
                          ["tracking URI", summary.get("tracking_uri", "-")],
                          ["campaign directory", summary.get("campaign_dir", str(c.home))]])
@@ -498,6 +508,21 @@ def section_provenance(doc: Doc, c: Campaign) -> None:
                                                                       for step in steps] for it in its])
     doc.para("The resolved config:")
     doc.code(yaml.safe_dump(summary["config"], sort_keys=False))
+
+
+def _git_commit() -> str:
+    """The commit of the checkout this code runs from (``-dirty`` with uncommitted changes), or ``-``."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "-"
+    return commit + ("-dirty" if dirty else "")
 
 
 SECTIONS = {"Verdict": section_verdict, "Win rates": section_win_rates,
@@ -540,3 +565,14 @@ def write_report(home: Path) -> Path:
         (tmp / "report.md").write_text(doc.markdown())
         (tmp / "report.html").write_text(doc.html(base=tmp))
     return home / REPORT_DIR / "report.md"
+
+
+def copy_report(report: Path, dest: Path) -> Path:
+    """A copy of the report directory ``report`` at ``dest`` to commit: the Markdown and its PNG plots (not
+    the HTML, whose plots are inlined: the same images twice), replacing what was there (written beside it,
+    then renamed); returns ``dest``."""
+    import shutil
+
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(report, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.html"))
+    return dest

@@ -2,7 +2,8 @@
 
 Schema (docs/design.md#the-campaign; more fields are welcome)::
 
-    {"campaign", "experiment", "code_version", "config": {...resolved...}, "sft": {...},
+    {"campaign", "experiment", "code_version", "machine": {"cpu", "cores", "fast_bf16", "torch", "precision", ...},
+     "config": {...resolved...}, "sft": {...},
      "iterations": [{"iteration", "policy_path", "mlflow_run_id", "wall_seconds": {step: s},
                      "reward": {rm: {"accuracy", "ci95", "accuracy_by_level": {level: acc}, "ci95_by_level",
                                      "n_test", "n_by_level", "axis", "synthetic"?: {the same keys}}},

@@ -116,8 +116,9 @@ class RewardSection:
     eval_data: str | None = None  # pairs file for `rlhf rm eval`; null = synthetic pairs on held-out phrasings
     n_eval_synthetic: int = 500  # synthetic evaluation pairs per RM (when eval_data is null)
     ablation: list[str] = field(default_factory=lambda: ["none", "small", "large"])  # Table 28 variants
-    # true: every iteration also runs the margin ablation (ablate_reward_models: one Helpfulness RM per variant,
-    # from the SFT checkpoint, on the same pairs and split as rm-helpful); the report's Table 28 comes from it
+    # true: every iteration (or those campaign.ablate_at lists) also runs the margin ablation (ablate_reward_models:
+    # one Helpfulness RM per variant, from the SFT checkpoint, on the same pairs and split as rm-helpful); the
+    # report's Table 28 comes from it
     ablate: bool = False
 
 

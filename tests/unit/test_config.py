@@ -51,7 +51,7 @@ def test_overrides_win_over_the_experiment():
     ("experimnt=smoke", "experimnt", "did you mean experiment=smoke?"),
     ("sampling.temp=0.9", "sampling.temp", "did you mean sampling.temperature?"),
     ("campain.name=x", "campain.name", "did you mean campaign.name?"),
-    ("experiment=nope", "experiment", "Available options in 'experiment': demo, llama2, smoke"),
+    ("experiment=nope", "experiment", "Available options in 'experiment': demo, llama2, replicate, smoke"),
     ("experiment=smok", "experiment", "did you mean experiment=smoke?"),
     ("eval.references.x=y", "eval.references.x", "+eval.references.x=y"),
 ])
@@ -182,6 +182,21 @@ def test_pool_from_chooses_which_iterations_candidates_the_pool_draws_on():
     assert pool_history(paper, 3, earlier) == earlier  # from V3: the best of all rounds
     with pytest.raises(ConfigError, match="rejection.pool_from"):
         compose_config(["rejection.pool_from=0"])
+
+
+def test_ablate_at_chooses_the_iterations_that_run_the_margin_ablation(tmp_path):
+    from rlhf.flows.iteration import check_slots, runs_ablation
+
+    every = compose_config(["reward.ablate=true", "campaign.iterations=3"])
+    assert [runs_ablation(every, n) for n in (1, 2, 3)] == [True, True, True]
+    replicate = compose_config(["experiment=replicate"])
+    assert [runs_ablation(replicate, n) for n in (1, 2, 3, 4)] == [False, False, False, True]
+    off = compose_config(["campaign.ablate_at=[2]", "campaign.iterations=3"])
+    assert not any(runs_ablation(off, n) for n in (1, 2, 3))  # reward.ablate=false wins
+    outside = compose_config(["reward.ablate=true", "campaign.ablate_at=[5]", "campaign.iterations=3",
+                              f"campaign.root={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"campaign.ablate_at.*\[5\] are outside 1..3"):
+        check_slots(outside)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -10,7 +10,7 @@ import pytest
 
 from rlhf.core.errors import RLHFError
 from rlhf.record.document import Doc
-from rlhf.record.report import SECTIONS, verdict, write_report
+from rlhf.record.report import SECTIONS, copy_report, verdict, write_report
 from rlhf.record.summary import iteration_markdown, progression_metrics
 
 
@@ -78,9 +78,20 @@ def test_report_from_a_summary_with_optional_parts_missing(tmp_path):
     assert 'src="plots/' not in page and page.count('src="data:image/png;base64,') == 4
     png = (path.parent / "plots" / "pool.png").read_bytes()
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    assert "| machine | - |" in md  # a summary from before the machine was recorded
+    assert "| wall time of the iterations' steps | 0.1 min (SFT and seed pairs aside) |" in md  # 2 x 1.5 s
     # Rebuilt in place: the old report is replaced whole, no temp directories left behind.
+    summary["machine"] = {"cpu": "AMD EPYC", "cores": 2, "fast_bf16": True, "torch": "2.13.0", "precision": "bf16"}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
     write_report(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "summary.json"]
+    assert "| machine | AMD EPYC, 2 cores (fast bf16: yes), torch 2.13.0, bf16 |" in path.read_text()
+    # A copy to commit (`rlhf report io.output=...`): the same files, replacing an older copy whole.
+    (tmp_path / "published").mkdir()
+    (tmp_path / "published" / "stale.png").write_bytes(b"x")
+    copy_report(path.parent, tmp_path / "published")
+    assert sorted(p.name for p in (tmp_path / "published").rglob("*")) == sorted(
+        p.name for p in path.parent.rglob("*") if p.suffix != ".html")  # Markdown and PNGs, no inlined copies
 
 
 def test_progression_metrics_sort_in_reading_order_with_ci_bounds_beside():
