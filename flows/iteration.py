@@ -459,6 +459,8 @@ def check_slots(cfg: RootConfig) -> None:
     if cfg.reward.ablate and outside:
         raise ConfigError("campaign.ablate_at", f"iterations {outside} are outside 1..{cfg.campaign.iterations} "
                                                 "(campaign.iterations)")
+    if "pairwise" in cfg.eval.judges:  # an endpoint or a local model, before hours of training
+        cfg.eval.pairwise.validate()
     cfg.gatt.validate()
     if cfg.campaign.gatt_from is not None and not 1 <= cfg.campaign.gatt_from <= cfg.campaign.iterations:
         raise ConfigError("campaign.gatt_from", f"{cfg.campaign.gatt_from} is outside 1..{cfg.campaign.iterations} "

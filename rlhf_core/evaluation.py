@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .pairwise import PairwiseConfig
+
 Scores = Callable[[pd.DataFrame, list[str]], np.ndarray]  # the scorer signature of rlhf.core.scorers
 
 
@@ -29,7 +31,9 @@ class EvalConfig:
     split: str = "eval"  # generated prompts: the rater's held-out split (disjoint from every training prompt)
     prompts_path: str | None = None  # a user's held-out prompt file instead (JSONL/Parquet of {"messages"})
     seed: int = 0  # prompt set, sampling, judge order and bootstrap seed
-    judges: list[str] = field(default_factory=lambda: ["gold", "rm"])  # gold | rm (rm_helpful, rm_safety follow)
+    # gold | rm (rm_helpful, rm_safety follow) | pairwise (a chat model or endpoint that sees both answers)
+    judges: list[str] = field(default_factory=lambda: ["gold", "rm"])
+    pairwise: PairwiseConfig = field(default_factory=PairwiseConfig)  # the pairwise judge (rlhf_core/pairwise.py)
     n_bootstrap: int = 1000  # bootstrap resamples for the 95 % CI
     tie_eps: float = 1e-6  # a score gap at or below this is a tie (float rounding; the gold judge rarely ties)
     temperature: float = 0.7  # every model answers at this temperature with the same seed (a paired comparison)
@@ -37,6 +41,9 @@ class EvalConfig:
     # Fixed reference models every iteration is also compared with: name -> model (a directory, a hub id, a
     # GGUF file, "smollm2"); win rates appear as "<name>/<judge>". "sft" and "previous" are always there.
     references: dict[str, str] = field(default_factory=dict)
+    # The paper's system-prompt effect: set, every model also answers each prompt with this system prompt first,
+    # and the step reports those win rates beside the ones without (``win_rate_with_system``); null = not run.
+    system_prompt: str | None = None
 
 
 def win_rate_stats(outcomes: Sequence[float], n_bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -62,6 +69,11 @@ def outcome(model_score: np.ndarray, baseline_score: np.ndarray, tie_eps: float)
     return np.where(np.abs(gap) <= tie_eps, 0.5, np.where(gap > 0, 1.0, 0.0))
 
 
+def presentation_order(n: int, seed: int) -> np.ndarray:
+    """``(n,)`` True where the model's answer is shown first (a seeded coin per prompt)."""
+    return np.random.default_rng(seed).random(n) < 0.5
+
+
 def judge(prompts: pd.DataFrame, model_scores: np.ndarray, baseline_scores: np.ndarray, model_answers: Sequence[str],
           baseline_answers: Sequence[str], seed: int, tie_eps: float) -> pd.DataFrame:
     """One judgment per prompt, as the judge saw it: answers ``a``/``b`` in a seeded random order
@@ -70,8 +82,7 @@ def judge(prompts: pd.DataFrame, model_scores: np.ndarray, baseline_scores: np.n
     The scores come from one scoring pass per answer set (a pointwise judge scores each answer alone, so
     the presented order cannot change a score; it is still drawn and recorded, as a pairwise judge --
     a person, an LLM judge -- needs it)."""
-    n = len(prompts)
-    model_first = np.random.default_rng(seed).random(n) < 0.5
+    model_first = presentation_order(len(prompts), seed)
     ms, bs = np.asarray(model_scores, float), np.asarray(baseline_scores, float)
     ma, ba = np.asarray(model_answers, dtype=object), np.asarray(baseline_answers, dtype=object)
     return pd.DataFrame({
@@ -86,7 +97,11 @@ def judge(prompts: pd.DataFrame, model_scores: np.ndarray, baseline_scores: np.n
 def summarise(judgments: pd.DataFrame, judge_name: str, n_bootstrap: int, seed: int) -> dict:
     """The ``win_rate["<baseline>/<judge>"]`` entry of summary.json from one judge's judgments."""
     stats = win_rate_stats(judgments["outcome"].to_numpy(), n_bootstrap, seed)
-    return {"judge": judge_name, **stats, "model_first_share": float((judgments["order"] == "model_first").mean())}
+    first = judgments["order"] == "model_first"
+    # position bias: a judge that favours a position wins the model more often where it shows it there
+    when = {f"win_rate_when_{name}": float(judgments["outcome"][part].mean()) if part.any() else None
+            for name, part in (("first", first), ("second", ~first))}
+    return {"judge": judge_name, **stats, "model_first_share": float(first.mean()), **when}
 
 
 PROMPT_SETS = ("helpfulness", "safety")  # the paper's two evaluation sets (Fig. 11's axes; Fig. 17)

@@ -1,4 +1,4 @@
-"""``rlhf run | iterate | resume | report | serve | deploy | ui``: the commands about whole campaigns.
+"""``rlhf run | iterate | resume | report | serve | deploy | chat-server | ui``: the commands about whole campaigns.
 
 Every one that starts Prefect prepares its environment first (``rlhf.flows.environment.prepare``), then
 imports the flows: Prefect reads its settings when it is imported.
@@ -121,6 +121,23 @@ def cmd_ui(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_chat_server(overrides: list[str]) -> int:
+    from rlhf.cli.chat_server import KEY_ENV, ChatServer
+    from rlhf.core.pairwise import LocalChat
+
+    cfg = compose(overrides)
+    chat = LocalChat.load(cfg.model)
+    server = ChatServer(lambda conversations, n: chat(conversations, n), cfg.model.name_or_path, cfg.io.port,
+                        api_key=os.environ.get(KEY_ENV) or None)
+    print(f"{cfg.model.name_or_path} on {server.url} (OpenAI-compatible chat completions; "
+          f"{'a key from ' + KEY_ENV if server.api_key else 'no key'}; Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
 COMMANDS = [
     Command("run", "A whole campaign: SFT, then RLHF-V1..V<campaign.iterations> as Prefect flows, tracked in "
                    "MLflow; rerunning it skips what finished and resumes what failed.",
@@ -136,6 +153,9 @@ COMMANDS = [
     Command("deploy", "Register the campaign's next iteration as a deployment on a Prefect server's work pool "
                       "(PREFECT_WORK_POOL), run by its worker; optionally on orchestration.cron / .interval.",
             "rlhf deploy experiment=demo campaign.name=demo tracking=server", cmd_deploy),
+    Command("chat-server", "Serve model=... greedily behind an OpenAI-compatible chat completions API on "
+                           "127.0.0.1:io.port (a pairwise judge for eval.pairwise.url).",
+            "rlhf chat-server model.name_or_path=smollm2 io.port=8000", cmd_chat_server),
     Command("ui", "Open the MLflow UI on the campaigns' tracking store (io.port, default 5000).",
             "rlhf ui campaign.root=./runs", cmd_ui),
 ]

@@ -249,7 +249,8 @@ def _win_rows(iterations: list[dict]) -> list[list]:
     for it in iterations:
         for key, r in sorted(it["win_rate"].items()):
             rows.append([f"RLHF-V{it['iteration']}", key, pct(r["win"]), pct(r["tie"]), pct(r["loss"]),
-                         pct(r["win_rate"]), ci(r), r["n"], pct(r.get("model_first_share"))])
+                         pct(r["win_rate"]), ci(r), r["n"], pct(r.get("model_first_share")),
+                         f"{pct(r.get('win_rate_when_first'))} / {pct(r.get('win_rate_when_second'))}"])
     return rows
 
 
@@ -270,12 +271,37 @@ def section_verdict(doc: Doc, c: Campaign) -> None:
 def section_win_rates(doc: Doc, c: Campaign) -> None:
     doc.para("Each model answers the same held-out prompts (no training step sees them) with the same sampling "
              "seed; a judge compares the two answers of each prompt, presented in a seeded random order "
-             "(`model first` is the share where the model's answer came first). Ties count half. The CI is a "
-             "percentile bootstrap over prompts.")
+             "(`model first` is the share where the model's answer came first; `when first / second` the win rate "
+             "in each case: a judge that reads both answers -- the `pairwise` one -- shows its position bias "
+             "there, a pointwise one only noise). Ties count half. The CI is a percentile bootstrap over prompts.")
     plot_win_rates(c.iterations, c.plots / "win_rates.png")
     doc.image("plots/win_rates.png", "win rate progression with 95 % CIs")
-    doc.table(["iteration", "baseline/judge", "win", "tie", "loss", "win rate", "95 % CI", "n", "model first"],
-              _win_rows(c.iterations))
+    doc.table(["iteration", "baseline/judge", "win", "tie", "loss", "win rate", "95 % CI", "n", "model first",
+               "when first / second"], _win_rows(c.iterations))
+    unparsed = [f"RLHF-V{it['iteration']} {key}: {r['unparsed']} of {r['n']}" for it in c.iterations
+                for key, r in sorted(it["win_rate"].items()) if r.get("unparsed")]
+    if unparsed:
+        doc.para("Pairwise verdicts the judge's reply did not name (counted as ties): " + "; ".join(unparsed) + ".")
+
+
+def section_system_prompt(doc: Doc, c: Campaign) -> None:
+    rows = [[f"RLHF-V{it['iteration']}", key, _set_cell(r), _set_cell((it.get("win_rate_with_system") or {}).get(key))]
+            for it in c.iterations if it.get("win_rate_with_system") for key, r in sorted(it["win_rate"].items())]
+    if not rows:
+        doc.para("Not measured in this campaign: `eval.system_prompt=\"...\"` has every model answer each evaluation "
+                 "prompt a second time with that system prompt, and the win rates of both conditions appear here "
+                 "(the paper's system-prompt comparison).")
+        return
+    prompt = (c.summary.get("config", {}).get("eval") or {}).get("system_prompt")
+    doc.para(f"The same comparisons without and with the system prompt `{prompt}` (every model, the baseline too, "
+             "answers with it); ties count half.")
+    doc.table(["iteration", "baseline/judge", "without system prompt", "with system prompt"], rows)
+    violations = [[f"RLHF-V{it['iteration']}", model, pct(v["rate"]),
+                   pct(((it.get("violation_rate_with_system") or {}).get(model) or {}).get("rate"))]
+                  for it in c.iterations if it.get("win_rate_with_system")
+                  for model, v in (it.get("violation_rate") or {}).items() if v]
+    if violations:
+        doc.table(["iteration", "model", "violation rate without", "with system prompt"], violations)
 
 
 def section_helpful_vs_safety(doc: Doc, c: Campaign) -> None:
@@ -526,7 +552,8 @@ def _git_commit() -> str:
 
 
 SECTIONS = {"Verdict": section_verdict, "Win rates": section_win_rates,
-            "Helpfulness vs safety": section_helpful_vs_safety, "Preference pairs": section_pairs,
+            "Helpfulness vs safety": section_helpful_vs_safety, "System prompt": section_system_prompt,
+            "Preference pairs": section_pairs,
             "Reward model accuracy": section_reward_models,
             "Temperature search": section_temperature, "Best-of-K gain": section_best_of_k,
             "Rejection-sampling pool": section_pool, "Distilled student": section_student, "PPO": section_ppo,

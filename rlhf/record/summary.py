@@ -12,7 +12,9 @@ Schema (docs/design.md#the-campaign; more fields are welcome)::
                      "ppo": {"steps", "reward_start", "reward_end", "kl_end", "early_stopped", ...} or null,
                      "gatt": {"adherence_by_turn": {"before": {turn: share}, "after": {...}},
                               "zero_shot": {"before": share, "after": share}, "n_dialogues", ...} or null,
-                     "win_rate": {"<baseline>/<judge>": {"judge", "win", "tie", "loss", "win_rate", "ci95", "n"}}}]}
+                     "win_rate": {"<baseline>/<judge>": {"judge", "win", "tie", "loss", "win_rate", "ci95", "n",
+                                                         "win_rate_when_first", "win_rate_when_second"}},
+                     "win_rate_with_system": {the same, with eval.system_prompt} or null}]}
 
 Accuracies are shares in [0, 1]; levels are named as in ``rlhf.core.preferences.LEVELS`` (``significantly_better`` ...).
 """
@@ -104,6 +106,9 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "win_rate": evaluation["metrics"]["win_rate"],
         "win_rate_by_set": evaluation["metrics"].get("win_rate_by_set") or {},
         "violation_rate": evaluation["metrics"].get("violation_rate") or {},
+        # eval.system_prompt: the same comparisons with every model told the system prompt (else absent)
+        "win_rate_with_system": evaluation["metrics"].get("win_rate_with_system"),
+        "violation_rate_with_system": evaluation["metrics"].get("violation_rate_with_system"),
         "student": student_entry(refs["distill"], refs["evaluate_student"]) if "distill" in refs else None,
     }
 
@@ -142,6 +147,11 @@ def progression_metrics(entry: dict) -> dict[str, float]:
     for model, violations in (entry.get("violation_rate") or {}).items():
         if violations:
             out[f"win_rate/violation_rate/{model}"] = violations["rate"]
+    out |= _win_metrics("win_rate/with_system", entry.get("win_rate_with_system") or {})
+    for key, result in entry["win_rate"].items():  # a pairwise judge's position bias
+        if result.get("win_rate_when_first") is not None and key.endswith("/pairwise"):
+            out[f"win_rate/{key}/when_first"] = result["win_rate_when_first"]
+            out[f"win_rate/{key}/when_second"] = result["win_rate_when_second"]
     for name, rm in entry["reward"].items():
         out[f"rm/{name}/accuracy"] = rm["accuracy"]
         out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..evaluation import EvalConfig, judge, summarise, summarise_by_prompt_set, violation_rate
+from ..evaluation import EvalConfig, judge, presentation_order, summarise, summarise_by_prompt_set, violation_rate
 from ..models import ModelConfig, load_model
+from ..pairwise import judge_pairs, make_judge, verdict_scores
 from ..progress import progress
 from ..prompt_sets import PromptsConfig, load_prompt_set
 from ..rejection import in_order
@@ -29,34 +30,57 @@ from .common import file_input, log, model_input, run_step
 from .outputs import EVALUATE
 from .shards import merged, shard_inputs, shard_step
 
-JUDGES = ("gold", "rm")
+JUDGES = ("gold", "rm", "pairwise")
 RM_JUDGES = ("rm", "rm_helpful", "rm_safety")  # the combined reward, and each RM's when there is a Safety RM
+WITH_SYSTEM = " +system"  # the answers with eval.system_prompt are the rows of "<model path> +system"
+
+
+def _answerers(models: dict[str, ModelConfig], cfg: EvalConfig) -> dict[str, tuple[ModelConfig, str | None]]:
+    """Who answers: each distinct model (keyed by its path; the first config naming it answers for it), and
+    with ``eval.system_prompt`` each again with that system prompt (keyed ``<path> +system``)."""
+    out: dict[str, tuple[ModelConfig, str | None]] = {}
+    for system in [None] + ([cfg.system_prompt] if cfg.system_prompt else []):
+        for c in models.values():
+            out.setdefault(c.name_or_path + (WITH_SYSTEM if system else ""), (c, system))
+    return out
+
+
+def with_system(prompts: pd.DataFrame, system: str | None) -> pd.DataFrame:
+    """``prompts`` with ``system`` as each conversation's system turn (replacing one it had); as is for None."""
+    if not system:
+        return prompts
+    turn = {"role": "system", "content": system}
+    return prompts.assign(messages=[[turn] + [m for m in messages if m["role"] != "system"]
+                                    for messages in prompts.messages])
 
 
 def eval_prompts(cfg: EvalConfig) -> PromptsConfig:
     return PromptsConfig(path=cfg.prompts_path, n=cfg.n_prompts, split=cfg.split, seed=cfg.seed)
 
 
-def _answer_rows(distinct: dict[str, ModelConfig], prompts: pd.DataFrame, sampling: SamplingConfig,
-                 scorer_cfg: ScorerConfig, cfg: EvalConfig, precision: str, shard: Shard = WHOLE) -> pd.DataFrame:
-    """One answer per prompt and distinct model (keyed by its path), with the RM judges' scores when
-    ``rm`` judges -- or this shard's share of them (its units: each model's batches of the engine). Rows
-    ``model``, ``model_order``, ``prompt_index``, ``text`` [, ``rm``, ``rm_helpful``, ``rm_safety``]."""
-    mine = shard.take([(path, b) for path in distinct for b in range(n_batches(len(prompts), sampling))])
+def _answer_rows(answerers: dict[str, tuple[ModelConfig, str | None]], prompts: pd.DataFrame,
+                 sampling: SamplingConfig, scorer_cfg: ScorerConfig, cfg: EvalConfig, precision: str,
+                 shard: Shard = WHOLE) -> pd.DataFrame:
+    """One answer per prompt and answerer (:func:`_answerers`), with the RM judges' scores when ``rm``
+    judges -- or this shard's share of them (its units: each answerer's batches of the engine). Rows
+    ``model`` (the answerer's key), ``model_order``, ``prompt_index``, ``text`` [, ``rm``, ``rm_helpful``,
+    ``rm_safety``]."""
+    mine = shard.take([(key, b) for key in answerers for b in range(n_batches(len(prompts), sampling))])
     reward = _reward_judges(scorer_cfg, precision) if "rm" in cfg.judges and mine else None
     drawn = []
     with progress(len(mine), "evaluate: answers", "batch") as bar:
-        for order, (path, model_cfg) in enumerate(distinct.items()):
-            batches = [b for p, b in mine if p == path]
+        for order, (key, (model_cfg, system)) in enumerate(answerers.items()):
+            batches = [b for k, b in mine if k == key]
             if not batches:
                 continue
+            asked = with_system(prompts, system)
             model, tokenizer = load_model(model_cfg)
-            samples = make_backend(sampling, model, tokenizer, model_cfg.precision, path).sample(
-                list(prompts.messages), 1, sampling, batches=batches)
-            rows = samples[["prompt_index", "text", "batch"]].assign(model=path, model_order=order)
+            samples = make_backend(sampling, model, tokenizer, model_cfg.precision, model_cfg.name_or_path).sample(
+                list(asked.messages), 1, sampling, batches=batches)
+            rows = samples[["prompt_index", "text", "batch"]].assign(model=key, model_order=order)
             for index in (rows.groupby("batch").indices.values() if reward else ()):
                 part = rows.iloc[index]  # a batch's answers scored as one group, as in every shard split
-                for judge_name, scores in reward(prompts.iloc[part.prompt_index.astype(int)], list(part.text)).items():
+                for judge_name, scores in reward(asked.iloc[part.prompt_index.astype(int)], list(part.text)).items():
                     rows.loc[rows.index[index], judge_name] = scores
             drawn.append(rows)
             bar.update(len(batches))
@@ -90,71 +114,114 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
     """Answer the held-out prompts with the model and each baseline, judge every pair; returns the manifest.
 
     Baselines naming the same model (iteration 1's ``sft`` and ``previous``) are answered once. With
-    ``shards``, the answers and RM scores are those of :func:`evaluate_shard_step`'s shards."""
+    ``eval.system_prompt`` every model answers a second time with it, judged the same way. With ``shards``,
+    the answers and RM scores are those of :func:`evaluate_shard_step`'s shards."""
     unknown = sorted(set(cfg.judges) - set(JUDGES))
     if unknown:
-        raise ConfigError("eval.judges", f"unknown judge(s) {unknown}; use {' and/or '.join(JUDGES)}")
+        raise ConfigError("eval.judges", f"unknown judge(s) {unknown}; use some of {', '.join(JUDGES)}")
+    if "pairwise" in cfg.judges:
+        cfg.pairwise.validate()
     prompts_cfg = prompts_cfg or eval_prompts(cfg)
     prompts = load_prompt_set(prompts_cfg)
     answer_cfg = _answer_sampling(sampling, cfg)
     models = {"model": model_cfg, **baselines}
     # A user's prompt file without instructions or safety tags gives the gold rater nothing to check.
     has_rubric = prompts_cfg.path is None or bool((prompts.instructions != "[]").any() or prompts.safety.any())
-
-    distinct: dict[str, ModelConfig] = {}
-    for cfg_ in models.values():
-        distinct.setdefault(cfg_.name_or_path, cfg_)  # the first config naming a model answers for it
+    answerers = _answerers(models, cfg)
+    conditions = {"": None} | ({WITH_SYSTEM: cfg.system_prompt} if cfg.system_prompt else {})
 
     def body(tmp: Path) -> dict:
-        # 1. Answers: one per prompt and distinct model, same sampling seed for all (a paired comparison).
+        # 1. Answers: one per prompt and answerer, same sampling seed for all (a paired comparison).
         answered = merged(shards, ["model_order", "prompt_index"]) if shards else _answer_rows(
-            distinct, prompts, answer_cfg, scorer_cfg, cfg, model_cfg.precision)
-        by_path = {path: group for path, group in answered.groupby("model", sort=False)}
-        if sorted(by_path) != sorted(distinct) or any(len(g) != len(prompts) for g in by_path.values()):
+            answerers, prompts, answer_cfg, scorer_cfg, cfg, model_cfg.precision)
+        by_key = {key: group for key, group in answered.groupby("model", sort=False)}
+        if sorted(by_key) != sorted(answerers) or any(len(g) != len(prompts) for g in by_key.values()):
             raise ValueError("evaluate: the answers do not cover every model and prompt (a shard's rows are missing)")
-        answers = {name: list(by_path[c.name_or_path].text) for name, c in models.items()}
         asked = [messages[-1]["content"] for messages in prompts.messages]
-        pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "text": text} for name, texts in answers.items()
+        answers = {cond: {name: list(by_key[c.name_or_path + cond].text) for name, c in models.items()}
+                   for cond in conditions}
+        pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "system_prompt": bool(cond), "text": text}
+                      for cond, per_model in answers.items() for name, texts in per_model.items()
                       for pid, q, text in zip(prompts.prompt_id, asked, texts)]).to_parquet(tmp / EVALUATE["answers"])
-        # 2. Scores per judge and model: the gold rater's here, the RMs' with the answers.
-        skipped, scores = {}, {name: {} for name in answers}
-        if "gold" in cfg.judges:
-            if has_rubric:
-                for name, texts in answers.items():
-                    scores[name]["gold"] = gold_scorer(prompts, texts)
-            else:
-                skipped["gold"] = "the prompts carry no instructions for the gold rater"
-                log.warning("evaluate: gold judge skipped: %s", skipped["gold"])
-        if "rm" in cfg.judges:
-            for name, c in models.items():
-                scores[name] |= {judge_name: by_path[c.name_or_path][judge_name].to_numpy(dtype=float)
-                                 for judge_name in RM_JUDGES if judge_name in answered}
-        # 3. Judgments and win rates per baseline and judge.
-        rows, win_rate, by_set = [], {}, {}
-        for i, baseline in enumerate(baselines):
-            for j, judge_name in enumerate(scores["model"]):
-                seed = cfg.seed * 1000 + 10 * i + j
-                judged = judge(prompts, scores["model"][judge_name], scores[baseline][judge_name], answers["model"],
-                               answers[baseline], seed, cfg.tie_eps)
-                rows.append(judged.assign(baseline=baseline, judge=judge_name))
-                win_rate[f"{baseline}/{judge_name}"] = summarise(judged, judge_name, cfg.n_bootstrap, seed)
-                by_set[f"{baseline}/{judge_name}"] = summarise_by_prompt_set(judged, judge_name, cfg.n_bootstrap,
-                                                                             seed)
+        judge_pairs_ = make_judge(cfg.pairwise, model_cfg) if "pairwise" in cfg.judges else None
+        skipped, results, rows = {}, {}, []
+        for cond in conditions:
+            scores = _pointwise_scores(cond, answers[cond], by_key, models, prompts, has_rubric, cfg, skipped)
+            results[cond] = _judged(prompts, asked, answers[cond], scores, baselines, cfg, judge_pairs_, rows, cond)
         pd.concat(rows, ignore_index=True).to_parquet(tmp / EVALUATE["judgments"])
-        means = {judge_name: {name: float(np.mean(s[judge_name])) for name, s in scores.items()}
-                 for judge_name in scores["model"]}
-        violations = {name: violation_rate(list(prompts.safety), texts) for name, texts in answers.items()}
-        return {"win_rate": win_rate, "win_rate_by_set": by_set, "violation_rate": violations,
-                "n_prompts": len(prompts), "mean_score": means, "skipped_judges": skipped}
+        plain = results[""]
+        violations = {name: violation_rate(list(prompts.safety), texts) for name, texts in answers[""].items()}
+        metrics = {"win_rate": plain["win_rate"], "win_rate_by_set": plain["by_set"], "violation_rate": violations,
+                   "n_prompts": len(prompts), "mean_score": plain["means"], "skipped_judges": skipped}
+        if WITH_SYSTEM in results:  # the system-prompt effect: the same comparisons, every model told the prompt
+            metrics["win_rate_with_system"] = results[WITH_SYSTEM]["win_rate"]
+            metrics["violation_rate_with_system"] = {
+                name: violation_rate(list(prompts.safety), texts) for name, texts in answers[WITH_SYSTEM].items()}
+        return metrics
 
     inputs = _inputs(model_cfg, baselines, prompts_cfg, scorer_cfg, cfg) | shard_inputs(shards)
     config = {"eval": asdict(cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(answer_cfg),
               "baselines": sorted(baselines)}
     return run_step("evaluate", out_dir, config, inputs, body,
                     f"{len(prompts)} held-out prompts vs {', '.join(baselines)}, judges {', '.join(cfg.judges)}"
+                    + (" (and with the system prompt)" if cfg.system_prompt else "")
                     + (f", merging {len(shards)} shards" if shards else ""),
                     lambda m: "; ".join(f"{k} {v['win_rate']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
                                         for k, v in m["win_rate"].items()))
+
+
+def _pointwise_scores(cond: str, answers: dict[str, list[str]], by_key: dict[str, pd.DataFrame],
+                      models: dict[str, ModelConfig], prompts: pd.DataFrame, has_rubric: bool, cfg: EvalConfig,
+                      skipped: dict) -> dict[str, dict[str, np.ndarray]]:
+    """``{model name: {judge: (n,) scores}}`` of the pointwise judges: the gold rater's, and the RMs' read
+    from the answer rows (scored where the answers were drawn)."""
+    scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in answers}
+    if "gold" in cfg.judges:
+        if has_rubric:
+            for name, texts in answers.items():
+                scores[name]["gold"] = gold_scorer(prompts, texts)
+        else:
+            skipped["gold"] = "the prompts carry no instructions for the gold rater"
+            log.warning("evaluate: gold judge skipped: %s", skipped["gold"])
+    if "rm" in cfg.judges:
+        for name, c in models.items():
+            rows = by_key[c.name_or_path + cond]
+            scores[name] |= {judge_name: rows[judge_name].to_numpy(dtype=float)
+                             for judge_name in RM_JUDGES if judge_name in rows}
+    return scores
+
+
+def _judged(prompts: pd.DataFrame, asked: list[str], answers: dict[str, list[str]], scores: dict, baselines: dict,
+            cfg: EvalConfig, pairwise, rows: list, cond: str) -> dict:
+    """Judgments (appended to ``rows``) and win rates of the model against each baseline by each judge; the
+    pairwise judge reads both answers in the order drawn for it, and its verdicts become the scores."""
+    win_rate, by_set = {}, {}
+    judge_names = list(scores["model"]) + (["pairwise"] if pairwise else [])
+    for i, baseline in enumerate(baselines):
+        for j, judge_name in enumerate(judge_names):
+            seed = cfg.seed * 1000 + 10 * i + j
+            model_scores = scores["model"].get(judge_name)
+            baseline_scores = scores[baseline].get(judge_name)
+            replies = None
+            if judge_name == "pairwise":
+                first = presentation_order(len(prompts), seed)
+                shown_a = np.where(first, np.asarray(answers["model"], object), np.asarray(answers[baseline], object))
+                shown_b = np.where(first, np.asarray(answers[baseline], object), np.asarray(answers["model"], object))
+                replies, verdicts = judge_pairs(pairwise, asked, list(shown_a), list(shown_b), cfg.pairwise.instruction)
+                score_a, score_b = verdict_scores(verdicts)
+                model_scores, baseline_scores = np.where(first, score_a, score_b), np.where(first, score_b, score_a)
+            judged = judge(prompts, model_scores, baseline_scores, answers["model"], answers[baseline], seed,
+                           cfg.tie_eps)
+            if replies is not None:
+                judged = judged.assign(reply=replies, verdict=verdicts)
+            rows.append(judged.assign(baseline=baseline, judge=judge_name, system_prompt=bool(cond)))
+            win_rate[f"{baseline}/{judge_name}"] = summarise(judged, judge_name, cfg.n_bootstrap, seed)
+            if replies is not None:
+                win_rate[f"{baseline}/{judge_name}"]["unparsed"] = int(sum(v == "unparsed" for v in verdicts))
+            by_set[f"{baseline}/{judge_name}"] = summarise_by_prompt_set(judged, judge_name, cfg.n_bootstrap, seed)
+    means = {judge_name: {name: float(np.mean(s[judge_name])) for name, s in scores.items()}
+             for judge_name in scores["model"]}
+    return {"win_rate": win_rate, "by_set": by_set, "means": means}
 
 
 def _inputs(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], prompts_cfg: PromptsConfig,
@@ -162,6 +229,8 @@ def _inputs(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], prompts_c
     inputs = {"model": model_input(model_cfg), **{f"baseline_{n}": model_input(c) for n, c in baselines.items()},
               **{f"rm_{n}": file_input(p) for n, p in (("helpful", scorer_cfg.helpful), ("safety", scorer_cfg.safety))
                  if p and "rm" in cfg.judges}}
+    if "pairwise" in cfg.judges and cfg.pairwise.model:  # an endpoint's model is its server's business
+        inputs["pairwise_judge"] = model_input(replace(model_cfg, name_or_path=cfg.pairwise.model))
     if prompts_cfg.path:
         inputs["prompts"] = file_input(prompts_cfg.path)
     return inputs
@@ -173,14 +242,12 @@ def evaluate_shard_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig
     prompts_cfg = eval_prompts(cfg)
     prompts = load_prompt_set(prompts_cfg)
     answer_cfg = _answer_sampling(sampling, cfg)
-    distinct: dict[str, ModelConfig] = {}
-    for cfg_ in {"model": model_cfg, **baselines}.values():
-        distinct.setdefault(cfg_.name_or_path, cfg_)
+    answerers = _answerers({"model": model_cfg, **baselines}, cfg)
     config = {"eval": asdict(cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(answer_cfg),
               "baselines": sorted(baselines)}
     return shard_step("evaluate", shard, out_dir, config, _inputs(model_cfg, baselines, prompts_cfg, scorer_cfg, cfg),
-                      lambda: _answer_rows(distinct, prompts, answer_cfg, scorer_cfg, cfg, model_cfg.precision, shard),
-                      f"{len(prompts)} held-out prompts x {len(distinct)} models, {shard.name}")
+                      lambda: _answer_rows(answerers, prompts, answer_cfg, scorer_cfg, cfg, model_cfg.precision, shard),
+                      f"{len(prompts)} held-out prompts x {len(answerers)} answerers, {shard.name}")
 
 
 def _answer_sampling(sampling: SamplingConfig, cfg: EvalConfig) -> SamplingConfig:

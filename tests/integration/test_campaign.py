@@ -266,10 +266,14 @@ def test_margin_ablation_and_pairs_from_two_variants(tmp_path):
     """reward.ablate=true: Table 28 as a step of the iteration, from the SFT model, on the Helpfulness RM's pairs
     and split, tested on its held-out labelled pairs; summary.json and the report carry it. The same one-iteration
     campaign samples each pair's answers from two models (collect.variants, in 2 shards): the policy (the SFT
-    model at V1) and the base model it was fine-tuned from."""
+    model at V1) and the base model it was fine-tuned from; and evaluates with a local pairwise judge and with and
+    without a system prompt."""
     cfg = smoke(tmp_path, "abl", "reward.ablate=true", "campaign.iterations=1", "campaign.gatt_from=null",
-                "collect.variants=[policy,base]", "orchestration.shards=2")
+                "collect.variants=[policy,base]", "orchestration.shards=2", "eval.judges=[gold,rm,pairwise]",
+                "eval.pairwise.model=tiny", "eval.system_prompt='Be brief.'")
     entry = run_campaign(cfg)["iterations"][0]
+    assert set(entry["win_rate"]) == set(entry["win_rate_with_system"]) >= {"sft/gold", "sft/pairwise"}
+    assert {"win_rate_when_first", "win_rate_when_second", "unparsed"} <= set(entry["win_rate"]["sft/pairwise"])
     collect = json.loads((tmp_path / "abl" / "iter-1" / "collect_pairs" / "manifest.json").read_text())
     assert collect["inputs"]["model"]["path"] == str(tmp_path / "abl" / "iter-0" / "sft")
     assert collect["inputs"]["second_model"]["path"] == "tiny"  # smoke's model.name_or_path
@@ -290,6 +294,7 @@ def test_margin_ablation_and_pairs_from_two_variants(tmp_path):
     report = (tmp_path / "abl" / "report" / "report.md").read_text()
     assert "Margin ablation (Table 28 layout), RLHF-V1" in report and "| none |" in report
     assert "| RLHF-V1 | policy T0.7 |" in report
+    assert "without and with the system prompt `Be brief.`" in report and "| RLHF-V1 | sft/pairwise |" in report
 
 
 def test_distilled_student_learns_from_the_pool_while_the_policy_stays_the_teacher(tmp_path):

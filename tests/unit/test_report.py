@@ -154,7 +154,7 @@ def test_the_distilled_student_gets_its_own_metrics_and_section(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"campaign": "hand", "code_version": "abc", "config": {},
                                                        "iterations": [first]}))
     md = write_report(tmp_path).read_text()
-    assert "| RLHF-V1 | teacher/gold | 30.0% | 0.0% | 70.0% | 30.0% | [20.0%, 40.0%] | 40 | 50.0% |" in md
+    assert "| RLHF-V1 | teacher/gold | 30.0% | 0.0% | 70.0% | 30.0% | [20.0%, 40.0%] | 40 | 50.0% | - / - |" in md
     assert "No distilled student" not in md
 
 
@@ -170,3 +170,31 @@ def test_helpfulness_and_safety_prompt_sets_and_the_violation_rate_are_reported(
     md = write_report(tmp_path).read_text()
     assert "| RLHF-V1 | sft/gold | 60.0% [50.0%, 70.0%] (n=30) | 45.0% [30.0%, 60.0%] (n=10) |" in md
     assert "| RLHF-V1 | model | 20.0% | 10 |" in md and "| RLHF-V1 | sft | 50.0% | 10 |" in md
+
+
+def test_the_system_prompt_condition_and_the_pairwise_judges_position_bias_are_reported(tmp_path):
+    first = entry(1)
+    md = _report(tmp_path, first)
+    assert "Not measured in this campaign: `eval.system_prompt" in md
+    first["win_rate"]["sft/pairwise"] = result(0.55, 0.45, 0.65) | {
+        "judge": "pairwise", "win_rate_when_first": 0.8, "win_rate_when_second": 0.3, "unparsed": 3}
+    first["win_rate_with_system"] = {"sft/gold": result(0.7, 0.6, 0.8), "sft/pairwise": result(0.5, 0.4, 0.6)}
+    first["violation_rate"] = {"model": {"rate": 0.9, "n": 10}}
+    first["violation_rate_with_system"] = {"model": {"rate": 0.4, "n": 10}}
+    metrics = progression_metrics(first)
+    assert metrics["1_win_rate/with_system/sft/gold"] == 0.7 and metrics["1_win_rate/with_system/sft/gold/ci_lo"] == 0.6
+    assert (metrics["1_win_rate/sft/pairwise/when_first"], metrics["1_win_rate/sft/pairwise/when_second"]) == (0.8, 0.3)
+    assert "1_win_rate/sft/gold/when_first" not in metrics  # a pointwise judge's split is noise, not a bias
+    md = _report(tmp_path, first, config={"eval": {"system_prompt": "Be brief."}})
+    assert ("| RLHF-V1 | sft/pairwise | 55.0% | 0.0% | 45.0% | 55.0% | [45.0%, 65.0%] | 40 | 50.0% "
+            "| 80.0% / 30.0% |") in md
+    assert "RLHF-V1 sft/pairwise: 3 of 40" in md and "`Be brief.`" in md
+    assert "| RLHF-V1 | sft/gold | 62.5% [50.0%, 75.0%] (n=40) | 70.0% [60.0%, 80.0%] (n=40) |" in md
+    assert "| RLHF-V1 | sft/rm | 70.0% [60.0%, 80.0%] (n=40) | - |" in md  # not measured with it
+    assert "| RLHF-V1 | model | 90.0% | 40.0% |" in md
+
+
+def _report(tmp_path, *iterations, config=None) -> str:
+    (tmp_path / "summary.json").write_text(json.dumps({"campaign": "hand", "code_version": "abc",
+                                                       "config": config or {}, "iterations": list(iterations)}))
+    return write_report(tmp_path).read_text()
