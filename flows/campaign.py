@@ -77,8 +77,8 @@ log = logging.getLogger("rlhf")
 TRAINING_STEPS = ("sft", "train_reward_models", "ablate_reward_models", "train_policy", "distill", "ppo", "gatt")
 STEPS = ("sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
          "ablate_reward_models",
-         "search_temperature", "rejection_sample", "train_policy", "distill", "ppo", "gatt", "evaluate",
-         "evaluate_student")
+         "search_temperature", "gatt_dialogues", "rejection_sample", "train_policy", "distill", "ppo", "gatt",
+         "gatt_adherence", "evaluate", "evaluate_student")
 
 
 def check_fault(spec: str | None) -> None:

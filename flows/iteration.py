@@ -5,8 +5,8 @@
                  search_temperature <---+
                         |
                  rejection_sample (pool: best of all iterations from rejection.pool_from) -> train_policy
-                        |                                                                      |
-                        |        ppo (campaign.ppo_at) -> gatt (campaign.gatt_from) -> evaluate
+                        |                  gatt_dialogues (gatt.mix_into=pool) ------------------^  |
+                        |        ppo (campaign.ppo_at) -> gatt (campaign.gatt_from; or gatt_adherence) -> evaluate
                         |                                            | (the teacher)
                  distill (rejection.student) ---------------> evaluate_student
 
@@ -329,10 +329,15 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
         steps.rejection_sample, steps.rejection_sample_shard, shards,
         dict(policy=carried.policy, rms=rms, search=refs["search_temperature"], prompts=rs_prompts, **sampling),
         previous=pool_history(cfg, iteration, carried.candidates), iteration=iteration)
-    # 4. The new policy: fine-tuned on the pool.
+    # 4. The new policy: fine-tuned on the pool (with gatt.mix_into=pool, and on GAtt dialogues sampled from the
+    #    policy the iteration starts from, as the paper mixed them into the RLHF data).
+    mixed = runs_gatt(cfg, iteration) and cfg.gatt.mix_into == "pool"
+    if mixed:
+        refs["gatt_dialogues"] = step(steps.gatt_dialogues, policy=carried.policy, model=cfg.model, config=cfg.gatt,
+                                      sampling=cfg.sampling)
     policy = refs["train_policy"] = step(steps.train_policy, policy=carried.policy, pool=refs["rejection_sample"],
                                          model=cfg.model, config=cfg.train_policy,
-                                         launch=cfg.launch.for_step("train_policy"))
+                                         launch=cfg.launch.for_step("train_policy"), gatt=refs.get("gatt_dialogues"))
     # 4b. Distillation (rejection.student): the student learns from the same pool; the policy stays the teacher.
     if cfg.rejection.student:
         refs["distill"] = step(steps.distill, student=carried.student, initial=cfg.rejection.student,
@@ -344,8 +349,12 @@ def iteration_flow(config: dict, iteration: int, state: dict, ids: dict, campaig
                                     prompts=replace(cfg.prompts, n=cfg.ppo.n_prompts),
                                     eval_prompts=ppo_eval_prompts(cfg), sampling=cfg.sampling, scorer=cfg.scorer,
                                     config=cfg.ppo, launch=cfg.launch.for_step("ppo"))
-    # 6. Ghost Attention from campaign.gatt_from on: the policy learns to keep the system instruction.
-    if runs_gatt(cfg, iteration):
+    # 6. Ghost Attention from campaign.gatt_from on: the policy learns to keep the system instruction (in a
+    #    fine-tune of its own; mixed into the pool, only its adherence is measured here).
+    if mixed:
+        refs["gatt_adherence"] = step(steps.gatt_adherence, policy=policy, dialogues=refs["gatt_dialogues"],
+                                      model=cfg.model, config=cfg.gatt, sampling=cfg.sampling)
+    elif runs_gatt(cfg, iteration):
         policy = refs["gatt"] = step(steps.gatt, policy=policy, model=cfg.model, config=cfg.gatt,
                                      train=cfg.gatt.train, sampling=cfg.sampling, launch=cfg.launch.for_step("gatt"))
     # 7. Win rates against the SFT model, the previous policy and any fixed references (eval.references).

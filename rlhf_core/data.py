@@ -104,6 +104,10 @@ def load_conversations(path: str | Path, on_bad_record: str = "error") -> list[d
                                   "fix or remove this line")]
         else:
             problems = validate_messages(row["messages"], path, line)
+            if row.get("loss_mode", "all") not in ("all", "last"):  # a row's own mask (GAtt rows: "last")
+                problems.append(DataError(path, f"unknown loss_mode {row['loss_mode']!r} (expected all or last)", line,
+                                          "loss_mode", "use all (every assistant turn) or last (the final one), or "
+                                          "fix or remove this line"))
         errors.extend(problems)
         if problems:
             skipped.append(skipped_reason(path, line, problems))
@@ -150,8 +154,8 @@ def tokenize_conversations(tokenizer, conversations: list[dict], max_length: int
         raise ConfigError("data.overlong", f"unknown policy {overlong!r}; use truncate or drop")
     report = TokenizeReport(n_input=len(conversations))
     examples = []
-    for index, row in enumerate(conversations):
-        ids, attention, loss_mask = render_conversation(tokenizer, row["messages"], mode)
+    for index, row in enumerate(conversations):  # a row's own "loss_mode" wins (GAtt rows mixed into SFT data)
+        ids, attention, loss_mask = render_conversation(tokenizer, row["messages"], row.get("loss_mode", mode))
         if len(ids) > max_length:
             if overlong == "drop" or not loss_mask[:max_length].any():
                 report.n_dropped_overlong += 1

@@ -40,6 +40,7 @@ from .rater.gold import quality
 from .sampling import SamplingConfig
 
 EXAMPLES = ("last", "every_turn")
+MIX_INTO = ("step", "pool")  # where the GAtt dialogues are trained on (gatt.mix_into)
 
 
 @dataclass
@@ -59,10 +60,16 @@ class GAttConfig:
     prompt_offset: int = 100_000  # where the user messages start in the generated prompt sets
     constraints: list[str] | None = None  # train (and evaluate "seen") on these constraint ids only; None = all
     seed: int = 0
+    # step: a fine-tune of its own after the iteration's policy (and PPO); pool: the dialogues (sampled from the
+    # policy the iteration starts from) join train_policy's data, as the paper mixed them into the RLHF data
+    mix_into: str = "step"
 
     def validate(self) -> "GAttConfig":
         if self.examples not in EXAMPLES:
             raise ConfigError("gatt.examples", f"unknown {self.examples!r}; use {' or '.join(EXAMPLES)}")
+        if self.mix_into not in MIX_INTO:
+            raise ConfigError("gatt.mix_into", f"unknown {self.mix_into!r}; use step (a fine-tune of its own) or pool "
+                                               "(the dialogues join the iteration's fine-tune on the pool)")
         if min(self.n_dialogues, self.turns, self.k, self.eval_dialogues, self.eval_turns) < 1:
             raise ConfigError("gatt.n_dialogues", "n_dialogues, turns, k, eval_dialogues and eval_turns must be >= 1")
         return self

@@ -53,6 +53,8 @@ from rlhf.core.steps.outputs import (
     EVALUATE,
     EVALUATE_STUDENT,
     GATT,
+    GATT_ADHERENCE,
+    GATT_DIALOGUES,
     PPO,
     REJECTION_SAMPLE,
     RM_ABLATION,
@@ -488,10 +490,12 @@ def rejection_sample_shard(policy: Ref, rms: dict[str, Ref], search: Ref, model:
 
 @step_task("train_policy")
 def train_policy(policy: Ref, pool: Ref, model: ModelConfig, config: SFTConfig, here: str,
-                 fault: Fault | None = None, launch: LaunchConfig | None = None) -> Ref:
-    """Fine-tune the policy on the pool's best answers (rejection-sampling SFT); on ``launch.num_processes``
-    processes when that is more than one."""
-    return _fine_tune_on_pool("train_policy", TRAIN_POLICY, _model(model, policy), pool, config, here, fault, launch)
+                 fault: Fault | None = None, launch: LaunchConfig | None = None, gatt: Ref | None = None) -> Ref:
+    """Fine-tune the policy on the pool's best answers (rejection-sampling SFT), and on the GAtt dialogues of
+    ``gatt`` when given (gatt.mix_into=pool); on ``launch.num_processes`` processes when that is more than one."""
+    extra = [gatt["files"]["rows"]] if gatt else []
+    return _fine_tune_on_pool("train_policy", TRAIN_POLICY, _model(model, policy), pool, config, here, fault, launch,
+                              extra)
 
 
 @step_task("distill")
@@ -504,11 +508,12 @@ def distill(student: Ref | None, initial: str, pool: Ref, model: ModelConfig, co
 
 
 def _fine_tune_on_pool(step: str, contract: Outputs, start: ModelConfig, pool: Ref, config: SFTConfig, here: str,
-                       fault: Fault | None, launch: LaunchConfig | None) -> Ref:
-    """``start`` fine-tuned on the pool's best answers with the SFT objective (``train_policy``'s settings)."""
+                       fault: Fault | None, launch: LaunchConfig | None, extra: list[str] = ()) -> Ref:
+    """``start`` fine-tuned on the pool's best answers (and the conversation files ``extra``) with the SFT
+    objective (``train_policy``'s settings)."""
     from rlhf.core.steps.sft import sft_step
 
-    data = DataConfig(path=pool["files"]["pool_sft"])
+    data = DataConfig(path=pool["files"]["pool_sft"], extra=list(extra))
     return _one(step, contract, here, fault, lambda out, f: sft_step(start, data, _failing(config, f), out,
                                                                      launch=launch, config_key="train_policy"))
 
@@ -534,9 +539,34 @@ def gatt(policy: Ref, model: ModelConfig, config: GAttConfig, train: SFTConfig, 
     ``launch.num_processes`` processes when that is more than one."""
     from rlhf.core.steps.gatt import gatt_step
 
-    core = GAttConfig(**{field.name: getattr(config, field.name) for field in dataclasses.fields(GAttConfig)})
     return _one("gatt", GATT, here, fault, lambda out, f: gatt_step(
-        _model(model, policy), core, _failing(train, f), sampling, out, launch=launch))
+        _model(model, policy), _gatt_core(config), _failing(train, f), sampling, out, launch=launch))
+
+
+@step_task("gatt_dialogues")
+def gatt_dialogues(policy: Ref, model: ModelConfig, config: GAttConfig, sampling: SamplingConfig, here: str,
+                   fault: Fault | None = None) -> Ref:
+    """gatt.mix_into=pool: GAtt dialogues sampled from the policy the iteration starts from, for train_policy,
+    and that policy's adherence per turn."""
+    from rlhf.core.steps.gatt import gatt_dialogues_step
+
+    return _one("gatt_dialogues", GATT_DIALOGUES, here, fault, lambda out, f: gatt_dialogues_step(
+        _model(model, policy), _gatt_core(config), sampling, out))
+
+
+@step_task("gatt_adherence")
+def gatt_adherence(policy: Ref, dialogues: Ref, model: ModelConfig, config: GAttConfig, sampling: SamplingConfig,
+                   here: str, fault: Fault | None = None) -> Ref:
+    """gatt.mix_into=pool: the iteration's final policy's adherence per turn, beside the starting policy's."""
+    from rlhf.core.steps.gatt import gatt_adherence_step
+
+    return _one("gatt_adherence", GATT_ADHERENCE, here, fault, lambda out, f: gatt_adherence_step(
+        _model(model, policy), dialogues["path"], _gatt_core(config), sampling, out))
+
+
+def _gatt_core(config) -> GAttConfig:
+    """The core's GAttConfig from the flow's gatt section (which adds the fine-tune's ``train``)."""
+    return GAttConfig(**{field.name: getattr(config, field.name) for field in dataclasses.fields(GAttConfig)})
 
 
 @step_task("evaluate")
@@ -578,4 +608,5 @@ CONTRACTS: dict[str, Outputs] = {"sft": SFT, "seed_pairs": SEED_PAIRS, "collect_
                                  "annotate": ANNOTATE, "search_temperature": SEARCH_TEMPERATURE,
                                  "rejection_sample": REJECTION_SAMPLE, "train_policy": TRAIN_POLICY, "ppo": PPO,
                                  "gatt": GATT, "evaluate": EVALUATE, "ablate_reward_models": RM_ABLATION,
-                                 "distill": DISTILL, "evaluate_student": EVALUATE_STUDENT}
+                                 "distill": DISTILL, "evaluate_student": EVALUATE_STUDENT,
+                                 "gatt_dialogues": GATT_DIALOGUES, "gatt_adherence": GATT_ADHERENCE}

@@ -470,6 +470,9 @@ def section_gatt(doc: Doc, c: Campaign) -> None:
              "and the constraint's checker judges each answer. Share of dialogues whose answer at each turn follows "
              "the instruction (Llama 2 Table 30 layout), before and after the GAtt fine-tune; zero-shot = constraints "
              "never used in training (mean over turns).")
+    if any(g.get("mix_into") == "pool" for _, g in runs):
+        doc.para("gatt.mix_into=pool: the dialogues were mixed into the iteration's fine-tune on the pool (no GAtt "
+                 "step of its own); `before` is the policy the iteration started from, `after` its final policy.")
     plot_gatt(runs, c.plots / "gatt_adherence.png")
     doc.image("plots/gatt_adherence.png", "adherence per turn before and after Ghost Attention")
     turns = sorted({int(t) for _, g in runs for t in g["adherence_by_turn"]["before"]})
@@ -477,7 +480,8 @@ def section_gatt(doc: Doc, c: Campaign) -> None:
     for n, g in runs:
         for model in ("before", "after"):
             curve = g["adherence_by_turn"][model]
-            rows.append([f"RLHF-V{n}", f"{model} GAtt"] + [pct(curve.get(str(t))) for t in turns]
+            mixed = " (mixed into the pool)" if g.get("mix_into") == "pool" and model == "after" else ""
+            rows.append([f"RLHF-V{n}", f"{model} GAtt{mixed}"] + [pct(curve.get(str(t))) for t in turns]
                         + [pct(g["zero_shot"][model]), g["n_dialogues"]])
     doc.table(["iteration", "model"] + [f"turn {t}" for t in turns] + ["zero-shot", "training dialogues"], rows)
 
@@ -551,13 +555,14 @@ def _git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-SECTIONS = {"Verdict": section_verdict, "Win rates": section_win_rates,
-            "Helpfulness vs safety": section_helpful_vs_safety, "System prompt": section_system_prompt,
-            "Preference pairs": section_pairs,
-            "Reward model accuracy": section_reward_models,
-            "Temperature search": section_temperature, "Best-of-K gain": section_best_of_k,
-            "Rejection-sampling pool": section_pool, "Distilled student": section_student, "PPO": section_ppo,
-            "Ghost Attention adherence": section_gatt,
+# Each heading names the figure or table of the Llama 2 paper (Touvron et al. 2023) the section reproduces.
+SECTIONS = {"Verdict": section_verdict, "Win rates (Fig. 11)": section_win_rates,
+            "Helpfulness vs safety (Fig. 11, Fig. 17)": section_helpful_vs_safety,
+            "System prompt": section_system_prompt, "Preference pairs (§3.2.1)": section_pairs,
+            "Reward model accuracy (Table 8, Table 28)": section_reward_models,
+            "Temperature search (Fig. 8)": section_temperature, "Best-of-K gain (Fig. 7)": section_best_of_k,
+            "Rejection-sampling pool (§3.2.3)": section_pool, "Distilled student": section_student,
+            "PPO": section_ppo, "Ghost Attention adherence (Table 30)": section_gatt,
             "Example answers": section_examples, "Provenance": section_provenance}
 
 

@@ -102,7 +102,7 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
                          "train_loss_first": refs["train_policy"]["metrics"]["train_loss_first"],
                          "train_loss_last": refs["train_policy"]["metrics"]["train_loss_last"]},
         "ppo": refs["ppo"]["metrics"] if "ppo" in refs else None,
-        "gatt": refs["gatt"]["metrics"] if "gatt" in refs else None,
+        "gatt": (refs.get("gatt") or refs.get("gatt_adherence") or {}).get("metrics"),  # its own step, or in the pool
         "win_rate": evaluation["metrics"]["win_rate"],
         "win_rate_by_set": evaluation["metrics"].get("win_rate_by_set") or {},
         "violation_rate": evaluation["metrics"].get("violation_rate") or {},

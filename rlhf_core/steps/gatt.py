@@ -35,6 +35,7 @@ from ..sft import SFTConfig, run_sft
 from ..training import checkpoint_step, latest_checkpoint
 from .common import (
     MetricsLog,
+    file_input,
     key_for,
     launched_step,
     log,
@@ -44,7 +45,7 @@ from .common import (
     save_model_output,
     work_dir_for,
 )
-from .outputs import GATT, GATT_DATA, GATT_EVAL, GATT_TRAIN, METRICS  # noqa: F401 (re-exported: GATT_TRAIN, GATT_EVAL)
+from .outputs import GATT, GATT_ADHERENCE, GATT_DATA, GATT_DIALOGUES, GATT_EVAL, GATT_TRAIN, METRICS  # noqa: F401 (re-exported: GATT_TRAIN, GATT_EVAL)
 
 
 def _users(cfg: GAttConfig, split: str, n_dialogues: int, turns: int, offset: int) -> list[list[str]]:
@@ -201,3 +202,68 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
 
     return run_step("gatt", out_dir, config, inputs, body,
                     f"{model_cfg.name_or_path}, {cfg.n_dialogues} dialogues x {cfg.turns} turns", summary)
+
+
+# --------------------------------------------------------------------------------------------------
+# gatt.mix_into=pool: the dialogues join the iteration's fine-tune instead of a step of their own
+
+
+def gatt_dialogues_step(model_cfg: ModelConfig, cfg: GAttConfig, sampling: SamplingConfig,
+                        out_dir: str | Path) -> dict:
+    """The GAtt dialogues sampled from ``model_cfg``'s policy (the one the iteration starts from) and that
+    policy's adherence; the rows (``gatt_sft.jsonl``) carry ``loss_mode: last`` so that ``train_policy`` trains
+    them with the pool (``data.extra``) and its own loss mask. Returns the manifest."""
+    cfg.validate()
+    config = {"model": asdict(model_cfg), "gatt": asdict(cfg), "sampling": asdict(sampling)}
+
+    def body(tmp: Path) -> dict:
+        model, tokenizer = load_model(model_cfg)
+        backend = TransformersBackend(model, tokenizer, model_cfg.precision)
+        dialogues = build_data(backend, cfg, sampling, tmp)
+        rows = [row | {"loss_mode": "last"} for row in read_jsonl(tmp / GATT_DIALOGUES["rows"])]
+        if not rows:
+            raise ValueError("gatt: no dialogue kept a single answer that follows its instruction; raise gatt.k or "
+                             "gatt.n_dialogues, or check the model answers at all")
+        write_jsonl(tmp / GATT_DIALOGUES["rows"], rows)
+        before, judged = evaluate_adherence(backend, cfg, sampling)
+        judged.to_parquet(tmp / GATT_DIALOGUES["judgments"])
+        write_json(tmp / GATT_DIALOGUES["before"], {k: {str(t): v for t, v in c.items()} for k, c in before.items()},
+                   sort_keys=False)
+        kept = dialogues.answers.map(len)
+        return {"n_dialogues": int((kept > 0).sum()), "n_dialogues_drawn": len(dialogues), "n_examples": len(rows),
+                "adherence_before": {str(t): v for t, v in before["seen"].items()}}
+
+    return run_step("gatt_dialogues", out_dir, config, {"model": model_input(model_cfg)}, body,
+                    f"{model_cfg.name_or_path}, {cfg.n_dialogues} dialogues x {cfg.turns} turns (for the pool)",
+                    lambda m: f"{m['n_examples']} examples from {m['n_dialogues']} dialogues")
+
+
+def gatt_adherence_step(model_cfg: ModelConfig, dialogues_dir: str | Path, cfg: GAttConfig, sampling: SamplingConfig,
+                        out_dir: str | Path) -> dict:
+    """Adherence of the iteration's final policy (``model_cfg``) on the held-out dialogues, beside the input
+    policy's from :func:`gatt_dialogues_step` (``dialogues_dir``): the same metrics as the ``gatt`` step's, so
+    summary.json and the report read either. Returns the manifest."""
+    cfg.validate()
+    dialogues_dir = Path(dialogues_dir)
+    config = {"gatt": asdict(cfg), "sampling": asdict(sampling)}
+    inputs = {"model": model_input(model_cfg), "dialogues": file_input(dialogues_dir / GATT_DIALOGUES["rows"])}
+
+    def body(tmp: Path) -> dict:
+        before = {k: {int(t): v for t, v in c.items()}
+                  for k, c in json.loads((dialogues_dir / GATT_DIALOGUES["before"]).read_text()).items()}
+        dialogues = pd.read_parquet(dialogues_dir / GATT_DIALOGUES["dialogues"])
+        n_rows = len(read_jsonl(dialogues_dir / GATT_DIALOGUES["rows"]))
+        model, tokenizer = load_model(model_cfg)
+        after, judged_after = evaluate_adherence(TransformersBackend(model, tokenizer, model_cfg.precision), cfg,
+                                                 sampling)
+        judged_before = pd.read_parquet(dialogues_dir / GATT_DIALOGUES["judgments"])
+        pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
+                  ignore_index=True).to_parquet(tmp / GATT_ADHERENCE["judgments"])
+        pd.DataFrame([{"model": m, "set": s, "turn": t, "adherence": v}
+                      for m, curves in (("before", before), ("after", after)) for s, curve in curves.items()
+                      for t, v in curve.items()]).to_csv(tmp / GATT_ADHERENCE["adherence"], index=False)
+        return {**_summary_metrics(before, after, dialogues, n_rows), "mix_into": "pool"}
+
+    return run_step("gatt_adherence", out_dir, config, inputs, body,
+                    f"{model_cfg.name_or_path}: adherence after GAtt in the pool",
+                    lambda m: f"adherence {m['adherence_mean']['before']:.2f} -> {m['adherence_mean']['after']:.2f}")

@@ -67,6 +67,11 @@ TRAIN_POLICY = Outputs("train_policy", {"metrics": METRICS})
 PPO = Outputs("ppo", {"metrics": METRICS, "eval_history": "eval_history.csv"})
 GATT = Outputs("gatt", {"metrics": METRICS, "dialogues": "dialogues.parquet", "rows": "gatt_sft.jsonl",
                         "judgments": "judgments.parquet", "adherence": "adherence.csv"})
+# gatt.mix_into=pool: the dialogues (and the input policy's adherence) before train_policy, which trains on them
+# with the pool; the iteration's final policy's adherence after
+GATT_DIALOGUES = Outputs("gatt_dialogues", {"dialogues": "dialogues.parquet", "rows": "gatt_sft.jsonl",
+                                            "before": "before.json", "judgments": "judgments.parquet"})
+GATT_ADHERENCE = Outputs("gatt_adherence", {"judgments": "judgments.parquet", "adherence": "adherence.csv"})
 EVALUATE = Outputs("evaluate", {"answers": "answers.parquet", "judgments": "judgments.parquet"})
 # distillation (rejection.student): the student fine-tuned on the iteration's pool, and judged on its own
 DISTILL = Outputs("distill", {"metrics": METRICS})

@@ -12,7 +12,7 @@ trains on its share of every batch, the main one alone evaluates and writes the 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +42,9 @@ class DataConfig:
     eval_size: int = 0  # conversations held out (seeded) to report loss before/after training
     seed: int = 0  # seed of the held-out split
     on_bad_record: str = "error"  # error: list every bad line and stop | skip: drop each bad line, logged and counted
+    # more conversation files trained on with ``path`` (none held out), e.g. Ghost Attention dialogues mixed into
+    # the policy's fine-tune (gatt.mix_into=pool); a row's own "loss_mode" (all | last) overrides the step's
+    extra: list[str] = field(default_factory=list)
 
 
 def data_path(cfg: DataConfig) -> Path:
@@ -73,7 +76,8 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
     ``config_key`` is the config section errors name (``train_policy`` for the rejection-sampling fine-tune)."""
     out_dir = Path(out_dir)
     path = data_path(data_cfg)
-    inputs = {"model": model_input(model_cfg), "data": file_input(path)}
+    inputs = {"model": model_input(model_cfg), "data": file_input(path),
+              **{f"extra_{i}": file_input(extra) for i, extra in enumerate(data_cfg.extra)}}
     config = {"model": asdict(model_cfg), "data": asdict(data_cfg), "sft": keyed(sft_cfg), **keyed_launch(launch)}
     work = work_dir_for(out_dir)
     if launches(launch):
@@ -85,11 +89,14 @@ def sft_step(model_cfg: ModelConfig, data_cfg: DataConfig, sft_cfg: SFTConfig, o
         main = is_main_process()  # the other ranks of a launched step train their share only
         # 1. Data: validated conversations, optional held-out slice.
         train_rows, eval_rows = _split(load_conversations(path, data_cfg.on_bad_record), data_cfg, path)
+        for extra in data_cfg.extra:
+            train_rows += load_conversations(extra, data_cfg.on_bad_record)
         # 2. Model, and the held-out loss before training.
         model, tokenizer = load_model(model_cfg)
         resume = latest_checkpoint(work)
         loss_before = mean_target_loss(model, tokenizer, eval_rows, sft_cfg.max_length) if eval_rows and main else None
-        log.info("sft: %d conversations (%d held out) from %s%s", len(train_rows), len(eval_rows), path.name,
+        log.info("sft: %d conversations (%d held out) from %s%s%s", len(train_rows), len(eval_rows), path.name,
+                 "".join(f" + {Path(extra).name}" for extra in data_cfg.extra),
                  f", resuming from {resume.name}" if resume else "")
         # 3. Train (resumes from the work dir's latest checkpoint).
         metrics_log = MetricsLog(work / METRICS, checkpoint_step(resume), on_metrics)

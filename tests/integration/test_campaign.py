@@ -56,7 +56,8 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
 
     # Prefect: every step ran once per iteration, all Completed.
     states = prefect_runs.task_states(t0)
-    assert set(states) == set(STEPS) - {"ablate_reward_models", "distill", "evaluate_student"}  # off by default
+    assert set(states) == set(STEPS) - {"ablate_reward_models", "distill", "evaluate_student", "gatt_dialogues",
+                                        "gatt_adherence"}  # off by default
     assert all(len(states[s]) == 2 for s in ITERATION_STEPS) and len(states["sft"]) == 1
     assert len(states["ppo"]) == 1  # campaign.ppo_at defaults to the iteration before the last: V1
     assert len(states["gatt"]) == 1  # smoke: campaign.gatt_from=2
@@ -459,3 +460,30 @@ def test_smoke_campaign_with_every_training_step_on_two_processes(tmp_path, capl
         run_campaign(cfg)
     assert {s for v in prefect_runs.task_states(t1).values() for s in v} == {"Cached"}
     assert "launching" not in caplog.text
+
+
+def test_ghost_attention_mixed_into_the_pool(tmp_path):
+    """gatt.mix_into=pool: the GAtt dialogues, sampled from the policy the iteration starts from, join
+    train_policy's data (their rows keep the loss on the last answer); no separate GAtt fine-tune runs, and the
+    iteration's final policy's adherence is measured beside the starting policy's, read as GAtt's."""
+    cfg = smoke(tmp_path, "mix", "campaign.iterations=1", "campaign.gatt_from=1", "campaign.ppo_at=[]",
+                "gatt.mix_into=pool")
+    entry = run_campaign(cfg)["iterations"][0]
+    here = tmp_path / "mix" / "iter-1"
+    assert not (here / "gatt").exists() and (here / "gatt_dialogues").is_dir() and (here / "gatt_adherence").is_dir()
+    rows = [json.loads(line) for line in (here / "gatt_dialogues" / "gatt_sft.jsonl").read_text().splitlines()]
+    assert rows and {row["loss_mode"] for row in rows} == {"last"}
+    assert rows[0]["messages"][0]["role"] == "system"  # the instruction lives in the system message only
+    trained = json.loads((here / "train_policy" / "manifest.json").read_text())
+    assert trained["inputs"]["extra_0"]["path"] == str(here / "gatt_dialogues" / "gatt_sft.jsonl")
+    assert trained["inputs"]["model"]["path"] == str(tmp_path / "mix" / "iter-0" / "sft")  # the iteration's start
+    pool = pd.read_parquet(here / "rejection_sample" / "pool.parquet")
+    m = trained["metrics"]
+    assert m["n_conversations"] + m["n_dropped_overlong"] == len(pool) + len(rows)  # the pool's and GAtt's rows
+    adherence = json.loads((here / "gatt_adherence" / "manifest.json").read_text())
+    assert adherence["inputs"]["model"]["path"] == entry["policy_path"] == str(here / "train_policy")
+    gatt = entry["gatt"]
+    assert gatt["mix_into"] == "pool" and gatt["n_examples"] == len(rows)
+    assert set(gatt["adherence_by_turn"]) == {"before", "after"} and gatt["adherence_by_turn"]["before"]
+    report = (tmp_path / "mix" / "report" / "report.md").read_text()
+    assert "| RLHF-V1 | after GAtt (mixed into the pool) |" in report and "gatt.mix_into=pool: the dialogues" in report

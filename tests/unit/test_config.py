@@ -75,6 +75,9 @@ def test_resolved_config_round_trips():
     (["run", "experiment=smoke", "ppo.batch_size=10"], "ppo.batch_size"),  # not a multiple of mini_batch_size
     (["run", "experiment=smoke", "campaign.gatt_from=5"], "campaign.gatt_from"),  # only 2 iterations
     (["run", "experiment=smoke", "gatt.examples=all"], "gatt.examples"),
+    (["run", "experiment=smoke", "gatt.mix_into=rl"], "gatt.mix_into"),
+    (["run", "experiment=smoke", "eval.judges=[gold,pairwise]"], "eval.pairwise.url"),  # no endpoint, no model
+    (["run", "experiment=smoke", "reward.ablate=true", "campaign.ablate_at=[3]"], "campaign.ablate_at"),
     (["run", "experiment=smoke", "debug.fail_at=nope"], "debug.fail_at"),
     (["run", "experiment=smoke", "debug.fail_at=annotate:2"], "debug.fail_at"),
     (["resume", "campaign.name=never-ran"], "campaign.name"),

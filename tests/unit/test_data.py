@@ -28,6 +28,7 @@ def write_jsonl(path, rows):
     ({"messages": [{"role": "user", "content": "Hi"}]}, "messages", "no assistant turn"),
     ({"messages": [{"role": "assistant", "content": "x"}]}, "messages[0].role", "expected a user turn"),
     ({"text": "hello"}, "messages", "expected an object with a 'messages' list"),
+    (GOOD | {"loss_mode": "first"}, "loss_mode", "unknown loss_mode 'first'"),
 ])
 def test_each_bad_row_is_reported_with_line_and_field(tmp_path, row, field, message):
     path = write_jsonl(tmp_path / "chats.jsonl", [GOOD, row])
@@ -122,3 +123,15 @@ def test_skip_with_nothing_left_and_an_unknown_policy_are_errors(tmp_path):
     assert [e.line for e in info.value.errors] == [1, 2]
     with pytest.raises(ConfigError, match="data.on_bad_record"):
         load_conversations(path, on_bad_record="drop")
+
+
+def test_a_rows_own_loss_mode_overrides_the_steps(tiny_tokenizer):
+    """Ghost Attention rows mixed into the pool's SFT data keep the loss on their last answer only."""
+    two_turns = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+                              {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Bye now"}]}
+    [every], _ = tokenize_conversations(tiny_tokenizer, [two_turns], 512, "all")
+    [last], _ = tokenize_conversations(tiny_tokenizer, [two_turns], 512, "last")
+    [mixed_all, mixed_last], _ = tokenize_conversations(tiny_tokenizer, [two_turns, two_turns | {"loss_mode": "last"}],
+                                                        512, "all")
+    assert last[2].sum() < every[2].sum()  # the first answer's tokens are not targets in "last"
+    assert mixed_all[2].equal(every[2]) and mixed_last[2].equal(last[2])
