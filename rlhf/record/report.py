@@ -534,8 +534,14 @@ def section_provenance(doc: Doc, c: Campaign) -> None:
                          ["tracking URI", summary.get("tracking_uri", "-")],
                          ["campaign directory", summary.get("campaign_dir", str(c.home))]])
     steps = sorted({step for it in its for step in it["wall_seconds"]})
+    doc.para("Wall time per step (a cached step: the seconds it took when it ran):")
     doc.table(["iteration"] + steps, [[f"RLHF-V{it['iteration']}"] + [f"{it['wall_seconds'].get(step, 0):.1f} s"
                                                                       for step in steps] for it in its])
+    if any(it.get("peak_rss_mb") for it in its):
+        doc.para("Peak resident memory per step (of the process that ran it; rank 0 of a launched step):")
+        doc.table(["iteration"] + steps, [[f"RLHF-V{it['iteration']}"] + [
+            f"{it['peak_rss_mb'][step] / 1024:.2f} GB" if step in (it.get("peak_rss_mb") or {}) else "-"
+            for step in steps] for it in its])
     doc.para("The resolved config:")
     doc.code(yaml.safe_dump(summary["config"], sort_keys=False))
 

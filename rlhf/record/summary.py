@@ -5,6 +5,7 @@ Schema (docs/design.md#the-campaign; more fields are welcome)::
     {"campaign", "experiment", "code_version", "machine": {"cpu", "cores", "fast_bf16", "torch", "precision", ...},
      "config": {...resolved...}, "sft": {...},
      "iterations": [{"iteration", "policy_path", "mlflow_run_id", "wall_seconds": {step: s},
+                     "peak_rss_mb": {step: MB},
                      "reward": {rm: {"accuracy", "ci95", "accuracy_by_level": {level: acc}, "ci95_by_level",
                                      "n_test", "n_by_level", "axis", "synthetic"?: {the same keys}}},
                      "temperature": {"chosen", "curve": {str(T): mean max-of-K reward}},
@@ -71,10 +72,13 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
     """One iteration's summary from its step references (``rlhf.tasks.steps`` return values)."""
     rms, rm_evals = refs["train_reward_models"], refs.get("eval_reward_models", {})
     search, rejection, evaluation = refs["search_temperature"], refs["rejection_sample"], refs["evaluate"]
-    wall = {}
+    wall, memory = {}, {}
     for step, ref in refs.items():
         parts = ref.values() if step in ("train_reward_models", "eval_reward_models") else [ref]
         wall[step] = sum(p["metrics"].get("wall_seconds", 0.0) for p in parts)
+        peaks = [p["metrics"]["peak_rss_mb"] for p in parts if p["metrics"].get("peak_rss_mb") is not None]
+        if peaks:
+            memory[step] = max(peaks)
     pool = rejection["metrics"]
     return {
         "iteration": iteration,
@@ -82,6 +86,7 @@ def iteration_entry(iteration: int, refs: dict, run_id: str) -> dict:
         "reward_model_paths": {name: ref["path"] for name, ref in rms.items()},
         "mlflow_run_id": run_id,
         "wall_seconds": wall,
+        "peak_rss_mb": memory,  # per step: the peak resident memory of the process that ran it
         "reward": {name: reward_entry(ref["metrics"], rm_evals[name]["metrics"] if name in rm_evals else None)
                    for name, ref in rms.items()},
         "reward_train": {name: {"steps": ref["metrics"]["steps"], "n_train": ref["metrics"]["n_train"],

@@ -177,7 +177,8 @@ def keyed(train_cfg) -> dict:
 def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict],
              body: Callable[[Path | None], dict], describe: str = "",
              summary: Callable[[dict], str] | None = None) -> dict:
-    """The frame of every step: cache check, a start and an end log line, atomic output, manifest.
+    """The frame of every step: cache check, a start and an end log line, atomic output, manifest (whose
+    metrics get the step's ``wall_seconds`` and ``peak_rss_mb``).
 
     ``inputs`` maps names to ``{"path", "digest"}``; ``body(tmp_dir) -> metrics`` writes the outputs into
     ``tmp_dir``, which replaces ``out_dir`` only when it returns (resumable state goes to
@@ -201,10 +202,14 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
         return {}
     log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
     started = time.perf_counter()
+    reset_peak_rss()
     try:
         with atomic_dir(out_dir) as tmp:
             metrics = body(tmp)
             metrics["wall_seconds"] = time.perf_counter() - started
+            # the process's peak memory during the step (rank 0's of a launched step; steps that run at the same
+            # time in one process -- shards on the thread runner -- share it)
+            metrics["peak_rss_mb"] = peak_rss_mb()
             manifest = write_manifest(tmp, name, key, config, inputs, metrics, world_size=world_size())
     except BaseException:
         _drop_if_empty(work, out_dir.parent)  # checkpoints stay for the rerun; an empty frame does not
@@ -213,6 +218,29 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     log.info("%s: done in %.0f s%s -> %s", name, metrics["wall_seconds"],
              f": {summary(metrics)}" if summary else "", out_dir)
     return manifest
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident set size afresh (Linux: ``/proc/self/clear_refs``), so that
+    :func:`peak_rss_mb` measures from here; elsewhere the peak stays the process's since it started."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB since :func:`reset_peak_rss` (``VmHWM``), or since it
+    started where that cannot be reset."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def launch_dir_for(out_dir: Path) -> Path:

@@ -93,6 +93,9 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     for it in on_disk["iterations"]:
         assert (tmp_path / "c" / f"iter-{it['iteration']}" / "train_policy" / "model.safetensors").is_file()
         assert set(it["wall_seconds"]) >= ITERATION_STEPS
+        # peak memory per step (issue 23): a tiny model's step holds torch and the flow, far below a GB per step
+        assert set(it["peak_rss_mb"]) == set(it["wall_seconds"]) and all(100 < mb < 4096
+                                                                        for mb in it["peak_rss_mb"].values())
         assert set(it["reward"]) == {"helpful", "safety"}
         labelled = pd.concat([pd.read_parquet(tmp_path / "c" / f"iter-{i}" / "annotate" / "pairs.parquet")
                               for i in range(1, it["iteration"] + 1)])
@@ -154,6 +157,8 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert len(step_runs) == 2 + 2 * len(ITERATION_STEPS) + 2  # + PPO in V1, GAtt in V2
     assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["rlhf.kind"] == "iteration" for r in step_runs)
     assert {r.info.status for r in step_runs} == {"FINISHED"}
+    # each step's run has its peak memory (prefixed by output name where a step has several, e.g. the two RMs)
+    assert all(any(k.endswith("peak_rss_mb") for k in r.data.metrics) for r in step_runs)
     history = client.get_metric_history(campaign[0].info.run_id, "3_temperature/chosen")
     assert sorted(m.step for m in history) == [1, 2]
     assert [m.step for m in client.get_metric_history(campaign[0].info.run_id, "2_rm/helpful/accuracy")] == [1, 2]

@@ -15,7 +15,7 @@ import pytest
 
 # Three CLI campaigns in their own processes (~3 min on an idle 2-core machine): `make test-processes` runs it.
 pytestmark = [pytest.mark.slow, pytest.mark.processes]
-TIMINGS = ("wall_seconds", "tokens_per_s")  # and PPO's "seconds_per_step/<phase>"
+TIMINGS = ("wall_seconds", "tokens_per_s", "peak_rss_mb")  # and PPO's "seconds_per_step/<phase>"
 
 
 def run_smoke(root: Path, name: str, seed: int) -> dict:
