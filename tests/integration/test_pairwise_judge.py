@@ -87,6 +87,29 @@ def test_a_local_judge_model_and_the_system_prompt_condition(tmp_path):
     judged = pd.read_parquet(tmp_path / "e" / "judgments.parquet")
     assert len(judged) == 2 * 2 * 6 and judged.system_prompt.sum() == 12
     assert "pairwise_judge" in manifest["inputs"]  # the local judge's weights are part of the cache key
+    # a local judge's reply is the likelier letter: a verdict every time
+    assert metrics["win_rate"]["other/pairwise"]["unparsed"] == 0
+    assert set(judged[judged.judge == "pairwise"].verdict) <= {"a", "b"}
+
+
+def test_a_local_judge_chooses_the_same_letter_batched_as_one_at_a_time():
+    """Left padding must not change a verdict: the batch's choices equal each conversation's alone, and each is
+    the letter with the larger next-token logit."""
+    import torch
+
+    chat = LocalChat.load(TINY, batch_size=4)
+    conversations = [[{"role": "user", "content": "Which? " + "word " * n}] for n in (1, 7, 3, 12, 5)]
+    batched = chat.choose(conversations)
+    alone = [chat.choose([c])[0] for c in conversations]
+    assert batched == alone and set(batched) <= {"A", "B"}
+    tok = chat.tokenizer
+    a, b = (tok.encode(x, add_special_tokens=False)[0] for x in "AB")
+    for conversation, choice in zip(conversations, batched):
+        ids = tok(tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True),
+                  return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            last = chat.model(**ids).logits[0, -1]
+        assert choice == ("A" if last[a] >= last[b] else "B")
 
 
 def test_the_chat_server_command_serves_until_stopped(tmp_path):
