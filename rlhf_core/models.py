@@ -61,7 +61,8 @@ def describe_machine(precision: str = "auto") -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "fast_bf16": cpu_has_fast_bf16(),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS
+    return {"cpu": cpu, "cores": cores, "fast_bf16": cpu_has_fast_bf16(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "precision": resolve_precision(precision, torch.device("cpu"))}
 

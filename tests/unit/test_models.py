@@ -44,3 +44,12 @@ def test_precision_resolution():
     assert resolve_precision("auto") in ("fp32", "bf16")
     with pytest.raises(ConfigError, match="model.precision"):
         resolve_precision("fp8")
+
+
+def test_the_machine_a_figure_was_measured_on_is_described():
+    from rlhf.core.models import cpu_has_fast_bf16, describe_machine
+
+    machine = describe_machine("fp32")
+    assert machine["precision"] == "fp32" and machine["torch"] == torch.__version__
+    assert machine["cores"] >= 1 and machine["fast_bf16"] == cpu_has_fast_bf16() and machine["cpu"]
+    assert describe_machine("auto")["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32")
