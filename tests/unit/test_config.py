@@ -193,7 +193,7 @@ def test_ablate_at_chooses_the_iterations_that_run_the_margin_ablation(tmp_path)
     every = compose_config(["reward.ablate=true", "campaign.iterations=3"])
     assert [runs_ablation(every, n) for n in (1, 2, 3)] == [True, True, True]
     replicate = compose_config(["experiment=replicate"])
-    assert [runs_ablation(replicate, n) for n in (1, 2, 3, 4)] == [False, False, False, True]
+    assert [runs_ablation(replicate, n) for n in (1, 2, 3, 4)] == [True, False, False, False]
     off = compose_config(["campaign.ablate_at=[2]", "campaign.iterations=3"])
     assert not any(runs_ablation(off, n) for n in (1, 2, 3))  # reward.ablate=false wins
     outside = compose_config(["reward.ablate=true", "campaign.ablate_at=[5]", "campaign.iterations=3",

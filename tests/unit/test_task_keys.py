@@ -48,8 +48,9 @@ def test_each_task_writes_where_its_contract_says():
     assert set(CONTRACTS) | {"train_reward_models", "eval_reward_models"} == {
         "sft", "seed_pairs", "collect_pairs", "annotate", "train_reward_models", "eval_reward_models",
         "ablate_reward_models", "search_temperature", "rejection_sample", "train_policy", "distill", "ppo", "gatt",
-        "evaluate", "evaluate_student"}
+        "gatt_dialogues", "gatt_adherence", "evaluate", "evaluate_student"}
     assert output_dirs("evaluate_student", {"here": "/c/iter-1"}) == [Path("/c/iter-1/evaluate-student")]
+    assert output_dirs("gatt_dialogues", {"here": "/c/iter-3"}) == [Path("/c/iter-3/gatt_dialogues")]
 
 
 def test_fault_spec_parsing():
