@@ -108,6 +108,16 @@ def _summary_metrics(before: dict, after: dict, dialogues: pd.DataFrame, n_examp
             "kept_turn_share": float(kept.sum() / (len(dialogues) * max(len(dialogues.users.iloc[0]), 1)))}
 
 
+def _write_adherence(tmp: Path, contract, before: dict, after: dict, judged_before: pd.DataFrame,
+                     judged_after: pd.DataFrame) -> None:
+    """Every judged answer (``judgments``) and Table 30's numbers (``adherence``), before and after."""
+    pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
+              ignore_index=True).to_parquet(tmp / contract["judgments"])
+    pd.DataFrame([{"model": m, "set": s, "turn": t, "adherence": v}
+                  for m, curves in (("before", before), ("after", after)) for s, curve in curves.items()
+                  for t, v in curve.items()]).to_csv(tmp / contract["adherence"], index=False)
+
+
 def _prepared(work: Path, backend: Callable[[], TransformersBackend], cfg: GAttConfig,
               sampling: SamplingConfig) -> tuple[pd.DataFrame, list[dict], dict, pd.DataFrame]:
     """Phases 1 and 2, each read back from the work dir when a run before did it: the dialogues, the SFT
@@ -183,11 +193,7 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
         data = work / "data"
         for name in ("dialogues", "rows"):
             shutil.copyfile(data / GATT_DATA[name], tmp / GATT[name])
-        pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
-                  ignore_index=True).to_parquet(tmp / GATT["judgments"])
-        pd.DataFrame([{"model": m, "set": s, "turn": t, "adherence": v}
-                      for m, curves in (("before", before), ("after", after)) for s, curve in curves.items()
-                      for t, v in curve.items()]).to_csv(tmp / GATT["adherence"], index=False)
+        _write_adherence(tmp, GATT, before, after, judged_before, judged_after)
         return {**_summary_metrics(before, after, dialogues, len(rows)), "steps": result.steps,
                 "resumed_from_step": result.resumed_from,
                 "train_loss_first": history[0]["loss"], "train_loss_last": history[-1]["loss"]}
@@ -257,11 +263,7 @@ def gatt_adherence_step(model_cfg: ModelConfig, dialogues_dir: str | Path, cfg: 
         after, judged_after = evaluate_adherence(TransformersBackend(model, tokenizer, model_cfg.precision), cfg,
                                                  sampling)
         judged_before = pd.read_parquet(dialogues_dir / GATT_DIALOGUES["judgments"])
-        pd.concat([judged_before.assign(model="before"), judged_after.assign(model="after")],
-                  ignore_index=True).to_parquet(tmp / GATT_ADHERENCE["judgments"])
-        pd.DataFrame([{"model": m, "set": s, "turn": t, "adherence": v}
-                      for m, curves in (("before", before), ("after", after)) for s, curve in curves.items()
-                      for t, v in curve.items()]).to_csv(tmp / GATT_ADHERENCE["adherence"], index=False)
+        _write_adherence(tmp, GATT_ADHERENCE, before, after, judged_before, judged_after)
         return {**_summary_metrics(before, after, dialogues, n_rows), "mix_into": "pool"}
 
     return run_step("gatt_adherence", out_dir, config, inputs, body,

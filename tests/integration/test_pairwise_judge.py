@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+from servers import free_port  # beside the tests (pytest puts tests/ on the path)
 
 from rlhf.cli.chat_server import ChatServer
 from rlhf.core.errors import RLHFError
@@ -68,10 +69,7 @@ def test_a_wrong_key_or_a_dead_endpoint_is_a_clear_error(tiny_server, monkeypatc
     judge = EndpointJudge(PairwiseConfig(url=tiny_server.url, api_key_env="JUDGE_KEY", retries=0))
     with pytest.raises(RLHFError, match="put its API key in the environment variable 'JUDGE_KEY'"):
         judge([[{"role": "user", "content": "hi"}]])
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dead = EndpointJudge(PairwiseConfig(url=f"http://127.0.0.1:{port}/v1", retries=0, timeout=5))
+    dead = EndpointJudge(PairwiseConfig(url=f"http://127.0.0.1:{free_port()}/v1", retries=0, timeout=5))
     with pytest.raises(RLHFError, match="did not answer.*eval.pairwise.url"):
         dead([[{"role": "user", "content": "hi"}]])
 
@@ -113,9 +111,7 @@ def test_a_local_judge_chooses_the_same_letter_batched_as_one_at_a_time():
 
 
 def test_the_chat_server_command_serves_until_stopped(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = os.environ | {"RLHF_CHAT_SERVER_KEY": "k2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf", "chat-server", "model=tiny", f"io.port={port}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
