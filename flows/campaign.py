@@ -22,6 +22,7 @@ from rlhf.core.artifacts import code_version, prune_weights
 from rlhf.core.errors import ConfigError
 from rlhf.core.models import describe_machine
 from rlhf.core.steps.outputs import DISTILL, GATT, PPO, RM_NAMES, TRAIN_POLICY, rm_outputs
+from rlhf.record.finished import clear_stamp, write_stamp
 from rlhf.record.layout import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -151,6 +152,7 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
             flushed(on_failure=partial(_end_runs, cfg)):
         # 0. What a killed run left (temp folders, runs shown as running), the resolved config (what
         # `rlhf resume` reruns) and the campaign's MLflow run.
+        clear_stamp(home)  # before anything changes: only a run that finished leaves one (rlhf/record/finished.py)
         if removed := remove_leftovers(home):
             log.info("removed %d temporary folder(s) of interrupted runs in %s", removed, home)
         _end_stale_flow_runs(cfg.campaign.name)
@@ -194,6 +196,8 @@ def campaign_flow(config: dict, campaign_name: str, upto: int | None = None) -> 
                 storage.upload_dir(home / REPORT_DIR, storage.join(location, REPORT_DIR))
             publish_campaign(cfg, summary, ids)
         finish_run(ids.uri, ids.campaign_run_id)
+        if not storage.is_url(location):  # what lets `rlhf run` skip Prefect when nothing is left to do
+            write_stamp(home, resolved, last)
     return summary
 
 
@@ -345,11 +349,3 @@ def next_iteration_flow(overrides: list[str]) -> dict:
     upto = last_finished_iteration(campaign_dir(cfg)) + 1
     with tags(*run_tags(cfg.campaign.name)):
         return campaign_flow(config=to_dict(cfg), campaign_name=cfg.campaign.name, upto=upto)
-
-
-def end_of_run_report(summary: dict) -> str:
-    """The per-iteration table and where to look next."""
-    home = summary["campaign_dir"]
-    return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/{SUMMARY_FILE}\n"
-            f"report: {summary.get('report', '-')} (and report.html beside it)\n"
-            f"MLflow: `rlhf ui campaign.root={str(home).rsplit('/', 1)[0]}` (experiment {summary['experiment']!r})")

@@ -179,6 +179,10 @@ class OrchestrationConfig:
     poll_seconds: float = 30.0  # how often `watch` looks for new files
     max_runs: int | None = None  # `rlhf serve` without a Prefect server: stop after this many scheduled runs
     work_pool: str | None = None  # `rlhf deploy`: the Prefect work pool whose worker runs it; null = $PREFECT_WORK_POOL
+    # `rlhf run` / `resume` of a campaign that finished with this config, code and inputs, every output still as
+    # its manifest says (rlhf/record/finished.py): print its summary and return, without Prefect; false: run the
+    # flow anyway (every step Cached)
+    skip_finished: bool = True
     pause_for_labels: bool = False  # annotator=human: pause the flow run (resume it with the labels path in
     # the Prefect UI) instead of polling for annotator.labels_path; needs a Prefect server
 

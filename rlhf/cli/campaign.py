@@ -21,13 +21,17 @@ from rlhf.record.layout import (
     read_summary,
     remove_leftovers,
 )
+from rlhf.record.summary import end_of_run_report
+from rlhf.storage import is_url
 
 from .common import Command, compose, prefect_prepared, writing
 
 
 def _campaign(cfg, upto: int | None) -> int:
+    if _finished(cfg, upto) is not None:
+        return 0
     with prefect_prepared(cfg):
-        from rlhf.flows.campaign import check_fault, end_of_run_report, run_campaign
+        from rlhf.flows.campaign import check_fault, run_campaign
         from rlhf.flows.iteration import check_slots
 
         check_slots(cfg)  # config mistakes before any server starts
@@ -35,6 +39,25 @@ def _campaign(cfg, upto: int | None) -> int:
     summary = run_campaign(cfg, upto)
     print(end_of_run_report(summary))
     return 0
+
+
+def _finished(cfg, upto: int | None) -> dict | None:
+    """The summary of a campaign with nothing left to do (rlhf/record/finished.py), printed; else None. Neither
+    Prefect nor torch's training code runs: a finished campaign's rerun takes the time of composing its config."""
+    from rlhf.record.finished import STAMP_FILE, finished_summary
+
+    home = campaign_dir(cfg)
+    if not cfg.orchestration.skip_finished or is_url(cfg.campaign.root) or not (home / STAMP_FILE).is_file():
+        return None
+    from rlhf.flows.config import to_dict
+
+    last = upto or cfg.campaign.iterations
+    summary = finished_summary(home, to_dict(cfg), last)
+    if summary is not None:
+        print(f"{cfg.campaign.name}: finished up to RLHF-V{last} with this config, code and inputs, every output "
+              "as its manifest says: nothing to run (orchestration.skip_finished=false runs the flow anyway)")
+        print(end_of_run_report(summary))
+    return summary
 
 
 def cmd_run(overrides: list[str]) -> int:

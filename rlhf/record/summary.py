@@ -216,3 +216,11 @@ def iteration_markdown(entry: dict) -> str:
                      " -> ".join(f"{100 * entry['gatt']['zero_shot'][k]:.0f}%" for k in ("before", "after"))))
     return "\n".join(["| RLHF-V{} | |".format(entry["iteration"]), "|---|---|",
                       *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def end_of_run_report(summary: dict) -> str:
+    """The per-iteration table and where to look next."""
+    home = summary["campaign_dir"]
+    return (f"\n{table(summary)}\n\ncampaign directory: {home}\nsummary: {home}/summary.json\n"
+            f"report: {summary.get('report', '-')} (and report.html beside it)\n"
+            f"MLflow: `rlhf ui campaign.root={str(home).rsplit('/', 1)[0]}` (experiment {summary['experiment']!r})")

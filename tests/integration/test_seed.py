@@ -1,6 +1,7 @@
 """`campaign.seed` drives every random choice of a campaign: the smoke campaign run twice with seed 1, each
 through the CLI in its own process under another name and root, writes the same summary.json (timings, paths,
-names and MLflow run ids aside); seed 2 labels other pairs and gets other results."""
+names and MLflow run ids aside); seed 2 labels other pairs and gets other results. A rerun of a finished one
+from the command line has nothing to run (no Prefect server), unless an output was damaged."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ TIMINGS = ("wall_seconds", "tokens_per_s", "peak_rss_mb")  # and PPO's "seconds_
 
 def run_smoke(root: Path, name: str, seed: int) -> dict:
     """`rlhf run experiment=smoke` in a fresh process (its own hash seed and temporary Prefect server)."""
+    cli_run(root, name, seed)
+    return json.loads((root / name / "summary.json").read_text())
+
+
+def cli_run(root: Path, name: str, seed: int) -> str:
+    """The output of `rlhf run experiment=smoke ...` in a fresh process, which must succeed."""
     env = {**os.environ, "PREFECT_HOME": str(root / ".prefect")}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run([sys.executable, "-m", "rlhf", "run", "experiment=smoke", f"campaign.root={root}",
                            f"campaign.name={name}", f"campaign.seed={seed}"], env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    return json.loads((root / name / "summary.json").read_text())
+    return done.stdout + done.stderr
 
 
 def normalised(summary: dict, root: Path, name: str) -> dict:
@@ -65,3 +72,19 @@ def test_the_same_seed_gives_the_same_summary_and_another_seed_another(tmp_path)
     assert v1_other["rejection"]["pool_mean_score"] != v1["rejection"]["pool_mean_score"]
     pairs, pairs_other = (labelled(tmp_path / name / name) for name in ("seed-one-a", "seed-two"))
     assert list(pairs_other.prompt) != list(pairs.prompt)  # another slice of another prompt sequence
+
+    # Run again from the command line, finished with the same config: nothing to run, and no Prefect server is
+    # started (rlhf/record/finished.py); the summary is left as it was.
+    root, name = tmp_path / "seed-one-a", "seed-one-a"
+    written = (root / name / "summary.json").read_bytes()
+    rerun = cli_run(root, name, 1)
+    assert "nothing to run" in rerun and "temporary server" not in rerun, rerun[-3000:]
+    assert (root / name / "summary.json").read_bytes() == written
+    # A damaged output is not trusted: the rerun goes through the flow, which recomputes that step (the same
+    # seed: the same judgments, so the same summary)
+    judgments = root / name / "iter-2" / "evaluate" / "judgments.parquet"
+    judgments.write_bytes(judgments.read_bytes()[:-100])
+    rerun = cli_run(root, name, 1)
+    assert "nothing to run" not in rerun and "temporary server" in rerun, rerun[-3000:]
+    assert "evaluate: Finished in state Completed" in rerun and "train_policy: Finished in state Cached" in rerun
+    assert normalised(json.loads((root / name / "summary.json").read_text()), root, name) == first
