@@ -25,6 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from benchmarks.machine import matmul_peaks  # noqa: E402
 from benchmarks.sft_throughput import machine_info  # noqa: E402
 from rlhf.core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
 from rlhf.core.ppo import PPOConfig, ValueModel  # noqa: E402
@@ -79,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             if step >= bench.warmup:
                 samples[p].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s",
                                                            "response_length")})
-    result = {"config": asdict(bench), "machine": machine_info(), "torch_threads": torch.get_num_threads(),
-              "precisions": {}}
+    result = {"benchmark": "ppo_step", "config": asdict(bench), "machine": machine_info(),
+              "torch_threads": torch.get_num_threads(), "precisions": {},
+              "peak_gflops": {p: matmul_peaks(p)["square"] for p in precisions}}
     for p, rows in samples.items():
         mean = {k.split("/")[-1]: statistics.mean(r[k] for r in rows) for k in rows[0]}
         mean["total_s"] = mean["rollout_s"] + mean["score_s"] + mean["update_s"]
+        mean["seconds_per_iteration"] = mean["total_s"]
         result["precisions"][p] = mean
     if "bf16" in result["precisions"]:
         result["bf16_speedup"] = result["precisions"]["fp32"]["total_s"] / result["precisions"]["bf16"]["total_s"]

@@ -1,22 +1,29 @@
-"""Reward-model training throughput: our RM loop vs TRL's ``RewardTrainer``, same pairs and settings, in one run.
+"""Reward-model training throughput: our RM loop vs TRL's ``RewardTrainer``, same pairs and settings.
 
 ``python -m benchmarks.rm_throughput`` trains a reward model from a fresh copy of the embedded
-SmolLM2-135M-Instruct twice, the two loops alternating optimizer steps (``Turns`` from
-``benchmarks/sft_throughput.py``: only one computes at a time, so background load on a shared machine hits
-both alike):
+SmolLM2-135M-Instruct with each contender, **each run in its own process** (so its peak memory is its own),
+the runs interleaved (ours, trl, trl_grouped, then the other way round: a drift of the machine's speed hits
+all alike), at the precision a campaign uses on this machine (``auto``: bf16 autocast where the CPU has
+fast bf16) and in fp32:
 
 - **ours**: :func:`rlhf.core.reward.train.train_reward_model` on the shared ``train()`` loop (backbone
   without the LM head + scalar head, chosen and rejected in one forward pass, length-grouped batches);
 - **trl**: ``trl.RewardTrainer`` on ``AutoModelForSequenceClassification`` (num_labels=1), whose collator
-  also stacks chosen and rejected into one forward pass.
+  also stacks chosen and rejected into one forward pass; random batches (its default);
+- **trl_grouped**: the same with ``train_sampling_strategy="group_by_length"`` (its length grouping,
+  on each pair's longer side): the peer with the padding saving ours has.
 
-Both get the **same token ids**: 64 simulated-rater pairs (``make_demo_pairs``) rendered by our
+All get the **same token ids**: 64 simulated-rater pairs (``make_demo_pairs``) rendered by our
 ``encode_pairs`` with SmolLM2's chat template, given to TRL as a pre-tokenised dataset (``chosen_ids``,
 ``rejected_ids``, ``margin`` = the "small" table, which TRL subtracts as ours does). Batch 8 pairs without
-accumulation, max length 256, fp32 (this CPU has no fast bf16), AdamW with the paper's RM settings, no
-gradient checkpointing, no checkpoints written. ``warmup + timed`` steps (2 + 6, one pass over the 64
-pairs; ~5 minutes on 2 cores): the warm-up steps are excluded. Pairs/s counts timed pairs over timed wall
-seconds; the padded share is pad tokens over all tokens of the timed batches.
+accumulation, max length 256, the same precision (bf16: accelerate's autocast for ours, ``bf16=True`` for
+TRL), AdamW with the paper's RM settings, no gradient checkpointing, no checkpoints written. ``warmup +
+timed`` steps (2 + 6, one pass over the 64 pairs): the warm-up steps are excluded. Pairs/s counts timed
+pairs over timed wall seconds; the padded share is pad tokens over all tokens of the timed batches.
+
+MFU: 6 x non-embedding parameters per real (not padding) token, plus the attention scores, over the timed
+seconds, as a fraction of this machine's matmul peak in the run's dtype measured in the same run
+(``benchmarks/machine.py``: square 2048^3 on 2 threads, before and after; the higher).
 
 Results go to ``benchmarks/results/rm_throughput.json``; a short summary is printed at the end.
 """
@@ -28,6 +35,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +46,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from benchmarks.machine import matmul_peaks, peak_rss_mb  # noqa: E402
 from benchmarks.sft_throughput import Turns, machine_info, run_in_turns  # noqa: E402
-from rlhf.core.models import ModelConfig, embedded_model_dir, load_model  # noqa: E402
+from rlhf.core.models import ModelConfig, embedded_model_dir, load_model, resolve_precision  # noqa: E402
 from rlhf.core.reward import train as rm_train  # noqa: E402
 from rlhf.core.reward.model import reward_model_from_policy  # noqa: E402
 from rlhf.core.reward.synthetic import make_demo_pairs  # noqa: E402
@@ -55,7 +64,7 @@ class BenchConfig:
     max_length: int = 256  # tokens per (prompt + answer)
     warmup_steps: int = 2  # optimizer steps run but not timed
     timed_steps: int = 6  # optimizer steps timed (with the warm-up: 8 x 8 = the 64 pairs once)
-    precision: str = "fp32"  # this CPU has no fast bf16 (bf16 would be emulated, far slower)
+    precision: str = "bf16"  # the child's; main() runs the precision `auto` resolves to here, and fp32
     margin: str = "small"
     seed: int = 0
 
@@ -117,8 +126,9 @@ def run_ours(turns: Turns, pairs, bench: BenchConfig) -> dict:
     }
 
 
-def run_trl(turns: Turns, examples: list, bench: BenchConfig) -> dict:
-    """TRL's RewardTrainer on the same token ids; its batches are observed in ``training_step``."""
+def run_trl(turns: Turns, examples: list, bench: BenchConfig, grouped: bool = False) -> dict:
+    """TRL's RewardTrainer on the same token ids (``grouped``: its length-grouped sampler, on each pair's longer
+    side, the ``length`` column); its batches are observed in ``training_step``."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, PrinterCallback, TrainerCallback
     from trl import RewardConfig as TRLRewardConfig
@@ -129,13 +139,13 @@ def run_trl(turns: Turns, examples: list, bench: BenchConfig) -> dict:
     torch.manual_seed(bench.seed)
     model = AutoModelForSequenceClassification.from_pretrained(embedded_model_dir(), num_labels=1,
                                                                dtype=torch.float32)
-    dataset = Dataset.from_list([{"chosen_ids": c.tolist(), "rejected_ids": r.tolist(), "margin": m}
-                                 for c, r, m in examples])
+    dataset = Dataset.from_list([{"chosen_ids": c.tolist(), "rejected_ids": r.tolist(), "margin": m,
+                                  "length": max(len(c), len(r))} for c, r, m in examples])
     batches, losses = [], {}
 
     class StepEnd(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            turns.step_end("trl")
+            turns.step_end("trl_grouped" if grouped else "trl")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -164,7 +174,10 @@ def run_trl(turns: Turns, examples: list, bench: BenchConfig) -> dict:
             adam_epsilon=cfg.adam_eps,
             max_grad_norm=cfg.grad_clip,
             optim="adamw_torch",
-            bf16=False,  # TRL defaults to bf16; fp32 like ours
+            bf16=bench.precision == "bf16",  # as ours: autocast to bf16 over fp32 weights, or fp32
+            train_sampling_strategy="group_by_length" if grouped else "random",
+            length_column_name="length",
+            remove_unused_columns=not grouped,  # the sampler reads `length`; TRL's collator ignores it
             fp16=False,
             use_cpu=True,
             gradient_checkpointing=False,  # TRL defaults to True; ours runs without
@@ -186,9 +199,10 @@ def run_trl(turns: Turns, examples: list, bench: BenchConfig) -> dict:
     if not (len(batches) == trainer.state.global_step == bench.total_steps):
         raise RuntimeError(f"trl: expected {bench.total_steps} steps of one batch, got {len(batches)} batches")
     result = {
-        "label": "trl: RewardTrainer (AutoModelForSequenceClassification, num_labels=1)",
+        "label": "trl: RewardTrainer (AutoModelForSequenceClassification, num_labels=1)"
+                 + (", train_sampling_strategy=group_by_length" if grouped else ""),
         "model": "LlamaForSequenceClassification: score head on every position, reward at the last non-pad token",
-        "batching": f"train_sampling_strategy={args.train_sampling_strategy!r} (the default: random batches)",
+        "batching": f"train_sampling_strategy={args.train_sampling_strategy!r}",
         "optimizer": {"lr": args.learning_rate, "betas": [args.adam_beta1, args.adam_beta2], "eps": args.adam_epsilon,
                       "weight_decay": args.weight_decay, "grad_clip": args.max_grad_norm,
                       "warmup_steps": args.warmup_steps},
@@ -220,70 +234,131 @@ def summarise(run: dict, wall: list[float], cpu: list[float], bench: BenchConfig
     }
 
 
+CONTENDERS = ("ours", "trl", "trl_grouped")
+
+
+def one_run(contender: str, bench: BenchConfig) -> dict:
+    """One contender's whole run in this process: its summary, model facts and peak memory."""
+    pairs = make_demo_pairs(bench.n_pairs, seed=bench.seed)
+    _, tokenizer = load_model(ModelConfig())
+    examples, report = rm_train.encode_pairs(tokenizer, pairs, bench.max_length, bench.margin)
+    jobs = {"ours": lambda turns: run_ours(turns, pairs, bench),
+            "trl": lambda turns: run_trl(turns, examples, bench),
+            "trl_grouped": lambda turns: run_trl(turns, examples, bench, grouped=True)}
+    turns = Turns([contender])
+    run = run_in_turns({contender: jobs[contender]}, turns)[contender]
+    summary = summarise(run, turns.wall[contender], turns.cpu[contender], bench)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    summary["tokenized"] = {"sequences": report.n_sequences, "tokens": report.n_tokens,
+                            "prompt_truncated": report.n_prompt_truncated,
+                            "answer_truncated": report.n_answer_truncated}
+    return summary
+
+
+def model_flops(run: dict) -> float:
+    """Training FLOPs of the timed steps counting real tokens only: 6 x non-embedding parameters per token plus
+    the attention scores (12 x layers x hidden x length^2 per sequence, on the batch's real lengths' mean)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(embedded_model_dir())
+    non_embedding = run["parameters"] - config.vocab_size * config.hidden_size
+    timed = run["per_step"][len(run["warmup_step_seconds"]):]
+    attention = sum(12 * config.num_hidden_layers * config.hidden_size * s["rows"] * (s["real_tokens"] / s["rows"]) ** 2
+                    for s in timed)
+    return 6.0 * non_embedding * run["timed_real_tokens"] + attention
+
+
+def spawn(contender: str, bench: BenchConfig) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.rm_throughput", "--contender", contender,
+                           "--precision", bench.precision, "--timed-steps", str(bench.timed_steps),
+                           "--warmup-steps", str(bench.warmup_steps)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{contender} ({bench.precision}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def race(precision: str, reps: int, args) -> dict:
+    """Every contender ``reps`` times at ``precision``, interleaved, each run in its own process."""
+    bench = BenchConfig(timed_steps=args.timed_steps, warmup_steps=args.warmup_steps, precision=precision)
+    before = matmul_peaks(precision)
+    runs: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
+    for rep in range(reps):
+        for name in CONTENDERS if rep % 2 == 0 else tuple(reversed(CONTENDERS)):
+            runs[name].append(spawn(name, bench))
+            print(f"{precision} rep {rep} {name}: {runs[name][-1]['pairs_per_s']:.2f} pairs/s, "
+                  f"peak {runs[name][-1]['peak_rss_mb']:.0f} MB", flush=True)
+    after = matmul_peaks(precision)
+    peak = max(before["square"], after["square"])
+    contenders = {}
+    for name, done in runs.items():
+        best = sorted(done, key=lambda r: r["pairs_per_s"])[len(done) // 2]  # the median run (upper, for 2)
+        gflops = model_flops(best) / best["timed_seconds"] / 1e9
+        contenders[name] = {**best, "pairs_per_s_runs": [r["pairs_per_s"] for r in done],
+                            "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
+                            "model_gflops_per_s": gflops, "mfu": gflops * 1e9 / (peak * 1e9)}
+    ours = contenders["ours"]["pairs_per_s"]
+    return {"precision": precision, "peak_gflops": {"square": peak, "before": before["square"],
+                                                    "after": after["square"]},
+            "config": {**asdict(bench), "reps": reps, "gradient_accumulation": 1, "gradient_checkpointing": False},
+            "contenders": contenders,
+            **{f"ratio_ours_over_{name}": ours / contenders[name]["pairs_per_s"] for name in CONTENDERS[1:]},
+            "padded_share": {name: c["padded_share"] for name, c in contenders.items()}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--timed-steps", type=int, default=BenchConfig.timed_steps)
     parser.add_argument("--warmup-steps", type=int, default=BenchConfig.warmup_steps)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--precision", default="auto", help="the child's; the parent runs auto's and fp32")
+    parser.add_argument("--contender", choices=CONTENDERS, help="run one contender in this process (a child)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    bench = BenchConfig(timed_steps=args.timed_steps, warmup_steps=args.warmup_steps)
+    if args.contender:
+        bench = BenchConfig(timed_steps=args.timed_steps, warmup_steps=args.warmup_steps,
+                            precision=resolve_precision(args.precision))
+        print(json.dumps(one_run(args.contender, bench)))
+        return {}
     began, load_start = time.perf_counter(), os.getloadavg()
-
-    # 1. The same pairs and token ids for both (also builds the embedded model's cache on a first run).
-    pairs = make_demo_pairs(bench.n_pairs, seed=bench.seed)
-    _, tokenizer = load_model(ModelConfig())
-    examples, report = rm_train.encode_pairs(tokenizer, pairs, bench.max_length, bench.margin)
-
-    # 2. Alternate optimizer steps. Ours first: its train() resets accelerate's process-wide state, which
-    # must happen before TRL's Trainer builds its Accelerator.
-    jobs = {"ours": lambda turns: run_ours(turns, pairs, bench), "trl": lambda turns: run_trl(turns, examples, bench)}
-    turns = Turns(list(jobs))
-    runs = run_in_turns(jobs, turns)
-    contenders = {name: summarise(runs[name], turns.wall[name], turns.cpu[name], bench) for name in jobs}
-    ours, trl = contenders["ours"], contenders["trl"]
-
-    # 3. Report.
+    load_model(ModelConfig())  # builds the embedded model's cache once, before any timed child
+    precisions = list(dict.fromkeys([resolve_precision("auto"), "fp32"]))
+    races = {p: race(p, args.reps, args) for p in precisions}
     machine = machine_info()
     machine.update(load_average_start=[round(x, 2) for x in load_start],
                    load_average_end=[round(x, 2) for x in os.getloadavg()])
+    campaign = precisions[0]
     result = {
         "benchmark": "rm_throughput",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m benchmarks.rm_throughput " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine,
-        "config": {"model": "SmolLM2-135M-Instruct (embedded)", "data": f"make_demo_pairs({bench.n_pairs}, seed=0)",
-                   **asdict(bench), "gradient_accumulation": 1, "gradient_checkpointing": False,
-                   "tokenized": {"sequences": report.n_sequences, "tokens": report.n_tokens,
-                                 "prompt_truncated": report.n_prompt_truncated,
-                                 "answer_truncated": report.n_answer_truncated},
-                   "schedule": "alternating optimizer steps in one process",
-                   "timing": "per optimizer step, from getting the turn to the step's end; warm-up steps excluded"},
-        "contenders": contenders,
-        "pairs_per_s": {"ours": ours["pairs_per_s"], "trl": trl["pairs_per_s"]},
-        "ratio_ours_over_trl": ours["pairs_per_s"] / trl["pairs_per_s"],
-        "ratio_per_cpu_second_ours_over_trl": ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"],
-        "padded_share": {"ours": ours["padded_share"], "trl": trl["padded_share"]},
+        "model": "SmolLM2-135M-Instruct (embedded)", "data": f"make_demo_pairs({BenchConfig.n_pairs}, seed=0)",
+        "schedule": "each contender's whole run in its own process, runs interleaved; the median run reported",
+        "timing": "per optimizer step, from its start to its end; warm-up steps excluded",
+        # the campaign's precision at the top level (the headline); every precision under "precisions"
+        "precision": campaign, "contenders": races[campaign]["contenders"],
+        **{k: v for k, v in races[campaign].items() if k.startswith("ratio_")},
+        "precisions": races,
         "notes": [
-            "Same token ids for both (our chat-template rendering, left-truncated to max_length), same batch, "
-            "optimizer settings and precision; fp32 because this CPU has no native bf16.",
+            "Same token ids for all (our chat-template rendering, left-truncated to max_length), same batch, "
+            "optimizer settings and precision.",
             "TRL's sequence-classification model computes its 1-wide score head on every position and picks the "
             "last non-pad one; ours runs the head on that position only. Neither runs the 49k-vocabulary LM head.",
-            "Ours groups batches by length (less padding); TRL samples batches at random.",
+            "Ours groups batches by length; trl samples batches at random, trl_grouped by length.",
             "pairs_per_cpu_s uses process CPU time over the same intervals: less sensitive to other processes.",
         ],
         "duration_s": round(time.perf_counter() - began, 1),
-        "output": str(args.out),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nRM throughput: SmolLM2-135M, fp32, {bench.n_pairs} pairs, batch {bench.batch_size}, "
-          f"{bench.timed_steps} timed steps after {bench.warmup_steps} warm-up; load average "
-          f"{load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
-    for name, run in contenders.items():
-        print(f"  {name:5} {run['pairs_per_s']:6.2f} pairs/s  {run['real_tokens_per_s']:7.1f} tokens/s  "
-              f"padded {run['padded_share']:5.1%}  median step {run['median_step_seconds']:.2f} s")
-    print(f"  ratio ours/TRL: {result['ratio_ours_over_trl']:.2f}x (per CPU-second "
-          f"{result['ratio_per_cpu_second_ours_over_trl']:.2f}x); wrote {args.out} ({result['duration_s']:.0f} s)")
+    for precision, raced in races.items():
+        print(f"\nRM throughput, {precision}, {BenchConfig.n_pairs} pairs, batch {BenchConfig.batch_size}, peak "
+              f"{raced['peak_gflops']['square']:.0f} GFLOP/s")
+        for name, run in raced["contenders"].items():
+            print(f"  {name:11} {run['pairs_per_s']:6.2f} pairs/s  MFU {100 * run['mfu']:4.1f} %  padded "
+                  f"{run['padded_share']:5.1%}  peak RSS {run['peak_rss_mb']:.0f} MB")
+        print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in raced.items() if k.startswith("ratio_")))
+    print(f"wrote {args.out} ({result['duration_s']:.0f} s)")
     return result
 
 
