@@ -62,9 +62,12 @@ def _input_digests(value: Any, field: str = "") -> Any:
 
 
 def stamp_key(resolved: dict, upto: int) -> str:
-    """The key a finished campaign's stamp must carry for a rerun of ``resolved`` up to ``upto`` to skip."""
+    """The key a finished campaign's stamp must carry for a rerun of ``resolved`` up to ``upto`` to skip (the
+    switch ``orchestration.skip_finished`` itself left out: a run through the flow stamps for both)."""
     inputs = {name: _input_digests(section) for name, section in resolved.items() if name not in NOT_INPUTS}
-    return stable_hash({"config": resolved, "upto": upto, "code": platform_code(), "inputs": inputs})
+    config = {**resolved, "orchestration": {k: v for k, v in (resolved.get("orchestration") or {}).items()
+                                            if k != "skip_finished"}}
+    return stable_hash({"config": config, "upto": upto, "code": platform_code(), "inputs": inputs})
 
 
 def _outputs(home: Path) -> dict[str, str]:

@@ -81,6 +81,13 @@ def test_more_iterations_or_other_code_is_another_key(campaign, monkeypatch):
     assert stamp_key(resolved, 1) != key
 
 
+def test_the_switch_itself_is_not_in_the_key(campaign):
+    resolved = campaign["resolved"]
+    with_switch = {**resolved, "orchestration": {"skip_finished": False, "shards": 1}}
+    assert stamp_key(with_switch, 1) == stamp_key({**resolved, "orchestration": {"shards": 1}}, 1)
+    assert stamp_key(with_switch, 1) != stamp_key({**resolved, "orchestration": {"shards": 2}}, 1)
+
+
 def test_where_a_campaign_runs_is_not_an_input(campaign):
     """campaign.root is a folder that exists and changes with every run: hashed as a value, never its content."""
     resolved = campaign["resolved"]
