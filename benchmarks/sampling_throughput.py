@@ -155,7 +155,8 @@ def main() -> None:
                             "mfu_square": gflops / peak["square"],
                             "peak_rss_mb": max(r["peak_rss_mb"] for r in done), "runs": done}
     ours = contenders["ours"]["tokens_per_s"]
-    result = {"benchmark": "sampling_throughput", "machine": describe(), "precision": precision,
+    result = {"benchmark": "sampling_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": describe(), "precision": precision,
               "peak_gflops": peak, "peak_gflops_runs": {"before": peaks, "after": peaks_after},
               "config": {"prompts": N_PROMPTS, "k": K, "max_new_tokens": MAX_NEW, "temperature": 1.0, "top_k": None,
                          "top_p": 1.0, "warmup_prompts": WARMUP_PROMPTS, "reps": args.reps,
