@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--precision", default="auto", help="the child's; the parent runs auto's and fp32")
     parser.add_argument("--contender", choices=CONTENDERS, help="run one contender in this process (a child)")
+    parser.add_argument("--precisions", default="auto,fp32", help="the races to run, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.contender:
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     began, load_start = time.perf_counter(), os.getloadavg()
     load_model(ModelConfig())  # builds the embedded model's cache once, before any timed child
-    precisions = list(dict.fromkeys([resolve_precision("auto"), "fp32"]))
+    precisions = list(dict.fromkeys(resolve_precision(p.strip()) for p in args.precisions.split(",")))
     races = {p: race(p, args.reps, args) for p in precisions}
     machine = machine_info()
     machine.update(load_average_start=[round(x, 2) for x in load_start],

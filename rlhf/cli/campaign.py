@@ -6,6 +6,7 @@ imports the flows: Prefect reads its settings when it is imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ def _campaign(cfg, upto: int | None) -> int:
 def _finished(cfg, upto: int | None) -> dict | None:
     """The summary of a campaign with nothing left to do (rlhf/record/finished.py), printed; else None. Neither
     Prefect nor torch's training code runs: a finished campaign's rerun takes the time of composing its config."""
-    from rlhf.record.finished import STAMP_FILE, finished_summary
+    from rlhf.record.finished import STAMP_FILE, why_not_finished
 
     home = campaign_dir(cfg)
     if not cfg.orchestration.skip_finished or is_url(cfg.campaign.root) or not (home / STAMP_FILE).is_file():
@@ -52,11 +53,13 @@ def _finished(cfg, upto: int | None) -> dict | None:
     from rlhf.flows.config import to_dict
 
     last = upto or cfg.campaign.iterations
-    summary = finished_summary(home, to_dict(cfg), last)
-    if summary is not None:
-        print(f"{cfg.campaign.name}: finished up to RLHF-V{last} with this config, code and inputs, every output "
-              "as its manifest says: nothing to run (orchestration.skip_finished=false runs the flow anyway)")
-        print(end_of_run_report(summary))
+    if (why := why_not_finished(home, to_dict(cfg), last)) is not None:
+        logging.getLogger("rlhf").info("%s: running the flow: %s", cfg.campaign.name, why)
+        return None
+    summary = read_summary(home)
+    print(f"{cfg.campaign.name}: finished up to RLHF-V{last} with this config, code and inputs, every output "
+          "as its manifest says: nothing to run (orchestration.skip_finished=false runs the flow anyway)")
+    print(end_of_run_report(summary))
     return summary
 
 

@@ -86,5 +86,6 @@ def test_the_same_seed_gives_the_same_summary_and_another_seed_another(tmp_path)
     judgments.write_bytes(judgments.read_bytes()[:-100])
     rerun = cli_run(root, name, 1)
     assert "nothing to run" not in rerun and "temporary server" in rerun, rerun[-3000:]
+    assert "running the flow: " in rerun and "judgments.parquet has" in rerun  # it says why
     assert "evaluate: Finished in state Completed" in rerun and "train_policy: Finished in state Cached" in rerun
     assert normalised(json.loads((root / name / "summary.json").read_text()), root, name) == first
