@@ -50,7 +50,7 @@ def sampling(result: dict) -> str:
 def rm(result: dict) -> str:
     rows = [f"Measured {result['created'][:10]} on {_machine(result)}; {result['data']}, batch "
             f"{next(iter(result['precisions'].values()))['config']['batch_size']} pairs, each run in its own process, "
-            "interleaved; the median run.", "",
+            "interleaved; the median run (of 2, the faster), for every contender alike.", "",
             "| precision | contender | pairs/s (runs) | MFU | padded | peak RSS |", "|---|---|---|---|---|---|"]
     for precision, raced in result["precisions"].items():
         for name, c in raced["contenders"].items():
