@@ -1,21 +1,13 @@
-"""What every benchmark result carries about the machine: its description, its measured matmul peak (the
-ceiling an MFU is a fraction of) and a process's peak memory."""
+"""The machine's measured matmul peak, the ceiling a benchmark's MFU is a fraction of (its description is
+``rlhf.core.models.describe_machine``, a process's peak memory ``rlhf.core.steps.common.peak_rss_mb``)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from rlhf.core.models import describe_machine
-
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def describe(precision: str = "auto") -> dict:
-    """CPU model, usable cores, fast bf16, torch version and threads, the precision ``auto`` resolves to."""
-    return describe_machine(precision)
 
 
 def _best_gflops(shapes: list[tuple[int, int, int]], dtype: torch.dtype, trials: int) -> float:
@@ -42,11 +34,3 @@ def matmul_peaks(precision: str, shapes: list[tuple[int, int, int]] | None = Non
     if shapes:
         peaks["decode"] = _best_gflops(shapes, dtype, trials)
     return peaks
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux ``VmHWM``), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")

@@ -46,12 +46,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from benchmarks.machine import matmul_peaks, peak_rss_mb  # noqa: E402
+from benchmarks.machine import matmul_peaks  # noqa: E402
 from benchmarks.sft_throughput import Turns, machine_info, run_in_turns  # noqa: E402
 from rlhf.core.models import ModelConfig, embedded_model_dir, load_model, resolve_precision  # noqa: E402
 from rlhf.core.reward import train as rm_train  # noqa: E402
 from rlhf.core.reward.model import reward_model_from_policy  # noqa: E402
 from rlhf.core.reward.synthetic import make_demo_pairs  # noqa: E402
+from rlhf.core.steps.common import peak_rss_mb  # noqa: E402
 from rlhf.core.training import warmup_steps_for  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "rm_throughput.json"

@@ -40,11 +40,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.machine import describe, matmul_peaks, peak_rss_mb
+from benchmarks.machine import matmul_peaks
 from rlhf.core.chat import render_prompt
-from rlhf.core.models import ModelConfig, load_model, resolve_precision
+from rlhf.core.models import ModelConfig, describe_machine, load_model, resolve_precision
 from rlhf.core.rater import make_prompts
 from rlhf.core.sampling import SamplingConfig, TransformersBackend, stop_token_ids
+from rlhf.core.steps.common import peak_rss_mb
 
 N_PROMPTS, K, MAX_NEW, WARMUP_PROMPTS = 32, 4, 64, 4
 OUT = Path(__file__).parent / "results" / "sampling_throughput.json"
@@ -156,7 +157,7 @@ def main() -> None:
                             "peak_rss_mb": max(r["peak_rss_mb"] for r in done), "runs": done}
     ours = contenders["ours"]["tokens_per_s"]
     result = {"benchmark": "sampling_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": describe(), "precision": precision,
+              "machine": describe_machine(), "precision": precision,
               "peak_gflops": peak, "peak_gflops_runs": {"before": peaks, "after": peaks_after},
               "config": {"prompts": N_PROMPTS, "k": K, "max_new_tokens": MAX_NEW, "temperature": 1.0, "top_k": None,
                          "top_p": 1.0, "warmup_prompts": WARMUP_PROMPTS, "reps": args.reps,

@@ -149,3 +149,15 @@ def check_files(out_dir: str | Path, records: dict[str, dict]) -> str | None:
             break
     _saved(new)
     return problem
+
+
+NOT_CONTENT = frozenset({"here", "export_path", "cache_dir"})  # config fields naming paths written to, not read
+
+
+def names_an_input(value, field: str = "") -> bool:
+    """True when the config value ``value`` (of the field ``field``) names an existing local file or directory
+    that a step reads: a string with a directory part or a file suffix (not a bare word like "tiny" or "auto"
+    that a folder in the current directory might happen to be called), outside :data:`NOT_CONTENT`. The
+    paths whose content digest a cache key follows (tasks/steps.py, rlhf/record/finished.py)."""
+    return (isinstance(value, str) and field not in NOT_CONTENT and ("/" in value or bool(Path(value).suffix))
+            and Path(value).exists())

@@ -33,6 +33,7 @@ from prefect import task
 from rlhf import storage
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.artifacts import code_version, digest, source_digest, stable_hash, verify_output
+from rlhf.core.digests import names_an_input
 from rlhf.core.errors import ConfigError
 from rlhf.core.evaluation import EvalConfig
 from rlhf.core.gatt import GAttConfig
@@ -73,7 +74,6 @@ from rlhf.core.training import InjectedFault
 
 Ref = dict  # {"step", "path", "key", "metrics", "files"}: what a task returns
 NOT_KEYED = {"fault"}  # parameters left out of the cache key
-NOT_CONTENT = {"here", "export_path", "cache_dir"}  # paths a step writes to or caches in, not inputs
 TASK_CODE = source_digest(Path(__file__))  # this module decides what reaches the core: part of every key
 
 
@@ -119,15 +119,9 @@ def _identity(value, field: str = ""):
         return {k: _identity(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_identity(v, field) for v in value]
-    if isinstance(value, str) and field not in NOT_CONTENT and _looks_like_a_path(value) and Path(value).exists():
+    if names_an_input(value, field):
         return {"path": value, "digest": digest(value)}
     return value
-
-
-def _looks_like_a_path(value: str) -> bool:
-    """A directory part or a file suffix: not a bare word like "tiny", "auto" or "train" that a folder in the
-    current directory might happen to be called."""
-    return "/" in value or bool(Path(value).suffix)
 
 
 def _holds_refs(value) -> bool:

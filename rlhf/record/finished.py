@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlhf.core.artifacts import source_digest, stable_hash, verify_output, write_json
-from rlhf.core.digests import digest, file_digest
+from rlhf.core.artifacts import read_manifest, source_digest, stable_hash, verify_output, write_json
+from rlhf.core.digests import digest, file_digest, names_an_input
 from rlhf.record.layout import SUMMARY_FILE, read_summary
 
 STAMP_FILE = "finished.json"
@@ -39,7 +39,6 @@ SOURCE_DIRS = ("rlhf_core", "flows", "tasks", "rlhf")  # a source checkout; an i
 # Config sections that say where and how a campaign runs, not what its steps compute: their paths (the
 # campaign root, the Prefect home, an output folder) are not inputs, and they are hashed as values only.
 NOT_INPUTS = frozenset({"campaign", "tracking", "orchestration", "debug", "io"})
-NOT_CONTENT = frozenset({"here", "export_path", "cache_dir"})  # as tasks/steps.py: written to, not read
 
 
 def platform_code() -> str:
@@ -55,8 +54,7 @@ def _input_digests(value: Any, field: str = "") -> Any:
         return {k: _input_digests(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_input_digests(v, field) for v in value]
-    if (isinstance(value, str) and field not in NOT_CONTENT and ("/" in value or Path(value).suffix)
-            and Path(value).exists()):
+    if names_an_input(value, field):
         return {"path": value, "digest": digest(value)}
     return value
 
@@ -72,13 +70,8 @@ def stamp_key(resolved: dict, upto: int) -> str:
 
 def _outputs(home: Path) -> dict[str, str]:
     """Every step output of the campaign folder: its path relative to ``home`` -> its manifest's key."""
-    found = {}
-    for manifest in sorted(home.glob("iter-*/*/manifest.json")):
-        try:
-            found[manifest.parent.relative_to(home).as_posix()] = json.loads(manifest.read_text())["key"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a finished output: the check then finds nothing to trust at this path
-    return found
+    manifests = {path.parent: read_manifest(path.parent) for path in sorted(home.glob("iter-*/*/manifest.json"))}
+    return {out.relative_to(home).as_posix(): manifest["key"] for out, manifest in manifests.items() if manifest}
 
 
 def _local_store(uri: str | None) -> Path | None:
