@@ -40,8 +40,10 @@ stack: install
 stack-down:
 	VENV=$(VENV) docker/local-stack.sh down $(STACK_DIR)
 
-# Everything but the multi-process training tests, which launch 2 processes dozens of times (~4 minutes on 2
-# cores), and the team-stack tests: `make test-processes` and `make test-stack` run those; .ci/run runs all three.
+# Everything but the tests that start processes of their own (multi-process training, which launches 2 processes
+# dozens of times; Ray and Dask; `rlhf run` killed and resumed; `rlhf serve`; a live `mlflow server`; a second
+# machine's rerun) and the team-stack tests: `make test-processes` and `make test-stack` run those; .ci/run runs
+# all three.
 test: install
 	$(PY) -m pytest -q -m "not processes and not stack" $(PYTEST_ARGS)
 

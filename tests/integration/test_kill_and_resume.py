@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 
 from rlhf.record.layout import campaign_lock
 
-pytestmark = pytest.mark.slow
+# `rlhf run` in its own process, killed and resumed: `make test-processes`.
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 SMOKE = ["experiment=smoke", "campaign.name=c", "campaign.iterations=1", "campaign.gatt_from=null"]
 VOLATILE = {"wall_seconds", "peak_rss_mb", "tokens_per_s", "pairs_per_s", "code_version", "campaign_dir",
             "tracking_uri", "mlflow_run_id", "policy_path", "reward_model_paths", "report", "root", "resumed_from_step"}

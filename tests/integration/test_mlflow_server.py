@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf.flows.campaign import run_campaign
 from rlhf.flows.config import compose_config
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+# A live `mlflow server` (and PostgreSQL) in other processes: `make test-processes`.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow, pytest.mark.processes]
 
 
 @pytest.fixture(scope="module")

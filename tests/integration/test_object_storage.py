@@ -60,6 +60,7 @@ def smoke(*extra: str):
     return compose_config(["experiment=smoke", f"campaign.root={ROOT}", "campaign.name=c", *extra])
 
 
+@pytest.mark.processes  # the rerun is `rlhf iterate` in another process (a fresh machine)
 def test_a_campaign_on_s3_uploads_every_step_and_a_fresh_machine_reruns_it_cached(s3, tmp_path, monkeypatch,
                                                                                    caplog):
     caplog.set_level(logging.INFO, logger="rlhf")

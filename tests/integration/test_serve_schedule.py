@@ -9,6 +9,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.processes  # `rlhf serve` in a process of its own: `make test-processes`
+
 CLI = "import sys; from rlhf.cli import main; raise SystemExit(main(sys.argv[1:]))"
 
 

@@ -119,10 +119,11 @@ def test_lora_sft_lowers_the_training_loss(tmp_path):
     # of its input), so the loss floor is ~4.3 nats, not 0; the adapters get there from ~5.6.
     assert before > 5.0 and after < before - 1.0, f"loss {before:.2f} -> {after:.2f}"
     assert result.history[-1]["loss"] < result.history[0]["loss"] - 1.0
-    # Adapting the (untied) LM head as well lifts the cap: the handful of conversations is learnt.
+    # Adapting the (untied) LM head as well lifts the cap: the handful of conversations is learnt. (60
+    # epochs reached 0.33 on one machine's fp32 kernels and < 0.2 on another; 100 reach ~0.02 on both.)
     model, tok = build_tiny_model(seed=0)
     with_head = LoRAConfig(r=8, target_modules=[*lora.LLAMA_PROJECTIONS, "lm_head"])
-    run_sft(model, tok, data, cfg(with_head, **settings), tmp_path / "head", precision="fp32")
+    run_sft(model, tok, data, cfg(with_head, **{**settings, "epochs": 100}), tmp_path / "head", precision="fp32")
     assert mean_target_loss(model, tok, data) < 0.2
 
 
