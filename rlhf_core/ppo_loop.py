@@ -21,7 +21,11 @@ of the policy's answers to ``eval_prompts`` prompts no PPO step trains on, same 
 returned policy is the best-evaluated one (its weights are restored).
 
 **Checkpoints** (``<work_dir>/checkpoints/step-<s>/state.pt``, written to a temp dir then renamed): policy,
-value model, both optimizers, the best weights so far and the evaluation history. The batch plan and
+value model, both optimizers, the evaluation history and which best weights go with them. The best weights
+so far live on disk, not in memory (``<work_dir>/best/step-<s>.safetensors``, the trained parameters only,
+written to a temp file then renamed): a copy of the policy in memory would cost 4 bytes per parameter for
+the whole run to be read once at the end. A best file is deleted once neither the run nor a kept checkpoint
+names it. The batch plan and
 every random draw are functions of ``(seed, s)``, so a resumed run continues exactly where it stopped.
 
 **On several processes** (a launched step, ``rlhf.core.launch``) every process holds the models and the
@@ -33,6 +37,8 @@ stay identical on every process; the main one alone reports metrics and writes c
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +46,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from .chat import Message, render_prompt
 from .launch import gather_objects, is_main_process, rank, wait_for_everyone, world_size
@@ -48,7 +55,16 @@ from .ppo import PPOConfig, ValueModel, make_batch, make_experience, update
 from .progress import progress, quiet
 from .reward.combine import whiten
 from .sampling import SamplingConfig, TransformersBackend
-from .training import InjectedFault, MetricsCallback, adamw, atomic_checkpoint, checkpoint_step, latest_checkpoint
+from .training import (
+    TRAINER_STATE,
+    InjectedFault,
+    MetricsCallback,
+    adamw,
+    atomic_checkpoint,
+    checkpoint_dirs,
+    checkpoint_step,
+    latest_checkpoint,
+)
 
 # (prompts, answers, unsafe tags) -> (n,) raw rewards
 RewardFn = Callable[[Sequence[Sequence[Message]], Sequence[str], Sequence[bool]], torch.Tensor]
@@ -165,18 +181,25 @@ class PPORun:
     # checkpoints ----------------------------------------------------------------------------------
 
     def save(self, work_dir: Path, step: int, state: dict) -> None:
-        """Checkpoint ``step-<step>`` (the latest two are kept: a damaged one falls back to the other)."""
-        with atomic_checkpoint(work_dir, step) as tmp:
+        """Checkpoint ``step-<step>`` (the latest two are kept: a damaged one falls back to the other); its
+        trainer state names the best file it goes with, so that file outlives it."""
+        with atomic_checkpoint(work_dir, step, state={"best_file": state["best_file"]}) as tmp:
             torch.save({"policy": self.policy.state_dict(), "value": self.value.state_dict(),
                         "opt_policy": self.opt_policy.state_dict(), "opt_value": self.opt_value.state_dict(),
                         **state}, tmp / "state.pt")
+        prune_best(work_dir, state["best_file"])
 
-    def load(self, ckpt: Path) -> dict:
+    def load(self, ckpt: Path, work_dir: Path) -> dict:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)  # tensors and plain values
         self.policy.load_state_dict(state.pop("policy"))
         self.value.load_state_dict(state.pop("value"))
         self.opt_policy.load_state_dict(state.pop("opt_policy"))
         self.opt_value.load_state_dict(state.pop("opt_value"))
+        if "best_policy" in state:  # a checkpoint from before the best weights moved to disk
+            state["best_file"] = keep_best(work_dir, state["best"]["step"], state.pop("best_policy"))
+        if not (work_dir / BEST_DIR / state["best_file"]).is_file():
+            raise FileNotFoundError(f"{ckpt}: the best weights it goes with, {work_dir / BEST_DIR / state['best_file']}"
+                                    ", are missing; delete the PPO step's work dir to start it again")
         return state
 
 
@@ -195,11 +218,12 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
     ckpt = latest_checkpoint(work_dir)
     start = checkpoint_step(ckpt)
     if ckpt is not None:
-        state = run.load(ckpt)
+        state = run.load(ckpt, work_dir)
     else:
         first = run.evaluate(eval_prompts)
         state = {"history": [{"step": 0, "reward": first}], "best": {"step": 0, "reward": first},
-                 "best_policy": _cpu_copy(policy), "since_best": 0, "kl_end": 0.0, "timings": []}
+                 "best_file": keep_best(work_dir, 0, trained_parameters(policy)), "since_best": 0, "kl_end": 0.0,
+                 "timings": []}
     early_stopped, step = False, start
     # One bar for the run; the rollouts, scoring and evaluations of each step make none of their own (quiet).
     main = is_main_process()
@@ -214,9 +238,10 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
                 reward = run.evaluate(eval_prompts)
                 state["history"].append({"step": done, "reward": reward})
                 metrics["eval/reward"] = reward
-                if reward > state["best"]["reward"]:
-                    state["best"], state["best_policy"], state["since_best"] = ({"step": done, "reward": reward},
-                                                                                _cpu_copy(policy), 0)
+                if reward > state["best"]["reward"]:  # every process sees the same gathered reward
+                    state["best"], state["since_best"] = {"step": done, "reward": reward}, 0
+                    state["best_file"] = keep_best(work_dir, done, trained_parameters(policy))
+                    prune_best(work_dir, state["best_file"])
                 else:
                     state["since_best"] += 1
                 early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
@@ -234,8 +259,9 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
             if early_stopped:
                 break
     memory = held_bytes(policy=policy, value=value_model, reference=reference, reward_models=list(frozen),
-                        optimizers=[run.opt_policy, run.opt_value], best_copy=state["best_policy"])
-    policy.load_state_dict(state["best_policy"], strict=False)  # the best-evaluated weights (or the last ones)
+                        optimizers=[run.opt_policy, run.opt_value])
+    # the best-evaluated weights (or the last ones)
+    policy.load_state_dict(load_file(work_dir / BEST_DIR / state["best_file"]), strict=False)
     timings = pd.DataFrame(state["timings"]).mean().to_dict() if state["timings"] else {}
     return PPOResult(steps=step + 1 if cfg.steps > start else start, reward_start=state["history"][0]["reward"],
                      reward_end=state["best"]["reward"], best_step=state["best"]["step"], kl_end=state["kl_end"],
@@ -280,7 +306,39 @@ def held_bytes(**parts) -> dict[str, int]:
     return out
 
 
-def _cpu_copy(model) -> dict:
-    """The trained parameters of ``model`` (all of them, or only its LoRA adapters), copied to CPU: enough
-    to restore the best weights with ``load_state_dict(..., strict=False)``."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters() if v.requires_grad}
+BEST_DIR = "best"
+
+
+def trained_parameters(model) -> dict[str, torch.Tensor]:
+    """The trained parameters of ``model`` (all of them, or only its LoRA adapters), on the CPU: enough to
+    restore the best weights with ``load_state_dict(..., strict=False)`` (a tied weight appears once)."""
+    return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def keep_best(work_dir: Path, step: int, weights: dict[str, torch.Tensor]) -> str:
+    """Write the best weights of ``step`` to ``<work_dir>/best/step-<step>.safetensors`` (the main process;
+    a temp file renamed into place) and return the file's name once every process can read it."""
+    name = f"step-{step}.safetensors"
+    if is_main_process():
+        folder = work_dir / BEST_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{name}"
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+        os.replace(tmp, folder / name)
+    wait_for_everyone()
+    return name
+
+
+def prune_best(work_dir: Path, current: str) -> None:
+    """Delete the best files that neither the run (``current``) nor a kept checkpoint names."""
+    if not is_main_process():
+        return
+    named = {current}
+    for ckpt in checkpoint_dirs(work_dir):
+        try:
+            named.add(json.loads((ckpt / TRAINER_STATE).read_text()).get("best_file"))
+        except (OSError, ValueError):  # a damaged checkpoint is never resumed from
+            continue
+    for path in (work_dir / BEST_DIR).glob("*.safetensors"):
+        if path.name not in named:
+            path.unlink(missing_ok=True)

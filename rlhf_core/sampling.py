@@ -184,6 +184,17 @@ def _bar_desc(k: int, cfg: SamplingConfig) -> str:
     return f"sample T={cfg.temperature:g}" + (f" x{k}" if k > 1 else "")
 
 
+def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``copy.deepcopy(model).to(dtype)`` without the full-precision copy of the weights in between: each
+    floating-point parameter is cast straight into the copy (tied weights stay tied: one cast each), then the
+    copy's ``.to(dtype)`` casts what is left (buffers) as before. The same module as the two-step version, at
+    the memory of the cast copy alone -- the intermediate was a copy of the whole model, which the C heap
+    then kept resident."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=p.requires_grad)
+            for p in model.parameters() if p.is_floating_point()}
+    return copy.deepcopy(model, memo).to(dtype)
+
+
 class TransformersBackend:
     """The default backend: a transformers causal LM on CPU or one GPU."""
 
@@ -210,7 +221,7 @@ class TransformersBackend:
         # of autocast casting every fp32 weight at every decode step (a quarter of the decode time). A copy
         # per call, so a policy being trained (PPO) is always sampled with its current weights.
         bf16_copy = self.precision == "bf16" and self.device.type == "cpu"
-        decoder = copy.deepcopy(self.model).to(torch.bfloat16) if bf16_copy else self.model
+        decoder = cast_copy(self.model, torch.bfloat16) if bf16_copy else self.model
         cast = "fp32" if bf16_copy else self.precision  # the copy is bf16 already: no autocast
         encoded = [render_prompt(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)

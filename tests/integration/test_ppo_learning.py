@@ -4,16 +4,21 @@ mid-run resumes to exactly the weights of a straight run."""
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from rlhf.core.digests import file_records
 from rlhf.core.models import build_tiny_model
 from rlhf.core.ppo import PPOConfig, ValueModel
-from rlhf.core.ppo_loop import run_ppo
+from rlhf.core.ppo_loop import BEST_DIR, run_ppo
 from rlhf.core.sampling import SamplingConfig
-from rlhf.core.training import InjectedFault
+from rlhf.core.training import CHECKPOINT_FILES, TRAINER_STATE, InjectedFault, checkpoint_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,6 +93,53 @@ def test_crash_then_resume_equals_a_straight_run(tmp_path):
     assert result.resumed_from_step == 3 and result.steps == 6
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def best_files(work: Path) -> set[str]:
+    return {p.name for p in (work / BEST_DIR).iterdir()}
+
+
+def named_by_checkpoints(work: Path) -> set[str]:
+    return {json.loads((c / TRAINER_STATE).read_text())["best_file"] for c in checkpoint_dirs(work)}
+
+
+def test_the_best_weights_live_on_disk_and_survive_a_crash(tmp_path):
+    """The best weights so far are a file per best step, not a copy in memory: after a crash the files the
+    kept checkpoints name are there (older ones deleted), the resumed run returns the same best-evaluated
+    weights as a straight run, and a checkpoint written when the best copy lived in the checkpoint itself
+    (before it moved to disk) resumes to the same weights too."""
+    settings = dict(steps=8, checkpoint_every=2, eval_every=2)
+    straight, _ = build_tiny_model(seed=0)
+    done = ppo(tmp_path / "straight", straight, **settings)
+    assert done.best_step > 0, done.history  # the reward rises: a later step is the best
+    # only the final best is left once the run is over, besides what the two kept checkpoints name
+    assert best_files(tmp_path / "straight") == named_by_checkpoints(tmp_path / "straight") | {
+        f"step-{done.best_step}.safetensors"}
+    best = load_file(tmp_path / "straight" / BEST_DIR / f"step-{done.best_step}.safetensors")
+    assert all(torch.equal(best[k], v) for k, v in straight.state_dict().items() if k in best)
+
+    crashed, _ = build_tiny_model(seed=0)
+    with pytest.raises(InjectedFault):
+        ppo(tmp_path / "resumed", crashed, fail=7, **settings)
+    work = tmp_path / "resumed"
+    assert [c.name for c in checkpoint_dirs(work)] == ["step-4", "step-6"]
+    assert named_by_checkpoints(work) <= best_files(work)
+    # the same crash, its checkpoints rewritten as before: the best weights inside state.pt, no best/ dir
+    old = tmp_path / "old"
+    shutil.copytree(work, old)
+    for ckpt in checkpoint_dirs(old):
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        state["best_policy"] = load_file(old / BEST_DIR / state.pop("best_file"))
+        torch.save(state, ckpt / "state.pt")
+        (ckpt / CHECKPOINT_FILES).unlink()  # the records of the files as rewritten, as the writer makes them
+        (ckpt / CHECKPOINT_FILES).write_text(json.dumps(file_records(ckpt)))
+    shutil.rmtree(old / BEST_DIR)
+    for folder in (work, old):
+        resumed, _ = build_tiny_model(seed=0)
+        result = ppo(folder, resumed, **settings)
+        assert result.resumed_from_step == 6 and result.best_step == done.best_step
+        for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_a_value_head_on_the_policy_trunk_learns_without_a_second_transformer(tmp_path):

@@ -1,12 +1,13 @@
-"""PPO's memory modes, measured: the bytes the PPO step holds (models, gradients, optimizer state, the best
-copy; ``memory/*`` in its manifest) against the per-parameter arithmetic of docs/design.md, per mode:
+"""PPO's memory modes, measured: the bytes the PPO step holds (models, gradients, optimizer state;
+``memory/*`` in its manifest) against the per-parameter arithmetic of docs/design.md, per mode:
 
 - the default: policy and a separate value model trained (16 bytes per parameter each: fp32 weights,
-  gradients and two AdamW moments), reference, two RMs and the best copy in fp32 (4 each);
+  gradients and two AdamW moments), reference and two RMs in fp32 (4 each); the best weights so far are
+  on disk, not in memory;
 - ``ppo.frozen_precision=bf16``: reference and RMs at 2 bytes per parameter;
 - ``ppo.value_init=shared``: a head on the policy's trunk instead of a second transformer;
 - ``ppo.lora``: adapters train (their 16 bytes per parameter), the base is frozen (4), the reference is
-  the policy without them (0) and the best copy holds the adapters only.
+  the policy without them (0).
 
 Every figure is counted from the tensors themselves (each storage once), so a mode that kept a copy it
 should not (a reference model under LoRA, a second trunk) fails its line."""
@@ -66,13 +67,13 @@ def test_ppo_holds_the_bytes_its_memory_mode_promises(mode, rms, tmp_path):
     # The arithmetic, part by part (bytes): trained = 16 per parameter (weights, gradient, 2 AdamW moments).
     expected = {
         "default": {"policy": 8 * P, "value": 8 * R, "reference": 4 * P, "reward_models": 8 * R,
-                    "optimizers": 8 * (P + R), "best_copy": 4 * P},
+                    "optimizers": 8 * (P + R)},
         "frozen_bf16": {"policy": 8 * P, "value": 8 * R, "reference": 2 * P, "reward_models": 4 * R,
-                        "optimizers": 8 * (P + R), "best_copy": 4 * P},
+                        "optimizers": 8 * (P + R)},
         "shared": {"policy": 8 * P, "value": 8 * head, "reference": 2 * P, "reward_models": 4 * R,
-                   "optimizers": 8 * (P + head), "best_copy": 4 * P},
+                   "optimizers": 8 * (P + head)},
         "lora": {"policy": 4 * P + 8 * A, "value": 8 * head, "reference": 0, "reward_models": 4 * R,
-                 "optimizers": 8 * (A + head), "best_copy": 4 * A},
+                 "optimizers": 8 * (A + head)},
     }[mode]
     out = tmp_path / mode
     metrics = ppo_step(MODEL, rms, PromptsConfig(n=4), PromptsConfig(n=2, offset=4), SAMPLING, cfg, out)["metrics"]
@@ -88,7 +89,7 @@ def test_ppo_holds_the_bytes_its_memory_mode_promises(mode, rms, tmp_path):
     if mode == "lora":
         # The step returns the best-evaluated policy; here the held-out reward did not beat the start's, so
         # the best adapters are the initial ones (B = 0) and the merged weights are exactly the start's: the
-        # best copy of the adapters was restored before the merge. (The merge of trained adapters is checked
+        # best adapters (on disk) were restored before the merge. (The merge of trained adapters is checked
         # in test_ppo_learning.py.)
         assert metrics["best_step"] == 0
         start = load_model(MODEL)[0].state_dict()
