@@ -174,7 +174,7 @@ def run_trl(turns: Turns, examples: list, bench: BenchConfig, grouped: bool = Fa
             adam_beta2=cfg.adam_beta2,
             adam_epsilon=cfg.adam_eps,
             max_grad_norm=cfg.grad_clip,
-            optim="adamw_torch",
+            optim="adamw_torch_fused",  # transformers' default on torch >= 2.8, and the kernel ours uses
             bf16=bench.precision == "bf16",  # as ours: autocast to bf16 over fp32 weights, or fp32
             train_sampling_strategy="group_by_length" if grouped else "random",
             length_column_name="length",

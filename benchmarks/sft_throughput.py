@@ -45,6 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from benchmarks.machine import matmul_peaks  # noqa: E402
 from rlhf.core import sft  # noqa: E402
 from rlhf.core.data import load_conversations, tokenize_conversations  # noqa: E402
 from rlhf.core.models import ModelConfig, cpu_has_fast_bf16, load_model  # noqa: E402
@@ -282,7 +283,7 @@ def run_ours(turns: Turns, conversations: list[dict], bench: BenchConfig) -> dic
         "batching": "length-grouped (sorted within chunks of 16 batches, batches shuffled)",
         "lm_head": "on target positions only",
         "loss": "assistant tokens only (rlhf.core.chat loss_mask)",
-        "optimizer": {"class": "torch.optim.AdamW", "lr": cfg.lr, "betas": [cfg.adam_beta1, cfg.adam_beta2],
+        "optimizer": {"class": "torch.optim.AdamW (fused)", "lr": cfg.lr, "betas": [cfg.adam_beta1, cfg.adam_beta2],
                       "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
                       "schedule": f"linear warm-up {warmup_steps_for(cfg, bench.total_steps)} step(s) "
                                   "from lr/warmup, cosine to 0",
@@ -371,7 +372,7 @@ def run_trl(turns: Turns, conversations: list[dict], bench: BenchConfig, our_exa
             adam_beta2=ours_cfg.adam_beta2,
             adam_epsilon=ours_cfg.adam_eps,
             max_grad_norm=ours_cfg.grad_clip,
-            optim="adamw_torch",  # torch.optim.AdamW like ours (transformers would pick the fused variant)
+            optim="adamw_torch_fused",  # transformers' default on torch >= 2.8, and the kernel ours uses
             bf16=bench.precision == "bf16",  # the same precision as ours (TRL's default is bf16)
             fp16=False,
             use_cpu=True,
@@ -517,10 +518,11 @@ def print_summary(report: dict) -> None:
           f"{c['timed_steps']} timed steps after {c['warmup_steps']} warm-up, {c['schedule']}; "
           f"load average {m['load_average_start'][0]:.1f} -> {m['load_average_end'][0]:.1f}")
     print(f"{'':6}{'tokens/s':>10}{'targets/s':>11}{'tok/cpu-s':>11}{'padded':>9}{'median step':>13}"
-          f"{'~GFLOP/s':>10}")
+          f"{'~GFLOP/s':>10}{'MFU':>7}   (peak {report['peak_gflops']['square']:.0f} GFLOP/s)")
     for key, run in report["contenders"].items():
         print(f"{key:6}{run['tokens_per_s']:10.1f}{run['target_tokens_per_s']:11.1f}{run['tokens_per_cpu_s']:11.1f}"
-              f"{run['padded_share']:9.1%}{run['median_step_seconds']:12.2f}s{run['est_gflop_per_s']:10.1f}")
+              f"{run['padded_share']:9.1%}{run['median_step_seconds']:12.2f}s{run['est_gflop_per_s']:10.1f}"
+              f"{run['mfu']:7.1%}")
     check = report["assistant_only_check"]
     print(f"ratio ours/TRL, real tokens/s: {report['ratio_ours_over_trl']:.2f}x "
           f"(per CPU-second: {report['ratio_per_cpu_second_ours_over_trl']:.2f}x)")
@@ -545,6 +547,7 @@ def main(argv: list[str] | None = None) -> dict:
     bench = BenchConfig(timed_steps=args.timed_steps, warmup_steps=args.warmup_steps, precision=args.precision)
     began = time.perf_counter()
     load_start = os.getloadavg()
+    peak_before = matmul_peaks(bench.precision)["square"]
 
     conversations = load_conversations(DATA)[:bench.n_conversations]
     _, tokenizer = load_model(ModelConfig())  # also builds the safetensors cache on a first run
@@ -566,6 +569,11 @@ def main(argv: list[str] | None = None) -> dict:
         runs = run_in_turns(jobs, turns)
         clocks = {name: (turns.wall[name], turns.cpu[name]) for name in jobs}
     contenders = {name: summarise(runs[name], *clocks[name], bench) for name in jobs}
+    # MFU: the analytic model FLOP/s over this machine's matmul peak in the same dtype, measured before and
+    # after the race (the better of the two: the ceiling, not the average).
+    peak = max(peak_before, matmul_peaks(bench.precision)["square"])
+    for run in contenders.values():
+        run["mfu"] = run["est_gflop_per_s"] / peak
     ours, trl = contenders["ours"], contenders["trl"]
     check = trl["assistant_only_check"]
 
@@ -585,6 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
             "timing": "per optimizer step, from getting the turn to the step's end; warm-up steps excluded",
             "tokens_counted": "real (non-pad) tokens = attention_mask sum",
         },
+        "peak_gflops": {"square": peak, "shape": "2048^3 matmul, the run's dtype, torch's threads"},
         "contenders": contenders,
         "ratio_ours_over_trl": ours["tokens_per_s"] / trl["tokens_per_s"],
         "ratio_target_tokens_ours_over_trl": ours["target_tokens_per_s"] / trl["target_tokens_per_s"],

@@ -78,7 +78,23 @@ def ppo(result: dict) -> str:
     return "\n".join(rows)
 
 
-TABLES = {"sampling_throughput": sampling, "rm_throughput": rm, "ppo_step": ppo}
+def sft(result: dict) -> str:
+    cfg, peak = result["config"], result["peak_gflops"]["square"]
+    rows = [f"Measured {result['created'][:10]} on {_machine(result)}, {cfg['precision']}; {cfg['data']}, batch "
+            f"{cfg['batch_size']}, {cfg['timed_steps']} timed steps after {cfg['warmup_steps']} warm-up, "
+            f"{cfg['schedule']}; TRL batches: {cfg['trl_sampling']}. Matmul peak in this run: {peak:.0f} GFLOP/s "
+            "(2048^3).", "",
+            "| contender | real tokens/s | MFU | padded | median step | optimizer |", "|---|---|---|---|---|---|"]
+    for name, c in result["contenders"].items():
+        rows.append(f"| {name} | **{c['tokens_per_s']:.1f}** | {100 * c['mfu']:.0f} % | "
+                    f"{100 * c['padded_share']:.0f} % | {c['median_step_seconds']:.2f} s | "
+                    f"{c['optimizer']['class']} |")
+    rows.append(f"\nours / TRL: **{result['ratio_ours_over_trl']:.2f}x** real tokens/s "
+                f"({result['ratio_per_cpu_second_ours_over_trl']:.2f}x per CPU-second).")
+    return "\n".join(rows)
+
+
+TABLES = {"sampling_throughput": sampling, "rm_throughput": rm, "ppo_step": ppo, "sft_throughput": sft}
 
 
 def regenerate(readme: Path = README, results: Path = RESULTS) -> list[str]:
