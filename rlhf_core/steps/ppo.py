@@ -7,13 +7,15 @@ whose metrics hold ``steps``, ``reward_start``, ``reward_end``, ``kl_end``, ``ea
 ``update``. Checkpoints live in the hidden ``.<name>.work`` sibling until the step succeeds.
 
 Memory: PPO holds the policy (trained: weights, gradients and two AdamW moments = 16 bytes per
-parameter in fp32), the value model (the same again), the frozen reference (4 bytes per parameter) and one
-or two reward models (4 each): about 44 bytes per parameter, 5.9 GB for SmolLM2-135M, plus activations (``ppo.micro_batch_size`` x the longest prompt + answer). The memory
-modes: ``ppo.frozen_precision`` (reference and RMs in bf16: 2 bytes each), ``ppo.value_init=shared`` (a
-head on the policy's trunk instead of a second transformer) and ``ppo.lora`` (adapters train; the
-reference is the policy without them): 8 bytes per parameter with all three. The best weights so far wait
-on disk in the work dir (:mod:`rlhf.core.ppo_loop`), not in memory. The step counts what it holds (``memory/*`` in the manifest); docs/design.md#memory-per-parameter
-has the table. With ``launch`` on several processes it runs data parallel (never sharded).
+parameter in fp32), the value model (the same again), the frozen reference (4 bytes per parameter) and
+one or two reward models (4 each): about 44 bytes per parameter, 5.9 GB for SmolLM2-135M, plus activations
+(``ppo.micro_batch_size`` x the longest prompt + answer). The memory modes: ``ppo.frozen_precision``
+(reference and RMs in bf16: 2 bytes each), ``ppo.value_init=shared`` (a head on the policy's trunk instead
+of a second transformer) and ``ppo.lora`` (adapters train; the reference is the policy without them): 8
+bytes per parameter with all three. The best weights so far wait on disk in the work dir
+(:mod:`rlhf.core.ppo_loop`), not in memory. The step counts what it holds (``memory/*`` in the manifest);
+docs/design.md#memory-per-parameter has the table. With ``launch`` on several processes it runs data
+parallel (never sharded).
 """
 
 from __future__ import annotations
