@@ -25,8 +25,8 @@ value model, both optimizers, the evaluation history and which best weights go w
 so far live on disk, not in memory (``<work_dir>/best/step-<s>.safetensors``, the trained parameters only,
 written to a temp file then renamed): a copy of the policy in memory would cost 4 bytes per parameter for
 the whole run to be read once at the end. A best file is deleted once neither the run nor a kept checkpoint
-names it. The batch plan and
-every random draw are functions of ``(seed, s)``, so a resumed run continues exactly where it stopped.
+names it. The batch plan and every random draw are functions of ``(seed, s)``, so a resumed run continues
+exactly where it stopped.
 
 **On several processes** (a launched step, ``rlhf.core.launch``) every process holds the models and the
 whole rollout batch: each samples its share of the engine's batches and scores every ``world``-th answer,

@@ -135,3 +135,28 @@ def test_bf16_engine_samples_with_a_bf16_copy_and_leaves_the_model_alone():
     assert len(out) == 4 and all(0 < n <= 4 for n in out.n_tokens)
     assert next(model.parameters()).dtype == torch.float32  # the trained weights stay fp32
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_cast_copy_is_deepcopy_then_to_without_the_full_precision_copy(tied):
+    """The engine's bf16 decoding copy: the same module as ``deepcopy(model).to(bf16)`` (weights, buffers,
+    a tied embedding still tied, the same logits), and the model itself is left as it was."""
+    import copy
+
+    from rlhf.core.sampling import cast_copy
+
+    model, _ = build_tiny_model(seed=0)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ours, reference = cast_copy(model, torch.bfloat16), copy.deepcopy(model).to(torch.bfloat16)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        assert ours.state_dict()[key].dtype == value.dtype and torch.equal(ours.state_dict()[key], value), key
+    for a, b in zip(ours.buffers(), reference.buffers(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tied
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(ours.parameters(), model.parameters()))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    assert torch.equal(ours(ids).logits, reference(ids).logits)
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())
