@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # Before anything imports Prefect: its home (database, cached task results) in a fresh temp dir, no
-# telemetry, and no leftover empty API URL (empty is not "unset" to Prefect).
+# telemetry, and no leftover empty API URL (empty is not "unset" to Prefect). Removed when the session's
+# process exits.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlhf-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 if not os.environ.get("PREFECT_API_URL"):
     os.environ.pop("PREFECT_API_URL", None)
 
 from rlhf.core.models import build_tiny_model, build_tiny_tokenizer
+
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
