@@ -10,12 +10,14 @@ an output hashed while it was written is not hashed again once it is in place.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 log = logging.getLogger("rlhf")
 MANIFEST = "manifest.json"
@@ -161,3 +163,21 @@ def names_an_input(value, field: str = "") -> bool:
     paths whose content digest a cache key follows (tasks/steps.py, rlhf/record/finished.py)."""
     return (isinstance(value, str) and field not in NOT_CONTENT and ("/" in value or bool(Path(value).suffix))
             and Path(value).exists())
+
+
+def with_input_digests(value: Any, field: str = "", first: Callable[[Any], Any] | None = None) -> Any:
+    """``value`` (a config: dicts, lists, dataclasses) with each string that :func:`names_an_input` followed by
+    its content digest, ``{"path", "digest"}``: what a cache key holds of it. ``first(value)``, when given,
+    is tried on every value before anything else and replaces it unless it returns None (the task keys use
+    it for upstream references)."""
+    if first is not None and (replaced := first(value)) is not None:
+        return replaced
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: with_input_digests(v, k, first) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_input_digests(v, field, first) for v in value]
+    if names_an_input(value, field):
+        return {"path": value, "digest": digest(value)}
+    return value

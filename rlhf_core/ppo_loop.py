@@ -38,7 +38,6 @@ stay identical on every process; the main one alone reports metrics and writes c
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +47,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from .artifacts import atomic_file
 from .chat import Message, render_prompt
 from .launch import gather_objects, is_main_process, rank, wait_for_everyone, world_size
 from .models import resolve_precision
@@ -320,11 +320,8 @@ def keep_best(work_dir: Path, step: int, weights: dict[str, torch.Tensor]) -> st
     a temp file renamed into place) and return the file's name once every process can read it."""
     name = f"step-{step}.safetensors"
     if is_main_process():
-        folder = work_dir / BEST_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{name}"
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-        os.replace(tmp, folder / name)
+        with atomic_file(work_dir / BEST_DIR / name) as tmp:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
     wait_for_everyone()
     return name
 

@@ -32,8 +32,8 @@ from prefect import task
 
 from rlhf import storage
 from rlhf.core.annotators import AnnotatorConfig
-from rlhf.core.artifacts import code_version, digest, source_digest, stable_hash, verify_output
-from rlhf.core.digests import names_an_input
+from rlhf.core.artifacts import code_version, source_digest, stable_hash, verify_output
+from rlhf.core.digests import with_input_digests
 from rlhf.core.errors import ConfigError
 from rlhf.core.evaluation import EvalConfig
 from rlhf.core.gatt import GAttConfig
@@ -111,17 +111,7 @@ def _identity(value, field: str = ""):
     that names an existing local file or directory, that input's content digest (so editing a data file
     in place reruns what reads it); an upstream reference by its output's path and key only (the key
     pins its content; its metrics describe the run, its files follow from its path)."""
-    if _is_ref(value):
-        return {"path": value["path"], "key": value["key"]}
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {k: _identity(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_identity(v, field) for v in value]
-    if names_an_input(value, field):
-        return {"path": value, "digest": digest(value)}
-    return value
+    return with_input_digests(value, field, lambda v: {"path": v["path"], "key": v["key"]} if _is_ref(v) else None)
 
 
 def _holds_refs(value) -> bool:

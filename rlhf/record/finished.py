@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from rlhf.core.artifacts import read_manifest, source_digest, stable_hash, verify_output, write_json
-from rlhf.core.digests import digest, file_digest, names_an_input
+from rlhf.core.digests import file_digest, with_input_digests
 from rlhf.record.layout import SUMMARY_FILE, read_summary
 
 STAMP_FILE = "finished.json"
@@ -48,21 +47,10 @@ def platform_code() -> str:
     return stable_hash([source_digest(d) for d in dirs] if len(dirs) > 1 else [source_digest(PACKAGE_DIR)])
 
 
-def _input_digests(value: Any, field: str = "") -> Any:
-    """``value`` with each string that names an existing local file or folder replaced by its content digest."""
-    if isinstance(value, dict):
-        return {k: _input_digests(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_input_digests(v, field) for v in value]
-    if names_an_input(value, field):
-        return {"path": value, "digest": digest(value)}
-    return value
-
-
 def stamp_key(resolved: dict, upto: int) -> str:
     """The key a finished campaign's stamp must carry for a rerun of ``resolved`` up to ``upto`` to skip (the
     switch ``orchestration.skip_finished`` itself left out: a run through the flow stamps for both)."""
-    inputs = {name: _input_digests(section) for name, section in resolved.items() if name not in NOT_INPUTS}
+    inputs = {name: with_input_digests(section) for name, section in resolved.items() if name not in NOT_INPUTS}
     config = {**resolved, "orchestration": {k: v for k, v in (resolved.get("orchestration") or {}).items()
                                             if k != "skip_finished"}}
     return stable_hash({"config": config, "upto": upto, "code": platform_code(), "inputs": inputs})
