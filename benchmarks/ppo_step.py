@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,6 +65,22 @@ def make_run(bench: BenchConfig, precision: str) -> PPORun:
     return PPORun(policy, tokenizer, reference, value, reward, cfg, sampling, precision)
 
 
+def update_flops(config, metrics: dict) -> float:
+    """The FLOPs of one update as ``PPORun.iteration`` runs it, from the padded batch it built (``batch/rows`` x
+    ``batch/width``, answers ``batch/answer_width`` wide): rollout-time passes of policy, reference and value
+    model (forward), then one forward + backward (3 forwards' worth) of policy and value model per answer.
+    A forward is 2 x non-embedding parameters per padded token plus the attention scores (4 x layers x
+    hidden x width^2 per row); the policy's and reference's LM head runs on the answer positions (+1)."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    per_token = layers * (2 * d * d + 2 * d * kv + 3 * d * config.intermediate_size)
+    rows, width, answer = metrics["batch/rows"], metrics["batch/width"], metrics["batch/answer_width"]
+    trunk = 2 * per_token * rows * width + 4 * layers * d * rows * width ** 2
+    head = 2 * d * config.vocab_size * rows * (answer + 1)
+    # experience: policy + reference (trunk + head), value (trunk); update: 3 x (policy + value)
+    return float(2 * (trunk + head) + trunk + 3 * (trunk + head) + 3 * trunk)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timed", type=int, default=BenchConfig.timed)
@@ -79,14 +96,19 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run.iteration(batch, step)
             if step >= bench.warmup:
                 samples[p].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s",
-                                                           "response_length")})
-    result = {"benchmark": "ppo_step", "config": asdict(bench), "machine": machine_info(),
+                                                           "response_length")}
+                                  | {"update_gflop": update_flops(run.policy.config, metrics) / 1e9})
+    result = {"benchmark": "ppo_step", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "config": asdict(bench), "machine": machine_info(),
               "torch_threads": torch.get_num_threads(), "precisions": {},
               "peak_gflops": {p: matmul_peaks(p)["square"] for p in precisions}}
     for p, rows in samples.items():
         mean = {k.split("/")[-1]: statistics.mean(r[k] for r in rows) for k in rows[0]}
         mean["total_s"] = mean["rollout_s"] + mean["score_s"] + mean["update_s"]
         mean["seconds_per_iteration"] = mean["total_s"]
+        peak = result["peak_gflops"][p]
+        mean["update_mfu"] = mean["update_gflop"] / mean["update_s"] / peak
+        mean["update_s_at_peak"] = mean["update_gflop"] / peak  # the update's floor at this machine's matmul peak
         result["precisions"][p] = mean
     if "bf16" in result["precisions"]:
         result["bf16_speedup"] = result["precisions"]["fp32"]["total_s"] / result["precisions"]["bf16"]["total_s"]
@@ -96,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
           f"tokens, {bench.batch_size // bench.mini_batch_size} gradient steps (mean of {bench.timed})")
     for p, m in result["precisions"].items():
         print(f"  {p}: rollout {m['rollout_s']:.1f} s, scoring {m['score_s']:.1f} s, update {m['update_s']:.1f} s "
-              f"= {m['total_s']:.1f} s per iteration (answers {m['response_length']:.0f} tokens on average)")
+              f"= {m['total_s']:.1f} s per iteration (answers {m['response_length']:.0f} tokens on average); "
+              f"update {m['update_gflop']:.0f} GFLOP, MFU {100 * m['update_mfu']:.0f} % of "
+              f"{result['peak_gflops'][p]:.0f} GFLOP/s ({m['update_s_at_peak']:.1f} s at the peak)")
     if "bf16_speedup" in result:
         print(f"  bf16 autocast is {result['bf16_speedup']:.2f}x fp32 here")
     print(f"results: {RESULTS}")

@@ -67,13 +67,16 @@ def rm(result: dict) -> str:
 
 def ppo(result: dict) -> str:
     cfg = result["config"]
-    rows = [f"{_machine(result)}; {cfg['batch_size']} rollouts x <= {cfg['max_new_tokens']} tokens, "
+    rows = [f"Measured {result.get('created', '')[:10]} on {_machine(result)}; {cfg['batch_size']} rollouts x <= "
+            f"{cfg['max_new_tokens']} tokens, "
             f"{cfg['batch_size'] // cfg['mini_batch_size']} gradient steps, mean of {cfg['timed']} iterations.", "",
-            "| precision | rollout | scoring | update | seconds per iteration | matmul peak |",
-            "|---|---|---|---|---|---|"]
+            "| precision | rollout | scoring | update | update MFU (floor at the peak) | seconds per iteration "
+            "| matmul peak |",
+            "|---|---|---|---|---|---|---|"]
     for precision, m in result["precisions"].items():
         peak = result.get("peak_gflops", {}).get(precision)
-        rows.append(f"| {precision} | {m['rollout_s']:.1f} s | {m['score_s']:.1f} s | {m['update_s']:.1f} s | "
+        mfu = f"{100 * m['update_mfu']:.0f} % ({m['update_s_at_peak']:.1f} s)" if "update_mfu" in m else "-"
+        rows.append(f"| {precision} | {m['rollout_s']:.1f} s | {m['score_s']:.1f} s | {m['update_s']:.1f} s | {mfu} | "
                     f"**{m['seconds_per_iteration']:.1f} s** | {f'{peak:.0f} GFLOP/s' if peak else '-'} |")
     return "\n".join(rows)
 

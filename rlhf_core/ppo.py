@@ -263,7 +263,10 @@ def answer_logprobs(model: nn.Module, batch: Batch, precision: str,
     logits = logits[:, :length].float()  # the position before each answer token predicts it
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, batch.answer_ids.unsqueeze(-1)).squeeze(-1) * batch.mask
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * batch.mask if with_entropy else None
+    entropy = None
+    if with_entropy:  # a statistic: outside the graph, so its vocabulary-wide temporaries are not kept for backward
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1) * batch.mask
     return logp, entropy
 
 

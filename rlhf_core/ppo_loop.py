@@ -176,6 +176,8 @@ class PPORun:
                 "response_length": float(mask.sum(-1).mean()),
                 "rollout/logprob_gap": float(((engine_logp - exp.logp).abs() * mask).sum() / mask.sum()),
                 "value/mean": float((exp.values * mask).sum() / mask.sum()), **stats,
+                "batch/rows": float(mask.shape[0]), "batch/width": float(batch.input_ids.shape[1]),
+                "batch/answer_width": float(mask.shape[1]),
                 "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2}
 
     # checkpoints ----------------------------------------------------------------------------------

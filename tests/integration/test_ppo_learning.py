@@ -67,7 +67,8 @@ def test_ppo_raises_the_reward_and_the_kl_penalty_holds_it_near_the_reference(tm
     assert free.kl_end > 15 and 0 < held.kl_end < free.kl_end / 2, (free.kl_end, held.kl_end)
     metrics = dict(seen)[40]
     assert {"reward/raw_mean", "reward/whitened_mean", "kl/per_answer", "policy_loss", "value_loss", "clip_frac",
-            "approx_kl", "entropy", "response_length", "rollout/logprob_gap"} <= set(metrics)
+            "approx_kl", "entropy", "response_length", "rollout/logprob_gap", "batch/rows", "batch/width",
+            "batch/answer_width"} <= set(metrics)
     assert abs(metrics["reward/whitened_mean"]) < 1e-5 and metrics["rollout/logprob_gap"] < 1e-3
     assert [s for s, _ in seen] == list(range(1, 41))
 
