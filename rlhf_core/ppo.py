@@ -71,6 +71,7 @@ class PPOConfig:
     # LoRA adapters instead of every weight (r > 0): the policy trains adapters, the reference is the policy
     # with them switched off (no copy), a value model of its own (value_init reward | policy) gets adapters too
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    lean_activations: bool = True  # trained models: Llama norms and MLPs keep fewer activations (lean_layers.py)
     temperature: float = 1.0  # rollouts sample the policy's own distribution
     max_new_tokens: int | None = None  # None = sampling.max_new_tokens
     n_prompts: int = 256  # training prompts (cycled in seeded order)

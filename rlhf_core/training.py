@@ -38,6 +38,7 @@ from torch import nn
 from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
 from .launch import is_main_process
+from .lean_layers import lean_activations
 from .lora import LoRAConfig
 from .models import resolve_precision
 from .progress import progress
@@ -64,6 +65,7 @@ class TrainConfig:
     micro_batch_size: int = 8  # examples per forward pass; batch_size / micro = accumulation steps
     group_by_length: bool = True  # length-grouped micro-batches (less padding)
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+    lean_activations: bool = True  # Llama-family norms and MLPs keep fewer activations (lean_layers.py); same forward
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = never)
     keep_checkpoints: int = 2  # recent checkpoints kept on disk: a damaged latest one falls back to the one before
     seed: int = 0
@@ -323,6 +325,8 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
                                             if getattr(m, "_no_split_modules", None)), None)
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
+    if cfg.lean_activations:
+        lean_activations(objective)
     optimizer = adamw(objective, cfg.lr, cfg, sharded=sharded)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
