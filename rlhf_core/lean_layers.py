@@ -1,7 +1,7 @@
 """Leaner training passes for Llama-family models: the same forward, fewer activations kept for backward.
 
 Under bf16 autocast a transformers Llama layer keeps, per token, more than its backward needs
-(docs/performance.md, "Activation memory"):
+(docs/design.md, "Activation memory"):
 
 - **RMSNorm** (``weight * (x * rsqrt(mean(x^2) + eps))``, computed in fp32) keeps the fp32 product
   ``x * rsqrt(...)`` for the weight's gradient, and autocast then casts the norm's fp32 output to bf16 once
