@@ -14,7 +14,6 @@ import gc
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -201,7 +200,6 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     work = prepare_work_dir(name, out_dir, key) if main else work_dir_for(out_dir)
     wait_for_everyone()
     if not main:
-        release_memory()
         body(None)
         return {}
     log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
@@ -225,40 +223,13 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     return manifest
 
 
-# glibc: blocks of at least this many bytes get pages of their own, handed back to the OS when freed
-MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-
-
 def release_memory() -> None:
     """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``): without it a
     process that ran a training step keeps its freed optimizer states and activations resident, and every later
-    step of the campaign process starts from that plateau. Also fixes glibc's mmap threshold (:func:`bound_heap`).
-    A no-op where there is no glibc."""
+    step of the campaign process starts from that plateau. A no-op where there is no glibc."""
     gc.collect()
-    bound_heap()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def bound_heap() -> None:
-    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (1 MiB), so that every tensor of a MiB or more has
-    pages of its own and returns them to the OS when it is freed.
-
-    By default glibc raises the threshold each time a mapped block is freed, up to 32 MiB; after a few
-    training passes the activations and gradients (1-32 MiB each on the embedded model) come from the heap,
-    whose freed blocks stay resident and fragment, so a step's resident memory grows well past what it holds
-    (an RM step at the demo's size: 4.5-4.7 GiB instead of 3.7, docs/design.md "Activation memory"). A fixed
-    threshold keeps resident memory close to the live tensors, at the cost of fresh pages (page faults) for
-    each such tensor. Left alone when the user chose a threshold (``GLIBC_TUNABLES`` naming
-    ``glibc.malloc.mmap_threshold``, or ``MALLOC_MMAP_THRESHOLD_``). A no-op where there is no glibc."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.mmap_threshold" in tunables or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
 
