@@ -19,7 +19,7 @@ autograd functions that compute the same forward values and keep only what the b
 
 The forward is bitwise the one transformers computes (same fp32 operations, then the cast autocast would
 have made). The backward is the same mathematics in another order of rounding: in fp32 the gradients
-agree to ~1e-5 relative; under bf16 the three projections' gradients into the norm's output are summed in
+agree to ~1e-7 relative; under bf16 the three projections' gradients into the norm's output are summed in
 bf16 (autograd accumulates in a tensor's own dtype) instead of fp32, and measured against fp32 gradients
 the error is the same as transformers' own bf16 pass (``tests/unit/test_lean_layers.py``). Without
 gradients (sampling, scoring, evaluation) the modules run transformers' own forward, untouched.
