@@ -1,7 +1,10 @@
 """Training that outgrows one process: a step started on N processes with ``accelerate launch``.
 
 ``launch.num_processes=1`` (``launch=single``, the default) runs every step in the calling process, as
-before. With more, a training step's runner (``sft_step``, ``rm_train_step``, ``ppo_step``, ``gatt_step``) is
+before; with ``launch.isolate=true`` each training step runs instead in one child process of its own, the
+same spec started directly (no launcher, no process group): the step computes exactly what it would in the
+caller, and the memory it held (its heap included, which a long-lived process keeps) is the system's again
+when it ends (docs/design.md#activation-memory). With more, a training step's runner (``sft_step``, ``rm_train_step``, ``ppo_step``, ``gatt_step``) is
 not called here but written down as a *spec* (``spec.json``: the runner's import path and its arguments,
 config dataclasses as dicts) and started on every rank as ``python -m rlhf.core.launched <spec.json>`` by::
 
@@ -90,6 +93,7 @@ class LaunchConfig:
 
     name: str = "single"  # single (in this process) | ddp | fsdp (sft, RMs, train_policy) | deepspeed (refused)
     num_processes: int = 1  # processes in all (on all machines); > 1 starts them with accelerate launch
+    isolate: bool = False  # 1 process: the step in a child process of its own, whose memory is freed at its end
     config_file: str | None = None  # an accelerate config yaml; null = the shipped one for `name`
     num_machines: int = 1  # passed through to accelerate launch
     machine_rank: int = 0  # passed through
@@ -180,14 +184,15 @@ def inside_launch() -> bool:
 
 
 def launches(launch: LaunchConfig | None) -> bool:
-    """Whether a runner called with ``launch`` starts processes (more than one, and not already in a rank)."""
-    return launch is not None and launch.num_processes > 1 and not inside_launch()
+    """Whether a runner called with ``launch`` starts processes (more than one, or one isolated child), and
+    is not already running in one."""
+    return launch is not None and (launch.num_processes > 1 or launch.isolate) and not inside_launch()
 
 
 def keyed_launch(launch: LaunchConfig | None) -> dict:
     """What the launch contributes to a step's cache key: nothing in one process (keys stay as they were),
     the mode and the number of processes otherwise (the same weights only within float tolerance).
-    Ports, machines and timeouts change how a run is started, not what it computes."""
+    Ports, machines, timeouts and ``isolate`` change how a run is started, not what it computes."""
     if launch is None or launch.num_processes <= 1:
         return {}
     return {"launch": {"name": launch.name, "world_size": launch.num_processes}}
@@ -344,22 +349,29 @@ def run_launched(name: str, runner: str, args: dict, launch: LaunchConfig, launc
     from .artifacts import write_json
 
     write_json(spec, {"step": name, "runner": runner, "args": encode_args(args), "backend": backend,
-                      "timeout_seconds": launch.timeout_seconds})
-    # accelerate's launch command, run by `launched --launcher` so it first asks for SIGTERM when this
-    # process dies (a preexec_fn would do the same, but is unsafe in a threaded parent such as Prefect's)
-    command = [sys.executable, "-m", "rlhf.core.launched", "--launcher",
-               "--config_file", str(accelerate_config(launch)),
-               "--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines),
-               "--machine_rank", str(launch.machine_rank),
-               "--main_process_port", str(launch.main_process_port if launch.main_process_port is not None else 0)]
-    if launch.main_process_ip:
-        command += ["--main_process_ip", launch.main_process_ip]
-    command += ["--module", "rlhf.core.launched", str(spec)]
+                      "timeout_seconds": launch.timeout_seconds, "num_processes": launch.num_processes})
     env = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: "1"}
-    if not cuda:
-        env["ACCELERATE_USE_CPU"] = "true"  # the ranks are MULTI_CPU (gloo), not single-process GPU-less runs
-    log.info("%s: launching %d processes (%s, %s): %s", name, launch.num_processes, launch.name, backend,
-             " ".join(command))
+    if launch.num_processes == 1:
+        # launch.isolate: the one rank started directly (no launcher, no process group); it sets its own
+        # parent-death signal, and its session is the group stopped below
+        command = [sys.executable, "-m", "rlhf.core.launched", str(spec)]
+        log.info("%s: in a child process of its own (launch.isolate): %s", name, " ".join(command))
+    else:
+        # accelerate's launch command, run by `launched --launcher` so it first asks for SIGTERM when this
+        # process dies (a preexec_fn would do the same, but is unsafe in a threaded parent such as Prefect's)
+        command = [sys.executable, "-m", "rlhf.core.launched", "--launcher",
+                   "--config_file", str(accelerate_config(launch)),
+                   "--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines),
+                   "--machine_rank", str(launch.machine_rank),
+                   "--main_process_port", str(launch.main_process_port if launch.main_process_port is not None
+                                              else 0)]
+        if launch.main_process_ip:
+            command += ["--main_process_ip", launch.main_process_ip]
+        command += ["--module", "rlhf.core.launched", str(spec)]
+        if not cuda:
+            env["ACCELERATE_USE_CPU"] = "true"  # the ranks are MULTI_CPU (gloo), not single-process GPU-less runs
+        log.info("%s: launching %d processes (%s, %s): %s", name, launch.num_processes, launch.name, backend,
+                 " ".join(command))
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)

@@ -7,7 +7,8 @@ In order, because each step needs the one before it:
    library's warnings and the dying interpreter's traceback land there too); the parent forwards it.
 2. ``rank-<r>.pid``, and death with the launcher (Linux): the parent can always find and stop this rank.
 3. The process group, with the spec's backend and ``launch.timeout_seconds`` as the collective timeout
-   (a rank waiting for a dead peer gives up instead of hanging).
+   (a rank waiting for a dead peer gives up instead of hanging); none for one isolated process
+   (``launch.isolate``, started directly by the parent rather than by accelerate's launcher).
 4. The runner, with the spec's arguments; it sees ``RLHF_LAUNCHED=1`` and runs the step here.
 
 A failure writes ``rank-<r>.failed`` (the error and its traceback) before exiting 1: the parent quotes it.
@@ -89,7 +90,8 @@ def main(spec_path: str) -> int:
     _log_to_stderr()
     try:
         spec = json.loads(spec_file.read_text())
-        _init_process_group(spec["backend"], spec["timeout_seconds"])
+        if spec["num_processes"] > 1:  # one isolated process (launch.isolate) has no peers to wait for
+            _init_process_group(spec["backend"], spec["timeout_seconds"])
         args = _fault(rank, decode_args(spec["args"]))
         resolve(spec["runner"])(**args)
     except BaseException as err:

@@ -169,7 +169,7 @@ def gatt_step(model_cfg: ModelConfig, cfg: GAttConfig, train_cfg: SFTConfig, sam
         return launched_step("gatt", out_dir, config, inputs, launch, gatt_step,
                              {"model_cfg": model_cfg, "cfg": cfg, "train_cfg": train_cfg, "sampling": sampling,
                               "out_dir": out_dir, "launch": launch}, {"gatt.train": train_cfg}, on_metrics,
-                             prepare=prepare)
+                             prepare=prepare if launch.num_processes > 1 else None)  # isolated: all in the child
 
     def body(tmp: Path | None) -> dict:
         model, tokenizer = load_model(model_cfg)

@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.processes]
 MODEL = ModelConfig(name_or_path="tiny", precision="fp32")  # fp32: bf16 rounding would swamp the comparison
 DDP = LaunchConfig(name="ddp", num_processes=2, timeout_seconds=60)
 FSDP = LaunchConfig(name="fsdp", num_processes=2, timeout_seconds=60)
+ISOLATED = LaunchConfig(isolate=True, timeout_seconds=60)  # one process, a child of this one
 # 6 training conversations in batches of 4, micro-batches of 2: each epoch's second batch has 2 examples,
 # one micro-batch, so rank 1 has none and must still join the all-reduce (it would hang otherwise).
 SFT = SFTConfig(epochs=2, batch_size=4, micro_batch_size=2, max_length=64, lr=1e-3, warmup_ratio=0.0,
@@ -86,11 +87,12 @@ def data(chats) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory, data) -> dict[str, dict]:
-    """The same SFT in 1 process, in 2 (DDP) and in 2 sharded (FSDP): {"one"|"two"|"fsdp": manifest (with its
+    """The same SFT in this process, in one child process, in 2 (DDP) and in 2 sharded (FSDP):
+    {"one"|"isolated"|"two"|"fsdp": manifest (with its
     out_dir, wall seconds and the rlhf log's lines)}."""
     root = tmp_path_factory.mktemp("sft")
     runs = {}
-    for name, launch in (("one", None), ("two", DDP), ("fsdp", FSDP)):
+    for name, launch in (("one", None), ("isolated", ISOLATED), ("two", DDP), ("fsdp", FSDP)):
         lines, logger = Lines(), logging.getLogger("rlhf")
         level = logger.level
         logger.addHandler(lines)
@@ -180,6 +182,37 @@ def test_lora_on_two_processes_gives_the_weights_of_one(tmp_path, data):
     assert max_abs_diff(trained, tiny_weights()) > 1e-4  # the adapters trained and were merged
     assert max_abs_diff(trained, weights(tmp_path / "two")) <= TOLERANCE
     assert one["metrics"]["steps"] == two["metrics"]["steps"] == 4
+
+
+def test_an_isolated_step_computes_in_its_child_exactly_what_it_computes_here(sft_runs):
+    one, isolated = sft_runs["one"], sft_runs["isolated"]
+    text = "\n".join(isolated["log"])
+    assert "in a child process of its own" in text and "[rank 0] sft: start" in text  # it ran in the child
+    assert "in a child process" not in "\n".join(one["log"])
+    assert isolated["key"] == one["key"] and isolated["world_size"] == 1  # interchangeable in the cache
+    assert max_abs_diff(weights(isolated["out_dir"]), tiny_weights()) > 1e-3  # it trained
+    assert max_abs_diff(weights(isolated["out_dir"]), weights(one["out_dir"])) == 0  # bitwise the same
+    assert isolated["metrics"]["eval_loss_after"] == one["metrics"]["eval_loss_after"]
+    assert 0 < isolated["metrics"]["peak_rss_mb"]  # the child's own high-water mark
+    out = isolated["out_dir"]
+    assert not work_dir_for(out).exists() and not launch_dir_for(out).exists()
+
+
+def test_an_isolated_step_that_fails_leaves_no_process_and_resumes_to_the_same_weights(tmp_path, data, sft_runs):
+    out = tmp_path / "sft"
+    resumable = replace(SFT, checkpoint_every=1)
+    with pytest.raises(LaunchError) as err:
+        sft_step(MODEL, data, replace(resumable, fail_after_steps=2), out, launch=ISOLATED)
+    message = str(err.value)
+    assert "rank 0 of the launched processes failed: InjectedFault" in message and "raise InjectedFault" in message
+    launch_dir = launch_dir_for(out)
+    assert processes_naming(str(launch_dir / "spec.json")) == []
+    pids = [int(p.read_text()) for p in launch_dir.glob("rank-*.pid")]
+    assert len(pids) == 1 and pids[0] != os.getpid() and not _running(pids[0])
+    assert not out.exists()  # nothing half-written
+    manifest = sft_step(MODEL, data, resumable, out, launch=ISOLATED)
+    assert manifest["metrics"]["resumed_from_step"] == 2 and manifest["metrics"]["steps"] == 4
+    assert max_abs_diff(weights(out), weights(sft_runs["one"]["out_dir"])) == 0
 
 
 def test_a_launched_step_is_cached_without_starting_processes(sft_runs, data, caplog):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlhf.core.errors import ConfigError
-from rlhf.core.launch import LaunchConfig, StepLaunch, StepLaunches, decode_args, encode_args
+from rlhf.core.launch import LaunchConfig, StepLaunch, StepLaunches, decode_args, encode_args, keyed_launch, launches
 from rlhf.core.ppo import PPOConfig
 from rlhf.core.sft import SFTConfig
 from rlhf.flows.config import compose_config
@@ -20,6 +20,17 @@ def test_a_step_takes_the_group_unless_it_names_its_own():
     assert (rms.name, rms.num_processes) == ("single", 1)  # one process: in the calling one
     assert (ppo.name, ppo.num_processes) == ("ddp", 4)
     assert sft.steps == StepLaunches() and ppo.timeout_seconds == group.timeout_seconds
+
+
+def test_isolate_starts_one_child_and_leaves_the_cache_key_alone():
+    """``launch.isolate``: one process, started as a child (tests/integration/test_launch.py runs it); it
+    computes what the caller would, so a step's key is the same either way. The demo turns it on."""
+    isolated = LaunchConfig(isolate=True)
+    assert launches(isolated) and not launches(LaunchConfig()) and not launches(None)
+    assert keyed_launch(isolated) == keyed_launch(LaunchConfig()) == {}
+    assert all(isolated.for_step(step).isolate for step in ("sft", "train_reward_models", "ppo", "gatt"))
+    assert compose_config(["experiment=demo"]).launch.isolate
+    assert not compose_config([]).launch.isolate and not compose_config(["experiment=smoke"]).launch.isolate
 
 
 def test_per_step_overrides_compose_from_the_command_line():
