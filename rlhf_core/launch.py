@@ -1,10 +1,7 @@
 """Training that outgrows one process: a step started on N processes with ``accelerate launch``.
 
 ``launch.num_processes=1`` (``launch=single``, the default) runs every step in the calling process, as
-before; with ``launch.isolate=true`` each training step runs instead in one child process of its own, the
-same spec started directly (no launcher, no process group): the step computes exactly what it would in the
-caller, and the memory it held (its heap included, which a long-lived process keeps) is the system's again
-when it ends (docs/design.md#activation-memory). With more, a training step's runner (``sft_step``, ``rm_train_step``, ``ppo_step``, ``gatt_step``) is
+before. With more, a training step's runner (``sft_step``, ``rm_train_step``, ``ppo_step``, ``gatt_step``) is
 not called here but written down as a *spec* (``spec.json``: the runner's import path and its arguments,
 config dataclasses as dicts) and started on every rank as ``python -m rlhf.core.launched <spec.json>`` by::
 
@@ -15,6 +12,10 @@ Why that command line and not ``--cpu``: in accelerate 1.x ``--cpu`` picks its *
 starts one process (or ``mpirun`` with a host file); the only launcher that starts N local processes is
 the torchrun one (``distributed_type: MULTI_GPU`` in the shipped ``ddp.yaml``). On a machine without CUDA
 the ranks get ``ACCELERATE_USE_CPU=true``, so accelerate makes them ``MULTI_CPU`` ranks talking over gloo.
+
+``launch.isolate=true`` with one process: the same spec, started directly as one child process (no launcher,
+no process group). The step computes exactly what it would in the caller, and the memory it held (its heap
+included, which a long-lived process keeps) is the system's again when it ends (docs/design.md#activation-memory).
 
 The parent's side (:func:`run_launched`): the launcher runs as its own process group; each rank writes
 its output to ``rank-<r>.log`` beside the spec (``launched`` points its stdout and stderr there) and the
