@@ -49,6 +49,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from .errors import ConfigError, RLHFError
 
@@ -59,6 +60,7 @@ BACKENDS = ("gloo", "nccl")
 LAUNCHED_ENV = "RLHF_LAUNCHED"  # set in every rank: a runner called there runs in that process
 FAIL_RANK_ENV = "RLHF_FAIL_RANK"  # fault injection: "<rank>" fails that rank at its start, "<rank>:<n>" after n steps
 SPEC = "spec.json"
+METRICS_STREAM = "metrics.jsonl"  # beside the spec: the main rank's metrics as it reports them, for the parent
 POLL_SECONDS = 0.2
 TAIL_LINES = 25  # lines of a failed rank's traceback quoted in the error
 KILL_GRACE_SECONDS = 10.0  # between SIGTERM and SIGKILL when the ranks are stopped
@@ -335,10 +337,13 @@ def runner_path(function) -> str:
 # the parent: start the ranks, forward their output, fail clearly, leave nothing running
 
 
-def run_launched(name: str, runner: str, args: dict, launch: LaunchConfig, launch_dir: Path) -> None:
+def run_launched(name: str, runner: str, args: dict, launch: LaunchConfig, launch_dir: Path,
+                 on_metrics: Callable[[dict, int], None] | None = None) -> None:
     """Run ``runner(**args)`` on ``launch.num_processes`` ranks; returns when all exited 0, else raises
     :class:`LaunchError` with the failed rank's traceback tail. ``launch_dir`` (the spec and the ranks'
-    logs) is emptied first and kept after a failure, for reading."""
+    logs) is emptied first and kept after a failure, for reading. ``on_metrics(metrics, step)`` gets each
+    optimizer step's metrics while the ranks train (a runner that reports metrics writes them to
+    ``metrics.jsonl`` beside the spec, see :mod:`rlhf.core.launched`; this process follows that file)."""
     import torch
 
     check_launch(launch)
@@ -380,11 +385,13 @@ def run_launched(name: str, runner: str, args: dict, launch: LaunchConfig, launc
     reader = threading.Thread(target=_forward_launcher, args=(process, launcher_lines), daemon=True)
     reader.start()
     logs = _RankLogs(launch_dir)
+    metrics = _MetricsFollower(launch_dir / METRICS_STREAM, on_metrics)
     failed_at = None
     try:
         with _terminate_raises():
             while process.poll() is None:
                 logs.forward()
+                metrics.forward()
                 if failed_at is None and _failures(launch_dir):
                     failed_at = time.monotonic()
                 if failed_at is not None and time.monotonic() - failed_at > launch.timeout_seconds:
@@ -397,6 +404,7 @@ def run_launched(name: str, runner: str, args: dict, launch: LaunchConfig, launc
         reader.join(timeout=5)
         logs.forward(final=True)
         logs.close()
+        metrics.close()  # the rows written after the last poll, then no more
     if process.returncode == 0 and not _failures(launch_dir):
         log.info("%s: %d processes finished in %.0f s", name, launch.num_processes, time.monotonic() - started)
         return
@@ -471,6 +479,32 @@ class _RankLogs:
     def close(self) -> None:
         for handle in self.files.values():
             handle.close()
+
+
+class _MetricsFollower:
+    """Follows the main rank's ``metrics.jsonl`` and hands each whole new row to ``forward`` (nothing to do
+    without one, or before the rank has written the file)."""
+
+    def __init__(self, path: Path, forward: Callable[[dict, int], None] | None):
+        self.path, self.send, self.handle, self.partial = path, forward, None, ""
+
+    def forward(self) -> None:
+        if self.send is None:
+            return
+        if self.handle is None:
+            if not self.path.is_file():
+                return
+            self.handle = self.path.open()
+        *lines, self.partial = (self.partial + self.handle.read()).split("\n")
+        for line in filter(str.strip, lines):
+            row = json.loads(line)
+            self.send(row, row.pop("step"))
+
+    def close(self) -> None:
+        self.forward()
+        if self.handle is not None:
+            self.handle.close()
+        self.send = None
 
 
 def _failures(launch_dir: Path) -> list[dict]:

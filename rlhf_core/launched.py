@@ -9,7 +9,9 @@ In order, because each step needs the one before it:
 3. The process group, with the spec's backend and ``launch.timeout_seconds`` as the collective timeout
    (a rank waiting for a dead peer gives up instead of hanging); none for one isolated process
    (``launch.isolate``, started directly by the parent rather than by accelerate's launcher).
-4. The runner, with the spec's arguments; it sees ``RLHF_LAUNCHED=1`` and runs the step here.
+4. The runner, with the spec's arguments; it sees ``RLHF_LAUNCHED=1`` and runs the step here. A runner
+   that takes ``on_metrics`` reports each optimizer step's metrics to ``metrics.jsonl`` beside the spec,
+   which the parent follows (its MLflow run gets them as the step trains).
 
 A failure writes ``rank-<r>.failed`` (the error and its traceback) before exiting 1: the parent quotes it.
 
@@ -21,6 +23,7 @@ gets ``n`` on that rank only; it is not part of the cache key, so all ranks stil
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
-from .launch import FAIL_RANK_ENV, LAUNCHED_ENV, decode_args, resolve, set_parent_death_signal
+from .launch import FAIL_RANK_ENV, LAUNCHED_ENV, METRICS_STREAM, decode_args, resolve, set_parent_death_signal
 from .training import InjectedFault
 
 
@@ -80,6 +83,18 @@ def _fault(rank: int, args: dict) -> dict:
             for name, value in args.items()}
 
 
+class _MetricsStream:
+    """A runner's ``on_metrics``: each optimizer step's metrics as one line of ``metrics.jsonl`` beside the
+    spec, flushed at once, for the parent to forward while the step runs (only the main rank reports any)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, metrics: dict, step: int) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
 def main(spec_path: str) -> int:
     spec_file = Path(spec_path)
     rank = int(os.environ.get("RANK", "0"))
@@ -93,7 +108,10 @@ def main(spec_path: str) -> int:
         if spec["num_processes"] > 1:  # one isolated process (launch.isolate) has no peers to wait for
             _init_process_group(spec["backend"], spec["timeout_seconds"])
         args = _fault(rank, decode_args(spec["args"]))
-        resolve(spec["runner"])(**args)
+        runner = resolve(spec["runner"])
+        if "on_metrics" in inspect.signature(runner).parameters:  # the parent follows them live
+            args["on_metrics"] = _MetricsStream(spec_file.parent / METRICS_STREAM)
+        runner(**args)
     except BaseException as err:
         text = traceback.format_exc()
         sys.stderr.write(text)

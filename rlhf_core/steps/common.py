@@ -271,9 +271,9 @@ def launched_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str
     output is cached, and return the manifest its main rank wrote; ``config`` and ``inputs`` are the ones
     the runner keys its output with (the cache check happens here too, so a cached step starts nothing).
     ``batches``: the training configs to check against the number of processes (``{"sft": SFTConfig}``).
-    ``on_metrics`` cannot follow the ranks live: it gets every step's metrics from ``metrics.jsonl`` when
-    the step is done. ``prepare()``, when given, runs here before the processes start (a phase the step
-    does in one process, e.g. GAtt's sampling, written to the work dir where the ranks find it)."""
+    ``on_metrics`` gets the main rank's metrics of each optimizer step as it reports them. ``prepare()``,
+    when given, runs here before the processes start (a phase the step does in one process, e.g. GAtt's
+    sampling, written to the work dir where the ranks find it)."""
     out_dir = Path(out_dir)
     check_launch(launch, batches)
     manifest, key = cached_or_key(name, out_dir, config, inputs)
@@ -282,7 +282,7 @@ def launched_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str
     if prepare is not None:
         prepare()
     launch_dir = launch_dir_for(out_dir)
-    run_launched(name, runner_path(runner), args, launch, launch_dir)
+    run_launched(name, runner_path(runner), args, launch, launch_dir, on_metrics)
     manifest, problem = verify_output(out_dir, key)
     if problem:
         edited = source_digest(CORE_DIR) not in code_version()
@@ -292,9 +292,6 @@ def launched_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str
                             "ran the new code, this process keyed the step with the old one. Run it again"
                             if edited else ""))
     shutil.rmtree(launch_dir, ignore_errors=True)
-    if on_metrics is not None:
-        for row in read_jsonl(out_dir / METRICS):
-            on_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
     return manifest
 
 

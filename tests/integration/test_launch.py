@@ -98,13 +98,15 @@ def sft_runs(tmp_path_factory, data) -> dict[str, dict]:
         logger.addHandler(lines)
         logger.setLevel(logging.INFO)
         started = time.perf_counter()
+        reported = []
         try:
-            manifest = sft_step(MODEL, data, SFT, root / name, launch=launch)
+            manifest = sft_step(MODEL, data, SFT, root / name,
+                                on_metrics=lambda m, step, rows=reported: rows.append((step, m)), launch=launch)
         finally:
             logger.removeHandler(lines)
             logger.setLevel(level)
         runs[name] = {**manifest, "out_dir": root / name, "seconds": time.perf_counter() - started,
-                      "log": lines.lines}
+                      "log": lines.lines, "reported": reported}
     return runs
 
 
@@ -139,6 +141,15 @@ def test_sft_on_two_processes_gives_the_weights_of_one(sft_runs):
     assert two["metrics"]["eval_loss_after"] == pytest.approx(one["metrics"]["eval_loss_after"], rel=1e-5)
     out = two["out_dir"]
     assert not work_dir_for(out).exists() and not launch_dir_for(out).exists()  # nothing left beside it
+    assert reported_rows(two) == reported_rows(one) == written_rows(out)  # each step's metrics once, in order
+
+
+def reported_rows(run: dict) -> list[tuple[int, float]]:
+    return [(step, metrics["loss"]) for step, metrics in run["reported"]]
+
+
+def written_rows(out: Path) -> list[tuple[int, float]]:
+    return [(row["step"], row["loss"]) for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
 def test_fsdp_on_two_cpu_processes_shards_the_weights_and_trains_as_ddp_does(sft_runs):
@@ -196,6 +207,28 @@ def test_an_isolated_step_computes_in_its_child_exactly_what_it_computes_here(sf
     assert 0 < isolated["metrics"]["peak_rss_mb"]  # the child's own high-water mark
     out = isolated["out_dir"]
     assert not work_dir_for(out).exists() and not launch_dir_for(out).exists()
+    assert reported_rows(isolated) == written_rows(out) and len(written_rows(out)) == 4
+
+
+def test_an_isolated_step_reports_its_metrics_while_it_trains(tmp_path, data):
+    """The parent forwards each optimizer step's metrics as the child reports them (an MLflow run shows the
+    curve live): here the third row arrives while the child is still training an endless run, and the
+    callback's error then stops the step, with no process left."""
+    out, seen = tmp_path / "sft", []
+
+    class Enough(Exception):
+        pass
+
+    def on_metrics(metrics: dict, step: int) -> None:
+        seen.append((step, metrics["loss"]))
+        if len(seen) == 3:
+            raise Enough
+
+    with pytest.raises(Enough):
+        sft_step(MODEL, data, replace(SFT, epochs=100000), out, on_metrics=on_metrics, launch=ISOLATED)
+    assert [step for step, _ in seen] == [1, 2, 3]
+    assert written_rows(work_dir_for(out))[:3] == seen  # what the child logged itself
+    assert processes_naming(str(launch_dir_for(out) / "spec.json")) == []
 
 
 def test_an_isolated_step_that_fails_leaves_no_process_and_resumes_to_the_same_weights(tmp_path, data, sft_runs):

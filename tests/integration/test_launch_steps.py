@@ -93,7 +93,7 @@ def test_ppo_on_two_processes_ends_with_the_weights_of_one(ppo_runs):
     m1, m2 = one["manifest"]["metrics"], two["manifest"]["metrics"]
     assert m2["steps"] == 2 and m2["best_step"] == m1["best_step"]
     assert abs(m1["reward_end"] - m2["reward_end"]) < 1e-4 and abs(m1["kl_end"] - m2["kl_end"]) < 1e-4
-    # the launched run's metrics reach on_metrics when it is done, one row per PPO iteration
+    # the launched run's metrics reach on_metrics as its main rank reports them, one row per PPO iteration
     assert [s for s, _ in two["seen"]] == [1, 2] and "policy_loss" in two["seen"][0][1]
     out = two["out_dir"]
     assert not work_dir_for(out).exists() and not launch_dir_for(out).exists()

@@ -1,6 +1,8 @@
 """`campaign.seed` drives every random choice of a campaign: the smoke campaign run twice with seed 1, each
 through the CLI in its own process under another name and root, writes the same summary.json (timings, paths,
-names and MLflow run ids aside); seed 2 labels other pairs and gets other results. A rerun of a finished one
+names and MLflow run ids aside) -- the second with every training step in a child process of its own
+(`launch.isolate=true`, what the demo does), which must not change a number; seed 2 labels other pairs and
+gets other results. A rerun of a finished one
 from the command line has nothing to run (no Prefect server), unless an output was damaged."""
 
 from __future__ import annotations
@@ -19,19 +21,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.processes]
 TIMINGS = ("wall_seconds", "tokens_per_s", "peak_rss_mb")  # and PPO's "seconds_per_step/<phase>"
 
 
-def run_smoke(root: Path, name: str, seed: int) -> dict:
+def run_smoke(root: Path, name: str, seed: int, *overrides: str) -> dict:
     """`rlhf run experiment=smoke` in a fresh process (its own hash seed and temporary Prefect server)."""
-    cli_run(root, name, seed)
+    cli_run(root, name, seed, *overrides)
     return json.loads((root / name / "summary.json").read_text())
 
 
-def cli_run(root: Path, name: str, seed: int) -> str:
+def cli_run(root: Path, name: str, seed: int, *overrides: str) -> str:
     """The output of `rlhf run experiment=smoke ...` in a fresh process, which must succeed."""
     env = {**os.environ, "PREFECT_HOME": str(root / ".prefect")}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run([sys.executable, "-m", "rlhf", "run", "experiment=smoke", f"campaign.root={root}",
-                           f"campaign.name={name}", f"campaign.seed={seed}"], env=env, capture_output=True, text=True,
-                          timeout=900)
+                           f"campaign.name={name}", f"campaign.seed={seed}", *overrides], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return done.stdout + done.stderr
 
@@ -58,12 +60,15 @@ def labelled(home: Path) -> pd.DataFrame:
 
 def test_the_same_seed_gives_the_same_summary_and_another_seed_another(tmp_path):
     summaries = {}
-    for name, seed in (("seed-one-a", 1), ("seed-one-b", 1), ("seed-two", 2)):
+    for name, seed, overrides in (("seed-one-a", 1, ()), ("seed-one-b", 1, ("launch.isolate=true",)),
+                                  ("seed-two", 2, ())):
         root = tmp_path / name
-        summaries[name] = normalised(run_smoke(root, name, seed), root, name)
+        summaries[name] = normalised(run_smoke(root, name, seed, *overrides), root, name)
     first, again, other = summaries["seed-one-a"], summaries["seed-one-b"], summaries["seed-two"]
     assert first["campaign_dir"] == "<campaign>" and "mlflow_run_id" not in first  # the normaliser did its job
 
+    assert again["config"]["launch"]["isolate"] and not first["config"]["launch"]["isolate"]
+    again["config"]["launch"]["isolate"] = False
     assert again == first  # every number: RM accuracies, temperatures, pools, PPO, GAtt, win rates
 
     assert other["config"]["reward"]["helpful"]["seed"] == 2 and first["config"]["reward"]["helpful"]["seed"] == 1
