@@ -399,14 +399,16 @@ def run_launched(name: str, runner: str, args: dict, launch: LaunchConfig, launc
                                 "(launch.timeout_seconds): stopping them", name, launch.timeout_seconds)
                     break
                 time.sleep(POLL_SECONDS)
+        metrics.forward()  # the rows written after the last poll
     finally:
         _stop(process, launch_dir)
         reader.join(timeout=5)
         logs.forward(final=True)
         logs.close()
-        metrics.close()  # the rows written after the last poll, then no more
+        metrics.close()
     if process.returncode == 0 and not _failures(launch_dir):
-        log.info("%s: %d processes finished in %.0f s", name, launch.num_processes, time.monotonic() - started)
+        log.info("%s: %s finished in %.0f s", name, f"{launch.num_processes} processes" if launch.num_processes > 1
+                 else "its child process", time.monotonic() - started)
         return
     raise LaunchError(_failure_message(name, launch_dir, process.returncode, launcher_lines))
 
@@ -498,10 +500,10 @@ class _MetricsFollower:
         *lines, self.partial = (self.partial + self.handle.read()).split("\n")
         for line in filter(str.strip, lines):
             row = json.loads(line)
-            self.send(row, row.pop("step"))
+            step = row.pop("step")
+            self.send(row, step)
 
     def close(self) -> None:
-        self.forward()
         if self.handle is not None:
             self.handle.close()
         self.send = None
