@@ -65,6 +65,7 @@ from .training import (
     checkpoint_dirs,
     checkpoint_step,
     latest_checkpoint,
+    release_memory,
 )
 
 # (prompts, answers, unsafe tags) -> (n,) raw rewards
@@ -235,6 +236,7 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
     main = is_main_process()
     with progress(cfg.steps, "ppo", "step", initial=start, leave=True, disable=not main) as bar, quiet():
         for step in range(start, cfg.steps):
+            release_memory()  # the last iteration's freed activations and experience go back to the OS
             index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
             metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
             state["kl_end"] = metrics["kl/per_answer"]
@@ -266,7 +268,12 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
                 break
     memory = held_bytes(policy=policy, value=value_model, reference=reference, reward_models=list(frozen),
                         optimizers=[run.opt_policy, run.opt_value])
-    # the best-evaluated weights (or the last ones)
+    # Training is over: the optimizer states and gradients go before the best-evaluated weights (or the
+    # last ones) are read back in, or the read would come on top of them
+    for optimizer in (run.opt_policy, run.opt_value):
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.state.clear()
+    release_memory()
     policy.load_state_dict(load_file(work_dir / BEST_DIR / state["best_file"]), strict=False)
     timings = pd.DataFrame(state["timings"]).mean().to_dict() if state["timings"] else {}
     return PPOResult(steps=step + 1 if cfg.steps > start else start, reward_start=state["history"][0]["reward"],

@@ -9,8 +9,6 @@ main rank committed."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import importlib.metadata
 import json
 import logging
@@ -45,6 +43,7 @@ from ..launch import (
 )
 from ..models import EMBEDDED, TINY, ModelConfig, save_model
 from ..progress import follow_library_bars
+from ..training import release_memory
 from .outputs import METRICS
 
 log = logging.getLogger("rlhf")
@@ -221,17 +220,6 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
     log.info("%s: done in %.0f s%s -> %s", name, metrics["wall_seconds"],
              f": {summary(metrics)}" if summary else "", out_dir)
     return manifest
-
-
-def release_memory() -> None:
-    """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``): without it a
-    process that ran a training step keeps its freed optimizer states and activations resident, and every later
-    step of the campaign process starts from that plateau. A no-op where there is no glibc."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def reset_peak_rss() -> None:
