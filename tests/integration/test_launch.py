@@ -212,9 +212,9 @@ def test_an_isolated_step_computes_in_its_child_exactly_what_it_computes_here(sf
 
 def test_an_isolated_step_reports_its_metrics_while_it_trains(tmp_path, data):
     """The parent forwards each optimizer step's metrics as the child reports them (an MLflow run shows the
-    curve live): here the third row arrives while the child is still training an endless run, and the
-    callback's error then stops the step, with no process left."""
-    out, seen = tmp_path / "sft", []
+    curve live): here the third row of a 2000-step run arrives while the child is still training (rows sent
+    only at the end would find it gone), and the callback's error then stops the step, with no process left."""
+    out, seen, child_running = tmp_path / "sft", [], []
 
     class Enough(Exception):
         pass
@@ -222,11 +222,12 @@ def test_an_isolated_step_reports_its_metrics_while_it_trains(tmp_path, data):
     def on_metrics(metrics: dict, step: int) -> None:
         seen.append((step, metrics["loss"]))
         if len(seen) == 3:
+            child_running.append(_running(int((launch_dir_for(out) / "rank-0.pid").read_text())))
             raise Enough
 
     with pytest.raises(Enough):
-        sft_step(MODEL, data, replace(SFT, epochs=100000), out, on_metrics=on_metrics, launch=ISOLATED)
-    assert [step for step, _ in seen] == [1, 2, 3]
+        sft_step(MODEL, data, replace(SFT, epochs=1000), out, on_metrics=on_metrics, launch=ISOLATED)
+    assert child_running == [True] and [step for step, _ in seen] == [1, 2, 3]
     assert written_rows(work_dir_for(out))[:3] == seen  # what the child logged itself
     assert processes_naming(str(launch_dir_for(out) / "spec.json")) == []
 
