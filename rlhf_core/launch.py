@@ -457,55 +457,66 @@ def _forward_launcher(process: subprocess.Popen, lines: list[str]) -> None:
             log.info("[launch] %s", line)
 
 
+class _Tail:
+    """A file read as it grows, from its start: each call returns the whole lines added since the last (the
+    rest waits for its line's end; ``final`` returns it too). ``carriage``: a carriage return ends a line too
+    (a progress bar's)."""
+
+    def __init__(self, path: Path, carriage: bool = False):
+        self.path, self.carriage, self.handle, self.partial = path, carriage, None, b""
+
+    def lines(self, final: bool = False) -> list[str]:
+        if self.handle is None:
+            if not self.path.is_file():
+                return []
+            self.handle = self.path.open("rb")
+        data = self.partial + self.handle.read()
+        *lines, self.partial = (data.replace(b"\r", b"\n") if self.carriage else data).split(b"\n")
+        if final:
+            lines.append(self.partial)
+            self.partial = b""
+        return [line.decode(errors="replace") for line in lines if line.strip()]
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
 class _RankLogs:
     """Follows ``rank-<r>.log`` files as the ranks write them; each whole line goes to the log as
-    ``[rank <r>] ...`` (a progress bar's carriage returns end lines too)."""
+    ``[rank <r>] ...``."""
 
     def __init__(self, launch_dir: Path):
-        self.dir, self.files, self.partial = launch_dir, {}, {}
+        self.dir, self.tails = launch_dir, {}
 
     def forward(self, final: bool = False) -> None:
         for path in sorted(self.dir.glob("rank-*.log")):
             rank = int(path.stem.removeprefix("rank-"))
-            if rank not in self.files:
-                self.files[rank], self.partial[rank] = path.open("rb"), b""
-            data = self.partial[rank] + self.files[rank].read()
-            *lines, self.partial[rank] = data.replace(b"\r", b"\n").split(b"\n")
-            if final:
-                lines.append(self.partial[rank])
-                self.partial[rank] = b""
-            for line in lines:
-                if line.strip():
-                    log.info("[rank %d] %s", rank, line.decode(errors="replace").rstrip())
+            for line in self.tails.setdefault(rank, _Tail(path, carriage=True)).lines(final):
+                log.info("[rank %d] %s", rank, line.rstrip())
 
     def close(self) -> None:
-        for handle in self.files.values():
-            handle.close()
+        for tail in self.tails.values():
+            tail.close()
 
 
 class _MetricsFollower:
     """Follows the main rank's ``metrics.jsonl`` and hands each whole new row to ``forward`` (nothing to do
-    without one, or before the rank has written the file)."""
+    without one)."""
 
     def __init__(self, path: Path, forward: Callable[[dict, int], None] | None):
-        self.path, self.send, self.handle, self.partial = path, forward, None, ""
+        self.tail, self.send = _Tail(path), forward
 
     def forward(self) -> None:
         if self.send is None:
             return
-        if self.handle is None:
-            if not self.path.is_file():
-                return
-            self.handle = self.path.open()
-        *lines, self.partial = (self.partial + self.handle.read()).split("\n")
-        for line in filter(str.strip, lines):
+        for line in self.tail.lines():
             row = json.loads(line)
             step = row.pop("step")
             self.send(row, step)
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+        self.tail.close()
         self.send = None
 
 
