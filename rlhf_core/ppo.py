@@ -261,13 +261,15 @@ def answer_logprobs(model: nn.Module, batch: Batch, precision: str,
     with autocast(precision, batch.input_ids.device):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids, use_cache=False, logits_to_keep=length + 1).logits
-    logits = logits[:, :length].float()  # the position before each answer token predicts it
-    logp_all = F.log_softmax(logits, dim=-1)
+    # the position before each answer token predicts it; the fp32 copy goes as soon as log_softmax has read it
+    # (log_softmax keeps its own output for backward), so at most two (b, L, vocab) fp32 tensors are alive
+    logp_all = F.log_softmax(logits[:, :length].float(), dim=-1)
+    del logits
     logp = logp_all.gather(-1, batch.answer_ids.unsqueeze(-1)).squeeze(-1) * batch.mask
     entropy = None
     if with_entropy:  # a statistic: outside the graph, so its vocabulary-wide temporaries are not kept for backward
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1) * batch.mask
+            entropy = -logp_all.exp().mul_(logp_all).sum(-1) * batch.mask  # one temporary, multiplied in place
     return logp, entropy
 
 
@@ -321,6 +323,7 @@ def make_experience(policy: nn.Module, reference: nn.Module, value_model: ValueM
 
 
 STATS = ("policy_loss", "value_loss", "entropy", "clip_frac", "approx_kl", "value_clip_frac")
+POLICY_STATS, VALUE_STATS = STATS[:1] + STATS[2:5], STATS[1:2] + STATS[5:]
 
 
 def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.Optimizer,
@@ -329,6 +332,12 @@ def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.O
     """``cfg.epochs`` passes over the experience in shuffled mini-batches, one gradient step each for the
     policy and for the value model; returns the means of the losses and statistics.
 
+    A value model of its own is updated after the policy has stepped and dropped its gradients: the two
+    share no weight, so this is the same update as running both backward passes first, with one model's
+    gradients in memory at a time instead of both (4 bytes per parameter less at the peak). A value head
+    on the policy's trunk sends its gradient into the policy, so there both passes come before either step.
+    No gradient outlives its step (the next rollouts do not carry them).
+
     On several processes every one holds the whole experience and draws the same order; each runs every
     ``world``-th micro-batch of a mini-batch, and the gradients (token-weighted shares of the mini-batch's
     loss) are summed across them before clipping and the step: the update one process makes, up to the
@@ -336,7 +345,7 @@ def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.O
     # Both stay in eval mode (no dropout): the ratio must compare the same function at two weights.
     n = len(exp.scores)
     world, me = world_size(), rank()
-    trained = _unique_parameters(policy, value_model)
+    phases = [("policy", "value")] if value_model.shared else [("policy",), ("value",)]
     sums: dict[str, float] = {}
     count = 0
     for _ in range(cfg.epochs):
@@ -344,42 +353,62 @@ def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.O
         for start in range(0, n, cfg.mini_batch_size):
             mini = order[start:start + cfg.mini_batch_size]
             tokens = exp.batch.mask[mini].sum().clamp(min=1)
-            opt_policy.zero_grad(set_to_none=True)
-            opt_value.zero_grad(set_to_none=True)
-            stats = torch.zeros(len(STATS), dtype=torch.float64)
-            for j, m in enumerate(range(0, len(mini), cfg.micro_batch_size)):
-                if j % world != me:
-                    continue
-                idx = mini[m:m + cfg.micro_batch_size]
-                rows = exp.batch.rows(idx)
-                share = rows.mask.sum() / tokens  # token means over the whole mini-batch
-                logp, entropy = answer_logprobs(policy, rows, precision, with_entropy=True)
-                p_loss, p_stats = policy_loss(logp, exp.logp[idx], exp.advantages[idx], rows.mask, cfg.clip)
-                (p_loss * share).backward()
-                values = answer_values(value_model, rows, precision)
-                v_loss, v_stats = value_loss(values, exp.values[idx], exp.returns[idx], rows.mask, cfg.value_clip)
-                (v_loss * share).backward()
-                found = {"policy_loss": p_loss, "value_loss": v_loss, "entropy": masked_mean(entropy, rows.mask),
-                         **p_stats, **v_stats}
-                stats += torch.tensor([float(found[name].detach()) for name in STATS],
-                                      dtype=torch.float64) * float(share)
-            if world > 1:
-                for p in trained:  # a process without a micro-batch adds zeros
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                sum_across([p.grad for p in trained] + [stats])
-            step_stats = dict(zip(STATS, stats.tolist()))
-            step_stats["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
-            step_stats["value_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(value_model.own().parameters(),
-                                                                                 cfg.grad_clip))
-            if not all(math.isfinite(v) for v in step_stats.values()):
-                raise FloatingPointError(f"non-finite PPO statistics {step_stats}")
-            opt_policy.step()
-            opt_value.step()
+            step_stats: dict[str, float] = {}
+            for phase in phases:
+                step_stats |= _phase(phase, policy, value_model, opt_policy, opt_value, exp, mini, tokens, cfg,
+                                     precision, world, me)
             for k, v in step_stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
     return {k: v / count for k, v in sums.items()}
+
+
+def _phase(phase: tuple[str, ...], policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.Optimizer,
+           opt_value: torch.optim.Optimizer, exp: Experience, mini: torch.Tensor, tokens: torch.Tensor,
+           cfg: PPOConfig, precision: str, world: int, me: int) -> dict[str, float]:
+    """One mini-batch's backward passes for the models ``phase`` names ("policy", "value"), then their
+    gradient clipping and steps; returns their statistics (token means over the mini-batch) and grad norms."""
+    names = (POLICY_STATS if "policy" in phase else ()) + (VALUE_STATS if "value" in phase else ())
+    models = ([policy] if "policy" in phase else []) + ([value_model] if "value" in phase else [])
+    optimizers = ([opt_policy] if "policy" in phase else []) + ([opt_value] if "value" in phase else [])
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    stats = torch.zeros(len(names), dtype=torch.float64)
+    for j, m in enumerate(range(0, len(mini), cfg.micro_batch_size)):
+        if j % world != me:
+            continue
+        idx = mini[m:m + cfg.micro_batch_size]
+        rows = exp.batch.rows(idx)
+        share = rows.mask.sum() / tokens  # token means over the whole mini-batch
+        found = {}
+        if "policy" in phase:
+            logp, entropy = answer_logprobs(policy, rows, precision, with_entropy=True)
+            p_loss, p_stats = policy_loss(logp, exp.logp[idx], exp.advantages[idx], rows.mask, cfg.clip)
+            (p_loss * share).backward()
+            found |= {"policy_loss": p_loss, "entropy": masked_mean(entropy, rows.mask), **p_stats}
+        if "value" in phase:
+            values = answer_values(value_model, rows, precision)
+            v_loss, v_stats = value_loss(values, exp.values[idx], exp.returns[idx], rows.mask, cfg.value_clip)
+            (v_loss * share).backward()
+            found |= {"value_loss": v_loss, **v_stats}
+        stats += torch.tensor([float(found[name].detach()) for name in names], dtype=torch.float64) * float(share)
+    if world > 1:
+        trained = _unique_parameters(*models)
+        for p in trained:  # a process without a micro-batch adds zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        sum_across([p.grad for p in trained] + [stats])
+    out = dict(zip(names, stats.tolist()))
+    if "policy" in phase:
+        out["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+    if "value" in phase:
+        out["value_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(value_model.own().parameters(), cfg.grad_clip))
+    if not all(math.isfinite(v) for v in out.values()):
+        raise FloatingPointError(f"non-finite PPO statistics {out}")
+    for optimizer in optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 def _unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:

@@ -170,6 +170,7 @@ class PPORun:
         for i, lp in enumerate(rollouts.logprobs):
             engine_logp[i, :len(lp)] = torch.tensor(list(lp), dtype=torch.float)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        release_memory()  # what sampling, scoring and the experience passes freed: the update starts from its floor
         stats = update(self.policy, self.value, self.opt_policy, self.opt_value, exp, cfg, self.precision, generator)
         t3 = time.perf_counter()
         mask = batch.mask

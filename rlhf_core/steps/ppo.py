@@ -6,13 +6,14 @@ whose metrics hold ``steps``, ``reward_start``, ``reward_end``, ``kl_end``, ``ea
 ``best_step``, ``resumed_from_step`` and the mean seconds per iteration of ``rollout``, ``score`` and
 ``update``. Checkpoints live in the hidden ``.<name>.work`` sibling until the step succeeds.
 
-Memory: PPO holds the policy (trained: weights, gradients and two AdamW moments = 16 bytes per
-parameter in fp32), the value model (the same again), the frozen reference (4 bytes per parameter) and
-one or two reward models (4 each): about 44 bytes per parameter, 5.9 GB for SmolLM2-135M, plus activations
-(``ppo.micro_batch_size`` x the longest prompt + answer). The memory modes: ``ppo.frozen_precision``
-(reference and RMs in bf16: 2 bytes each), ``ppo.value_init=shared`` (a head on the policy's trunk instead
-of a second transformer) and ``ppo.lora`` (adapters train; the reference is the policy without them): 8
-bytes per parameter with all three. The best weights so far wait on disk in the work dir
+Memory: PPO holds the policy (trained: fp32 weights and two AdamW moments = 12 bytes per parameter), the
+value model (the same again), the frozen reference (4 bytes per parameter) and one or two reward models (4
+each): about 36 bytes per parameter, plus at its peak one model's gradients (4 bytes per parameter: the
+value model is updated after the policy has stepped and dropped its own, :func:`rlhf.core.ppo.update`) and
+one micro-batch's activations (``ppo.micro_batch_size`` x the longest prompt + answer). The memory modes:
+``ppo.frozen_precision`` (reference and RMs in bf16: 2 bytes each), ``ppo.value_init=shared`` (a head on the
+policy's trunk instead of a second transformer) and ``ppo.lora`` (adapters train; the reference is the
+X
 (:mod:`rlhf.core.ppo_loop`), not in memory. The step counts what it holds (``memory/*`` in the manifest);
 docs/design.md#memory-per-parameter has the table. With ``launch`` on several processes it runs data
 parallel (never sharded).

@@ -1,12 +1,12 @@
 """PPO's memory modes, measured: the bytes the PPO step holds (models, gradients, optimizer state;
 ``memory/*`` in its manifest) against the per-parameter arithmetic of docs/design.md, per mode:
 
-- the default: policy and a separate value model trained (16 bytes per parameter each: fp32 weights,
-  gradients and two AdamW moments), reference and two RMs in fp32 (4 each); the best weights so far are
-  on disk, not in memory;
+- the default: policy and a separate value model trained (12 bytes per parameter each between steps: fp32
+  weights and two AdamW moments; a gradient, 4 more, lives only within a step, one model's at a time),
+  reference and two RMs in fp32 (4 each); the best weights so far are on disk, not in memory;
 - ``ppo.frozen_precision=bf16``: reference and RMs at 2 bytes per parameter;
 - ``ppo.value_init=shared``: a head on the policy's trunk instead of a second transformer;
-- ``ppo.lora``: adapters train (their 16 bytes per parameter), the base is frozen (4), the reference is
+- ``ppo.lora``: adapters train (their 12 bytes per parameter), the base is frozen (4), the reference is
   the policy without them (0).
 
 Every figure is counted from the tensors themselves (each storage once), so a mode that kept a copy it
@@ -64,15 +64,17 @@ def test_ppo_holds_the_bytes_its_memory_mode_promises(mode, rms, tmp_path):
     cfg = {"default": PPO, "frozen_bf16": replace(PPO, frozen_precision="bf16"),
            "shared": replace(PPO, frozen_precision="bf16", value_init="shared"),
            "lora": replace(PPO, frozen_precision="bf16", value_init="shared", lora=LORA)}[mode]
-    # The arithmetic, part by part (bytes): trained = 16 per parameter (weights, gradient, 2 AdamW moments).
+    # The arithmetic, part by part (bytes), as the step ends: a trained parameter holds its weight and two
+    # AdamW moments (12 bytes); gradients live only within a mini-batch's step (update drops them), so none
+    # is left over.
     expected = {
-        "default": {"policy": 8 * P, "value": 8 * R, "reference": 4 * P, "reward_models": 8 * R,
+        "default": {"policy": 4 * P, "value": 4 * R, "reference": 4 * P, "reward_models": 8 * R,
                     "optimizers": 8 * (P + R)},
-        "frozen_bf16": {"policy": 8 * P, "value": 8 * R, "reference": 2 * P, "reward_models": 4 * R,
+        "frozen_bf16": {"policy": 4 * P, "value": 4 * R, "reference": 2 * P, "reward_models": 4 * R,
                         "optimizers": 8 * (P + R)},
-        "shared": {"policy": 8 * P, "value": 8 * head, "reference": 2 * P, "reward_models": 4 * R,
+        "shared": {"policy": 4 * P, "value": 4 * head, "reference": 2 * P, "reward_models": 4 * R,
                    "optimizers": 8 * (P + head)},
-        "lora": {"policy": 4 * P + 8 * A, "value": 8 * head, "reference": 0, "reward_models": 4 * R,
+        "lora": {"policy": 4 * P + 4 * A, "value": 4 * head, "reference": 0, "reward_models": 4 * R,
                  "optimizers": 8 * (A + head)},
     }[mode]
     out = tmp_path / mode

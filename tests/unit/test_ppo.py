@@ -142,3 +142,64 @@ def test_config_is_validated():
         PPOConfig(batch_size=10, mini_batch_size=4).validate()
     with pytest.raises(ConfigError, match="ppo.value_init"):
         PPOConfig(batch_size=8, mini_batch_size=8, value_init="zeros").validate()
+
+
+def _joint_update(policy, value, opt_policy, opt_value, exp, cfg, generator):
+    """The update written the plain way: both backward passes of every micro-batch, then both steps."""
+    from rlhf.core.ppo import answer_values
+
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(exp.scores), generator=generator)
+        for start in range(0, len(order), cfg.mini_batch_size):
+            mini = order[start:start + cfg.mini_batch_size]
+            tokens = exp.batch.mask[mini].sum().clamp(min=1)
+            opt_policy.zero_grad(set_to_none=True)
+            opt_value.zero_grad(set_to_none=True)
+            for m in range(0, len(mini), cfg.micro_batch_size):
+                idx = mini[m:m + cfg.micro_batch_size]
+                rows = exp.batch.rows(idx)
+                share = rows.mask.sum() / tokens
+                logp, _ = answer_logprobs(policy, rows, "fp32")
+                (policy_loss(logp, exp.logp[idx], exp.advantages[idx], rows.mask, cfg.clip)[0] * share).backward()
+                values = answer_values(value, rows, "fp32")
+                (value_loss(values, exp.values[idx], exp.returns[idx], rows.mask, cfg.value_clip)[0]
+                 * share).backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip)
+            opt_policy.step()
+            opt_value.step()
+
+
+def test_update_steps_the_policy_before_the_value_backward_and_keeps_no_gradient(tiny_batch):
+    """A value model of its own is updated after the policy has stepped and dropped its gradients: the
+    weights come out bitwise those of the plain order (both backward passes, then both steps), while the
+    policy holds no gradient during the value model's backward pass and nothing holds one afterwards."""
+    from rlhf.core.training import adamw
+
+    policy, _, _, _, batch = tiny_batch
+    cfg = PPOConfig(batch_size=3, mini_batch_size=3, micro_batch_size=2, beta=0.1, epochs=2)
+    scores = t([1.0, -1.0, 0.5])
+    runs = []
+    for ours in (True, False):
+        pol = copy.deepcopy(policy)
+        value = ValueModel.from_policy(policy)
+        torch.nn.init.normal_(value.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
+        exp = make_experience(pol, copy.deepcopy(policy), value, batch, scores, cfg, "fp32")
+        opt_p, opt_v = adamw(pol, 1e-3, cfg), adamw(value, 1e-3, cfg)
+        seen = []
+        hook = value.head.register_full_backward_hook(
+            lambda *_, seen=seen, pol=pol: seen.append(all(p.grad is None for p in pol.parameters())))
+        generator = torch.Generator().manual_seed(0)
+        if ours:
+            update(pol, value, opt_p, opt_v, exp, cfg, "fp32", generator)
+            assert seen and all(seen)  # 2 epochs x 2 micro-batches, the policy's gradients gone every time
+            assert all(p.grad is None for p in list(pol.parameters()) + list(value.parameters()))
+        else:
+            _joint_update(pol, value, opt_p, opt_v, exp, cfg, generator)
+            assert seen and not any(seen)
+        hook.remove()
+        runs.append((pol.state_dict(), value.state_dict()))
+    (pol_a, val_a), (pol_b, val_b) = runs
+    assert all(torch.equal(pol_a[k], pol_b[k]) for k in pol_a)
+    assert all(torch.equal(val_a[k], val_b[k]) for k in val_a)
+    assert not torch.equal(pol_a["model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
