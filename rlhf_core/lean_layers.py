@@ -34,6 +34,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # transformers classes whose forward is the Llama one (fp32 RMSNorm scaled by its weight; a SwiGLU MLP)
 NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"})
@@ -112,3 +113,34 @@ def lean_activations(model: torch.nn.Module) -> int:
             module.forward = types.MethodType(forward, module)
         switched += 1
     return switched
+
+
+_CHECKPOINTED = "_checkpointed_original_forward"
+
+
+def _checkpointed_forward(self, *args, **kwargs):
+    original = getattr(self, _CHECKPOINTED)
+    cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+    if not torch.is_grad_enabled() or cache is not None:  # a KV cache would get the recomputed keys appended twice
+        return original(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(original, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_layers(model: torch.nn.Module) -> int:
+    """Recompute each decoder layer's forward in backward instead of keeping its activations (activation
+    checkpointing), whatever the model's train/eval mode; idempotent; returns how many layers it wraps.
+
+    transformers' own ``gradient_checkpointing_enable`` acts in train mode only, and PPO's passes run in eval
+    mode (no dropout: the ratio compares one function at two weights). A layer then keeps only its input for
+    backward, and the recomputation repeats exactly the forward's operations (autocast state included), so the
+    gradients are the ones without it -- at the cost of one more forward pass of the layers per backward. A pass
+    given a KV cache (``use_cache``) runs as it is: the training passes here ask for none."""
+    wrapped = 0
+    for module in model.modules():
+        if not type(module).__name__.endswith("DecoderLayer"):
+            continue
+        if not hasattr(module, _CHECKPOINTED):
+            setattr(module, _CHECKPOINTED, module.forward)
+            module.forward = types.MethodType(_checkpointed_forward, module)
+        wrapped += 1
+    return wrapped

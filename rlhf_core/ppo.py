@@ -72,6 +72,9 @@ class PPOConfig:
     # with them switched off (no copy), a value model of its own (value_init reward | policy) gets adapters too
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     lean_activations: bool = True  # trained models: Llama norms and MLPs keep fewer activations (lean_layers.py)
+    # trained models: each decoder layer keeps only its input and recomputes its forward in backward (one more
+    # forward pass of the layers per update pass; the same gradients; lean_layers.checkpoint_layers)
+    gradient_checkpointing: bool = False
     temperature: float = 1.0  # rollouts sample the policy's own distribution
     max_new_tokens: int | None = None  # None = sampling.max_new_tokens
     n_prompts: int = 256  # training prompts (cycled in seeded order)

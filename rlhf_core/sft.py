@@ -54,10 +54,12 @@ class CausalLMObjective(nn.Module):
         targets = loss_mask[:, 1:]
         labels = input_ids[:, 1:][targets]
         if head_on_targets_ok(self.model.config):
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                           use_cache=False).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[:, :-1][targets])
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][targets]
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                use_cache=False).logits[:, :-1][targets]
         return {"loss_sum": F.cross_entropy(logits.float(), labels, reduction="sum")}
 
 

@@ -40,7 +40,7 @@ from torch import nn
 from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
 from .launch import is_main_process
-from .lean_layers import lean_activations
+from .lean_layers import checkpoint_layers, lean_activations
 from .lora import LoRAConfig
 from .models import resolve_precision
 from .progress import progress
@@ -66,7 +66,9 @@ class TrainConfig:
     batch_size: int = 64  # examples per optimizer step
     micro_batch_size: int = 8  # examples per forward pass; batch_size / micro = accumulation steps
     group_by_length: bool = True  # length-grouped micro-batches (less padding)
-    gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+    # decoder layers recomputed in backward (lean_layers.checkpoint_layers): the same gradients, a layer's input
+    # kept instead of its activations, one more forward pass of the layers
+    gradient_checkpointing: bool = False
     lean_activations: bool = True  # Llama-family norms and MLPs keep fewer activations (lean_layers.py); same forward
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = never)
     keep_checkpoints: int = 2  # recent checkpoints kept on disk: a damaged latest one falls back to the one before
@@ -315,7 +317,6 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
 
     # 1. Model, optimiser (AdamW, Llama 2 settings by default), cosine schedule with warm-up.
     torch.manual_seed(cfg.seed)
-    model = getattr(objective, "model", objective)
     sharded = accelerator.distributed_type == "FSDP"
     if sharded:
         if cfg.lora.r:
@@ -325,8 +326,8 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
         # FSDP wraps each of the model's own blocks (its _no_split_modules: the decoder layers) as a unit
         objective._no_split_modules = next((m._no_split_modules for m in objective.modules()
                                             if getattr(m, "_no_split_modules", None)), None)
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # each decoder layer keeps its input only: the same gradients, one more forward
+        checkpoint_layers(objective)
     if cfg.lean_activations:
         lean_activations(objective)
     optimizer = adamw(objective, cfg.lr, cfg, sharded=sharded)

@@ -76,9 +76,6 @@ class RewardModel(nn.Module):
     def max_length(self) -> int:
         return int(self.info["max_length"])
 
-    def gradient_checkpointing_enable(self) -> None:
-        self.backbone.gradient_checkpointing_enable()
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                use_cache=False).last_hidden_state  # (b, t, h)

@@ -203,3 +203,47 @@ def test_update_steps_the_policy_before_the_value_backward_and_keeps_no_gradient
     assert all(torch.equal(pol_a[k], pol_b[k]) for k in pol_a)
     assert all(torch.equal(val_a[k], val_b[k]) for k in val_a)
     assert not torch.equal(pol_a["model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
+
+
+def test_gradient_checkpointing_keeps_less_and_updates_bitwise_the_same(tiny_batch):
+    """``ppo.gradient_checkpointing`` (decoder layers recomputed in backward, in eval mode too): the policy's
+    gradient pass keeps a fraction of the bytes for backward, and two update passes leave bitwise the same
+    weights as without it, under bf16 autocast as in fp32."""
+    from rlhf.core.lean_layers import checkpoint_layers
+    from rlhf.core.training import adamw
+
+    policy, _, _, _, batch = tiny_batch
+    cfg = PPOConfig(batch_size=3, mini_batch_size=3, micro_batch_size=2, beta=0.1, epochs=2)
+    scores = t([1.0, -1.0, 0.5])
+
+    def kept_bytes(model, precision):
+        kept = []
+
+        def pack(tensor):
+            kept.append(tensor.untyped_storage().nbytes())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            answer_logprobs(model, batch, precision)
+        return sum(kept)
+
+    for precision in ("fp32", "bf16"):
+        runs, kept = [], []
+        for checkpointed in (False, True):
+            pol = copy.deepcopy(policy).eval()
+            value = ValueModel.from_policy(policy).eval()
+            torch.nn.init.normal_(value.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
+            if checkpointed:
+                n_layers = policy.config.num_hidden_layers
+                assert checkpoint_layers(pol) == n_layers and checkpoint_layers(value) == n_layers
+                assert checkpoint_layers(pol) == n_layers  # idempotent
+            kept.append(kept_bytes(pol, precision))
+            exp = make_experience(pol, copy.deepcopy(policy), value, batch, scores, cfg, precision)
+            update(pol, value, adamw(pol, 1e-3, cfg), adamw(value, 1e-3, cfg), exp, cfg, precision,
+                   torch.Generator().manual_seed(0))
+            runs.append((pol.state_dict(), value.state_dict()))
+        (pol_a, val_a), (pol_b, val_b) = runs
+        assert all(torch.equal(pol_a[k], pol_b[k]) for k in pol_a), precision
+        assert all(torch.equal(val_a[k], val_b[k]) for k in val_a), precision
+        assert not torch.equal(pol_a["model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
+        assert kept[1] < 0.6 * kept[0], (precision, kept)
