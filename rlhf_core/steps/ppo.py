@@ -13,8 +13,8 @@ value model is updated after the policy has stepped and dropped its own, :func:`
 one micro-batch's activations (``ppo.micro_batch_size`` x the longest prompt + answer). The memory modes:
 ``ppo.frozen_precision`` (reference and RMs in bf16: 2 bytes each), ``ppo.value_init=shared`` (a head on the
 policy's trunk instead of a second transformer) and ``ppo.lora`` (adapters train; the reference is the
-X
-(:mod:`rlhf.core.ppo_loop`), not in memory. The step counts what it holds (``memory/*`` in the manifest);
+policy without them): 8 bytes per parameter with all three. The best weights so far wait on disk in the
+work dir (:mod:`rlhf.core.ppo_loop`), not in memory. The step counts what it holds (``memory/*`` in the manifest);
 docs/design.md#memory-per-parameter has the table. With ``launch`` on several processes it runs data
 parallel (never sharded).
 """
