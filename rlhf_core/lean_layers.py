@@ -108,11 +108,16 @@ def lean_activations(model: torch.nn.Module) -> int:
         forward = _norm_forward if name in NORMS else _mlp_forward if name in MLPS else None
         if forward is None:
             continue
-        if not hasattr(module, _MARK):
-            setattr(module, _MARK, module.forward)
-            module.forward = types.MethodType(forward, module)
+        _replace_forward(module, _MARK, forward)
         switched += 1
     return switched
+
+
+def _replace_forward(module: torch.nn.Module, mark: str, forward) -> None:
+    """``module.forward = forward`` (bound), its own forward kept as attribute ``mark``; once per mark."""
+    if not hasattr(module, mark):
+        setattr(module, mark, module.forward)
+        module.forward = types.MethodType(forward, module)
 
 
 _CHECKPOINTED = "_checkpointed_original_forward"
@@ -137,10 +142,7 @@ def checkpoint_layers(model: torch.nn.Module) -> int:
     given a KV cache (``use_cache``) runs as it is: the training passes here ask for none."""
     wrapped = 0
     for module in model.modules():
-        if not type(module).__name__.endswith("DecoderLayer"):
-            continue
-        if not hasattr(module, _CHECKPOINTED):
-            setattr(module, _CHECKPOINTED, module.forward)
-            module.forward = types.MethodType(_checkpointed_forward, module)
-        wrapped += 1
+        if type(module).__name__.endswith("DecoderLayer"):
+            _replace_forward(module, _CHECKPOINTED, _checkpointed_forward)
+            wrapped += 1
     return wrapped
