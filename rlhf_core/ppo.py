@@ -325,8 +325,9 @@ def make_experience(policy: nn.Module, reference: nn.Module, value_model: ValueM
     return Experience(batch, logp, ref_logp, values, rewards, kl, advantages, returns, scores)
 
 
-STATS = ("policy_loss", "value_loss", "entropy", "clip_frac", "approx_kl", "value_clip_frac")
-POLICY_STATS, VALUE_STATS = STATS[:1] + STATS[2:5], STATS[1:2] + STATS[5:]
+# the statistics each model's passes report (token means over the mini-batch)
+POLICY_STATS = ("policy_loss", "entropy", "clip_frac", "approx_kl")
+VALUE_STATS = ("value_loss", "value_clip_frac")
 
 
 def update(policy: nn.Module, value_model: ValueModel, opt_policy: torch.optim.Optimizer,
@@ -371,9 +372,9 @@ def _phase(phase: tuple[str, ...], policy: nn.Module, value_model: ValueModel, o
            cfg: PPOConfig, precision: str, world: int, me: int) -> dict[str, float]:
     """One mini-batch's backward passes for the models ``phase`` names ("policy", "value"), then their
     gradient clipping and steps; returns their statistics (token means over the mini-batch) and grad norms."""
-    names = (POLICY_STATS if "policy" in phase else ()) + (VALUE_STATS if "value" in phase else ())
-    models = ([policy] if "policy" in phase else []) + ([value_model] if "value" in phase else [])
-    optimizers = ([opt_policy] if "policy" in phase else []) + ([opt_value] if "value" in phase else [])
+    parts = {"policy": (policy, opt_policy, POLICY_STATS), "value": (value_model, opt_value, VALUE_STATS)}
+    models, optimizers = [parts[p][0] for p in phase], [parts[p][1] for p in phase]
+    names = tuple(name for p in phase for name in parts[p][2])
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(len(names), dtype=torch.float64)
