@@ -3,8 +3,9 @@ system instruction alive, and the per-turn adherence evaluation.
 
 **Data synthesis** (:func:`synthesize`): each dialogue gets a system instruction drawn from the training
 constraints (``rater/constraints.py``: hobbies, figures, languages, lengths, styles, and compatible pairs
-of them), in its short form ("Figure: Napoleon") ``short_form_share`` of the time. Its user messages come
-from the prompt set. Turn by turn, the latest model answers with the instruction **concatenated to every
+of them), in its short form ("Figure: Napoleon") ``short_form_share`` of the time. Its user messages are
+questions of the prompt set, without the verifiable instructions the rater appends to some
+(:func:`user_messages`). Turn by turn, the latest model answers with the instruction **concatenated to every
 user message** (:func:`with_instruction`); of ``k`` samples the kept one follows the instruction by its
 checker (ties broken by the rater's quality score). A turn where no sample follows ends the dialogue
 there (the kept turns all follow it, the point of the exercise).
@@ -37,6 +38,7 @@ from .errors import ConfigError
 from .progress import progress
 from .rater.constraints import check_constraint, make_constraints
 from .rater.gold import quality
+from .rater.instructions import strip_instructions
 from .sampling import SamplingConfig
 
 EXAMPLES = ("last", "every_turn")
@@ -132,8 +134,13 @@ def training_examples(dialogues: pd.DataFrame, examples: str = "last") -> list[d
 
 
 def user_messages(prompts: pd.DataFrame, n_dialogues: int, turns: int) -> list[list[str]]:
-    """``n_dialogues`` lists of ``turns`` user messages (the last user turn of consecutive prompts)."""
-    texts = [m[-1]["content"] for m in prompts.messages]
+    """``n_dialogues`` lists of ``turns`` user messages: the last user turn of consecutive prompts, without
+    the verifiable instructions the rater's prompt sets append to a question ("Your answer must contain at
+    least 5 sentences."). Kept, they would conflict with the system instruction the dialogue is about (at
+    most 20 words, answer in French), and the kept answers, chosen for following the system instruction,
+    would teach the model to ignore what the user asked: on the demo's seed 0 that fine-tune cost 11 points of
+    win rate against the SFT model (docs/recipe.md#ghost-attention)."""
+    texts = [" ".join(strip_instructions(m[-1]["content"]).split()) for m in prompts.messages]
     if len(texts) < n_dialogues * turns:
         raise ConfigError("gatt.n_dialogues", f"{n_dialogues} dialogues x {turns} turns need "
                                               f"{n_dialogues * turns} prompts; only {len(texts)} were given")

@@ -3,6 +3,8 @@ adherence arithmetic."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -14,9 +16,11 @@ from rlhf.core.gatt import (
     draw_instructions,
     synthesize,
     training_examples,
+    user_messages,
     with_instruction,
 )
 from rlhf.core.models import build_tiny_model, build_tiny_tokenizer
+from rlhf.core.prompt_sets import PromptsConfig, load_prompt_set
 from rlhf.core.sampling import SamplingConfig, TransformersBackend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,6 +58,18 @@ def test_sampling_chat_carries_the_instruction_on_every_user_turn():
     assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant", "user"]
     assert [m["content"] for m in chat if m["role"] == "user"] == ["q1\n\nHobby: chess", "q2\n\nHobby: chess",
                                                                    "q3\n\nHobby: chess"]
+
+
+def test_user_messages_are_the_questions_without_the_users_own_instructions():
+    """A GAtt dialogue is about the system instruction: a user message that also asks for, say, at least 6
+    sentences conflicts with "at most 20 words", and the kept answer would teach the model to ignore it. The
+    generated questions are one sentence each, the instructions' descriptions follow it."""
+    prompts = load_prompt_set(PromptsConfig(n=24, split="train", seed=0, unsafe_share=0.0, lookalike_share=0.0))
+    full = [m[-1]["content"] for m in prompts.messages]
+    assert sum(inst != "[]" for inst in prompts.instructions) >= 12  # most questions come with instructions
+    users = user_messages(prompts, 8, 3)
+    assert [len(d) for d in users] == [3] * 8
+    assert [u for d in users for u in d] == [re.match(r".*?[.?!](?=\s|$)", text).group(0) for text in full]
 
 
 class Spy:
