@@ -64,6 +64,7 @@ from rlhf.core.steps.outputs import (
     SFT,
     TRAIN_POLICY,
     Outputs,
+    answers_cache,
     rm_eval_outputs,
     rm_names,
     rm_outputs,
@@ -563,7 +564,7 @@ def evaluate(policy: Ref, baselines: dict[str, Ref], rms: dict[str, Ref], model:
 
     return _one("evaluate", EVALUATE, here, fault, lambda out, f: evaluate_step(
         _model(model, policy), _models(model, baselines), None, sampling, scorer_for(scorer, rms), config, out,
-        _rows(shards)))
+        _rows(shards), answers_cache=answers_cache(here)))
 
 
 @shard_task("evaluate")
@@ -585,7 +586,8 @@ def evaluate_student(student: Ref, baselines: dict[str, Ref], rms: dict[str, Ref
     from rlhf.core.steps.evaluate import evaluate_step
 
     return _one("evaluate_student", EVALUATE_STUDENT, here, fault, lambda out, f: evaluate_step(
-        _model(model, student), _models(model, baselines), None, sampling, scorer_for(scorer, rms), config, out))
+        _model(model, student), _models(model, baselines), None, sampling, scorer_for(scorer, rms), config, out,
+        answers_cache=answers_cache(here)))
 
 
 CONTRACTS: dict[str, Outputs] = {"sft": SFT, "seed_pairs": SEED_PAIRS, "collect_pairs": COLLECT_PAIRS,

@@ -16,9 +16,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..artifacts import atomic_dir, write_manifest
 from ..errors import ConfigError
 from ..evaluation import EvalConfig, judge, presentation_order, summarise, summarise_by_prompt_set, violation_rate
-from ..models import ModelConfig, load_model
+from ..models import TINY, ModelConfig, load_model
 from ..pairwise import judge_pairs, make_judge, verdict_scores
 from ..progress import progress
 from ..prompt_sets import PromptsConfig, load_prompt_set
@@ -26,7 +27,7 @@ from ..rejection import in_order
 from ..sampling import SamplingConfig, make_backend, n_batches
 from ..scorers import ScorerConfig, gold_scorer
 from ..shards import WHOLE, Shard
-from .common import file_input, log, model_input, run_step
+from .common import cached, file_input, key_for, log, model_input, run_step
 from .outputs import EVALUATE
 from .shards import merged, shard_inputs, shard_step
 
@@ -36,13 +37,18 @@ WITH_SYSTEM = " +system"  # the answers with eval.system_prompt are the rows of 
 
 
 def _answerers(models: dict[str, ModelConfig], cfg: EvalConfig) -> dict[str, tuple[ModelConfig, str | None]]:
-    """Who answers: each distinct model (keyed by its path; the first config naming it answers for it), and
+    """Who answers: each distinct model (keyed by :func:`answerer`; the first config naming it answers for it), and
     with ``eval.system_prompt`` each again with that system prompt (keyed ``<path> +system``)."""
     out: dict[str, tuple[ModelConfig, str | None]] = {}
     for system in [None] + ([cfg.system_prompt] if cfg.system_prompt else []):
         for c in models.values():
-            out.setdefault(c.name_or_path + (WITH_SYSTEM if system else ""), (c, system))
+            out.setdefault(answerer(c) + (WITH_SYSTEM if system else ""), (c, system))
     return out
+
+
+def answerer(c: ModelConfig) -> str:
+    """Who answers for a model config: its path (the tiny test model: with its seed, one model per seed)."""
+    return f"{TINY}:{c.tiny_seed}" if c.name_or_path == TINY else c.name_or_path
 
 
 def with_system(prompts: pd.DataFrame, system: str | None) -> pd.DataFrame:
@@ -59,12 +65,13 @@ def eval_prompts(cfg: EvalConfig) -> PromptsConfig:
 
 
 def _answer_rows(answerers: dict[str, tuple[ModelConfig, str | None]], prompts: pd.DataFrame,
-                 sampling: SamplingConfig, scorer_cfg: ScorerConfig, cfg: EvalConfig, precision: str,
-                 shard: Shard = WHOLE) -> pd.DataFrame:
+                 prompts_cfg: PromptsConfig, sampling: SamplingConfig, scorer_cfg: ScorerConfig, cfg: EvalConfig,
+                 precision: str, shard: Shard = WHOLE, answers_cache: Path | None = None) -> pd.DataFrame:
     """One answer per prompt and answerer (:func:`_answerers`), with the RM judges' scores when ``rm``
     judges -- or this shard's share of them (its units: each answerer's batches of the engine). Rows
     ``model`` (the answerer's key), ``model_order``, ``prompt_index``, ``text`` [, ``rm``, ``rm_helpful``,
-    ``rm_safety``]."""
+    ``rm_safety``]. The RM scores are always this call's (this iteration's RMs judge); the answers of the
+    whole set come from ``answers_cache`` when it holds them (:func:`_sampled`)."""
     mine = shard.take([(key, b) for key in answerers for b in range(n_batches(len(prompts), sampling))])
     reward = _reward_judges(scorer_cfg, precision) if "rm" in cfg.judges and mine else None
     drawn = []
@@ -74,10 +81,9 @@ def _answer_rows(answerers: dict[str, tuple[ModelConfig, str | None]], prompts: 
             if not batches:
                 continue
             asked = with_system(prompts, system)
-            model, tokenizer = load_model(model_cfg)
-            samples = make_backend(sampling, model, tokenizer, model_cfg.precision, model_cfg.name_or_path).sample(
-                list(asked.messages), 1, sampling, batches=batches)
-            rows = samples[["prompt_index", "text", "batch"]].assign(model=key, model_order=order)
+            whole_set = shard.count == 1  # a shard's share of the batches is not what the cache holds
+            rows = _sampled(model_cfg, asked, system, prompts_cfg, sampling, batches,
+                            answers_cache if whole_set else None).assign(model=key, model_order=order)
             for index in (rows.groupby("batch").indices.values() if reward else ()):
                 part = rows.iloc[index]  # a batch's answers scored as one group, as in every shard split
                 for judge_name, scores in reward(asked.iloc[part.prompt_index.astype(int)], list(part.text)).items():
@@ -85,6 +91,46 @@ def _answer_rows(answerers: dict[str, tuple[ModelConfig, str | None]], prompts: 
             drawn.append(rows)
             bar.update(len(batches))
     return in_order(drawn, ["model_order", "prompt_index"]) if drawn else pd.DataFrame()
+
+
+ANSWERS_FILE = "answers.parquet"
+
+
+def _sampled(model_cfg: ModelConfig, asked: pd.DataFrame, system: str | None, prompts_cfg: PromptsConfig,
+             sampling: SamplingConfig, batches: list[int], answers_cache: Path | None) -> pd.DataFrame:
+    """The model's answers to ``asked`` (rows ``prompt_index``, ``text``, ``batch``) in the engine's
+    ``batches``.
+
+    With ``answers_cache`` (a folder; the campaign's ``answers/``) the answers to the whole prompt set are a
+    cached step of their own, ``<answers_cache>/<key>``, keyed like every step by the model's digest, the
+    prompt set, the system prompt, the sampling config and the code: the engine seeds every batch from the
+    sampling seed alone, so a model answers a prompt set the same way whoever it is compared with, and the
+    next iteration's evaluation (or the student's) reads the SFT model's and the last policy's answers
+    instead of sampling them again. A damaged entry is detected by its manifest and sampled again."""
+
+    def sample() -> pd.DataFrame:
+        model, tokenizer = load_model(model_cfg)
+        samples = make_backend(sampling, model, tokenizer, model_cfg.precision, model_cfg.name_or_path).sample(
+            list(asked.messages), 1, sampling, batches=batches)
+        return samples[["prompt_index", "text", "batch"]]
+
+    if answers_cache is None:
+        return sample()
+    config = {"model": asdict(model_cfg), "system": system, "prompts": asdict(prompts_cfg),
+              "sampling": asdict(sampling)}
+    inputs = {"model": model_input(model_cfg)} | (
+        {"prompts": file_input(prompts_cfg.path)} if prompts_cfg.path else {})
+    key = key_for(config, inputs)
+    out = Path(answers_cache) / key[:20]
+    if cached("answers", out, key) is not None:
+        log.info("evaluate: the answers of %s%s are the ones in %s", model_cfg.name_or_path,
+                 " with the system prompt" if system else "", out)
+        return pd.read_parquet(out / ANSWERS_FILE)
+    rows = sample()
+    with atomic_dir(out) as tmp:  # the evaluate step's own frame times it and measures its memory
+        rows.to_parquet(tmp / ANSWERS_FILE)
+        write_manifest(tmp, "answers", key, config, inputs, {"n_answers": len(rows)})
+    return rows
 
 
 def _reward_judges(scorer_cfg: ScorerConfig, precision: str):
@@ -110,12 +156,13 @@ def _reward_judges(scorer_cfg: ScorerConfig, precision: str):
 
 def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], prompts_cfg: PromptsConfig | None,
                   sampling: SamplingConfig, scorer_cfg: ScorerConfig, cfg: EvalConfig, out_dir: str | Path,
-                  shards: Sequence[str | Path] = ()) -> dict:
+                  shards: Sequence[str | Path] = (), answers_cache: str | Path | None = None) -> dict:
     """Answer the held-out prompts with the model and each baseline, judge every pair; returns the manifest.
 
     Baselines naming the same model (iteration 1's ``sft`` and ``previous``) are answered once. With
     ``eval.system_prompt`` every model answers a second time with it, judged the same way. With ``shards``,
-    the answers and RM scores are those of :func:`evaluate_shard_step`'s shards."""
+    the answers and RM scores are those of :func:`evaluate_shard_step`'s shards. ``answers_cache``: a folder
+    where each model's answers are kept and found again (:func:`_sampled`)."""
     unknown = sorted(set(cfg.judges) - set(JUDGES))
     if unknown:
         raise ConfigError("eval.judges", f"unknown judge(s) {unknown}; use some of {', '.join(JUDGES)}")
@@ -133,12 +180,13 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
     def body(tmp: Path) -> dict:
         # 1. Answers: one per prompt and answerer, same sampling seed for all (a paired comparison).
         answered = merged(shards, ["model_order", "prompt_index"]) if shards else _answer_rows(
-            answerers, prompts, answer_cfg, scorer_cfg, cfg, model_cfg.precision)
+            answerers, prompts, prompts_cfg, answer_cfg, scorer_cfg, cfg, model_cfg.precision,
+            answers_cache=Path(answers_cache) if answers_cache else None)
         by_key = {key: group for key, group in answered.groupby("model", sort=False)}
         if sorted(by_key) != sorted(answerers) or any(len(g) != len(prompts) for g in by_key.values()):
             raise ValueError("evaluate: the answers do not cover every model and prompt (a shard's rows are missing)")
         asked = [messages[-1]["content"] for messages in prompts.messages]
-        answers = {cond: {name: list(by_key[c.name_or_path + cond].text) for name, c in models.items()}
+        answers = {cond: {name: list(by_key[answerer(c) + cond].text) for name, c in models.items()}
                    for cond in conditions}
         pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "system_prompt": bool(cond), "text": text}
                       for cond, per_model in answers.items() for name, texts in per_model.items()
@@ -185,7 +233,7 @@ def _pointwise_scores(cond: str, answers: dict[str, list[str]], by_key: dict[str
             log.warning("evaluate: gold judge skipped: %s", skipped["gold"])
     if "rm" in cfg.judges:
         for name, c in models.items():
-            rows = by_key[c.name_or_path + cond]
+            rows = by_key[answerer(c) + cond]
             scores[name] |= {judge_name: rows[judge_name].to_numpy(dtype=float)
                              for judge_name in RM_JUDGES if judge_name in rows}
     return scores
@@ -246,7 +294,8 @@ def evaluate_shard_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig
     config = {"eval": asdict(cfg), "prompts": asdict(prompts_cfg), "sampling": asdict(answer_cfg),
               "baselines": sorted(baselines)}
     return shard_step("evaluate", shard, out_dir, config, _inputs(model_cfg, baselines, prompts_cfg, scorer_cfg, cfg),
-                      lambda: _answer_rows(answerers, prompts, answer_cfg, scorer_cfg, cfg, model_cfg.precision, shard),
+                      lambda: _answer_rows(answerers, prompts, prompts_cfg, answer_cfg, scorer_cfg, cfg,
+                                           model_cfg.precision, shard),
                       f"{len(prompts)} held-out prompts x {len(answerers)} answerers, {shard.name}")
 
 

@@ -77,6 +77,14 @@ EVALUATE = Outputs("evaluate", {"answers": "answers.parquet", "judgments": "judg
 DISTILL = Outputs("distill", {"metrics": METRICS})
 EVALUATE_STUDENT = Outputs("evaluate-student", {"answers": "answers.parquet", "judgments": "judgments.parquet"})
 
+
+def answers_cache(iteration_dir: str | Path) -> Path:
+    """``<campaign>/answers``: each model's answers to the evaluation prompts, kept by the evaluate steps of
+    every iteration (one entry per model, prompt set, system prompt and sampling config; an entry is a folder
+    with ``answers.parquet`` and its manifest), so a later evaluation reads the answers of the models it has
+    seen before instead of sampling them again (``rlhf.core.steps.evaluate``)."""
+    return Path(iteration_dir).parent / "answers"
+
 # single-step commands only (`rlhf sample`, `rlhf gatt data|train|eval`)
 SAMPLE = Outputs("sample", {"samples": "samples.parquet"})
 

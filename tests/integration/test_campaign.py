@@ -90,6 +90,12 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert on_disk == json.loads(json.dumps(summary, default=str))
     assert on_disk["campaign"] == "c" and on_disk["config"]["model"]["name_or_path"] == "tiny"
     assert [it["iteration"] for it in on_disk["iterations"]] == [1, 2]
+    # the evaluation answers are kept per model: V2's evaluation sampled V2 alone, the SFT model's and V1's
+    # answers are V1's evaluation's (rlhf_core/steps/evaluate.py, _sampled)
+    answers = sorted((tmp_path / "c" / "answers").glob("*/manifest.json"))
+    assert len(answers) == 3  # SFT, V1, V2
+    v1, v2 = (pd.read_parquet(tmp_path / "c" / f"iter-{i}" / "evaluate" / "answers.parquet") for i in (1, 2))
+    assert list(v2[v2.model == "previous"].text) == list(v1[v1.model == "model"].text)
     for it in on_disk["iterations"]:
         assert (tmp_path / "c" / f"iter-{it['iteration']}" / "train_policy" / "model.safetensors").is_file()
         assert set(it["wall_seconds"]) >= ITERATION_STEPS
