@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo replicate test test-processes test-stack test-fast lint bench ui stack stack-down clean
+.PHONY: install demo replicate test test-slow test-processes test-stack lint bench ui stack stack-down clean
 
 install: $(STAMP)
 
@@ -40,12 +40,16 @@ stack: install
 stack-down:
 	VENV=$(VENV) docker/local-stack.sh down $(STACK_DIR)
 
-# Everything but the tests that start processes of their own (multi-process training, which launches 2 processes
-# dozens of times; Ray and Dask; `rlhf run` killed and resumed; `rlhf serve`; a live `mlflow server`; a second
-# machine's rerun) and the team-stack tests: `make test-processes` and `make test-stack` run those; .ci/run runs
-# all three.
+# The suite but three kinds of tests, each a target of its own: the slow ones (`make test-slow`: the PPO
+# learning tests, campaigns run two or three times over, the embedded SmolLM2), those that start processes of
+# their own (`make test-processes`: multi-process training, which launches 2 processes dozens of times; Ray and
+# Dask; `rlhf run` killed and resumed; `rlhf serve`; a live `mlflow server`; a second machine's rerun) and the
+# team stack's (`make test-stack`). .ci/run runs all four: together they are the whole suite.
 test: install
-	$(PY) -m pytest -q -m "not processes and not stack" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not processes and not stack" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m "slow and not processes and not stack" $(PYTEST_ARGS)
 
 test-processes: install
 	$(PY) -m pytest -q -m processes $(PYTEST_ARGS)
@@ -59,9 +63,6 @@ test-stack: install
 # ruff (configured in pyproject.toml): unused and undefined names, likely bugs, import order, line length.
 lint: install
 	$(VENV)/bin/ruff check .
-
-test-fast: install
-	$(PY) -m pytest -q -m "not slow and not stack" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m pip install -q -c constraints.txt trl

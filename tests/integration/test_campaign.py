@@ -193,6 +193,7 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
     assert len(client.search_runs([experiment.experiment_id], max_results=500)) == len(runs)  # same runs reused
 
 
+@pytest.mark.slow
 def test_fault_mid_training_then_resume(tmp_path):
     with pytest.raises(InjectedFault):
         run_campaign(smoke(tmp_path, "f", "debug.fail_at=train_policy:1", "rejection.pool_from=3"))
@@ -232,6 +233,7 @@ def test_fault_mid_training_then_resume(tmp_path):
                                                "temperature", "rejection", "ppo", "gatt", "win_rate"}
 
 
+@pytest.mark.slow
 def test_human_labels_through_a_paused_flow_run(tmp_path):
     """annotator=human with orchestration.pause_for_labels: the iteration exports the pairs and pauses; a
     person labels them and resumes the run with the labels file's path (what the Prefect UI's resume form
@@ -274,6 +276,7 @@ def test_human_labels_through_a_paused_flow_run(tmp_path):
     assert set(labelled["safety_prefers"]) == {"chosen"} and not labelled["rejected_safe"].any()
 
 
+@pytest.mark.slow
 def test_margin_ablation_and_pairs_from_two_variants(tmp_path):
     """reward.ablate=true: Table 28 as a step of the iteration, from the SFT model, on the Helpfulness RM's pairs
     and split, tested on its held-out labelled pairs; summary.json and the report carry it. The same one-iteration
@@ -309,6 +312,7 @@ def test_margin_ablation_and_pairs_from_two_variants(tmp_path):
     assert "without and with the system prompt `Be brief.`" in report and "| RLHF-V1 | sft/pairwise |" in report
 
 
+@pytest.mark.slow
 def test_distilled_student_learns_from_the_pool_while_the_policy_stays_the_teacher(tmp_path):
     """rejection.student: every iteration fine-tunes the student on the same pool as the policy, from its previous
     iteration's weights; the policy (the teacher) is what the next iteration samples from; the student is judged
@@ -473,6 +477,7 @@ def test_smoke_campaign_with_every_training_step_on_two_processes(tmp_path, capl
     assert "launching" not in caplog.text
 
 
+@pytest.mark.slow
 def test_ghost_attention_mixed_into_the_pool(tmp_path):
     """gatt.mix_into=pool: the GAtt dialogues, sampled from the policy the iteration starts from, join
     train_policy's data (their rows keep the loss on the last answer); no separate GAtt fine-tune runs, and the

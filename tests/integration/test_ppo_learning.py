@@ -20,7 +20,7 @@ from rlhf.core.ppo_loop import BEST_DIR, run_ppo
 from rlhf.core.sampling import SamplingConfig
 from rlhf.core.training import CHECKPOINT_FILES, TRAINER_STATE, InjectedFault, checkpoint_dirs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # 20-125 s each: `make test-slow`
 
 
 def lowercase_share(prompts, answers, tags) -> torch.Tensor:

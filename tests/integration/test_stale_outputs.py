@@ -23,7 +23,7 @@ def prefect_server():
         yield
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # campaigns run 2-3 times each: `make test-slow`
 
 
 def one_iteration(root, *extra):
