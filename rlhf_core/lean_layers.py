@@ -24,8 +24,19 @@ bf16 (autograd accumulates in a tensor's own dtype) instead of fp32, and measure
 the error is the same as transformers' own bf16 pass (``tests/unit/test_lean_layers.py``). Without
 gradients (sampling, scoring, evaluation) the modules run transformers' own forward, untouched.
 
+**Attention.** Under bf16 autocast the CPU's fused attention kernel is fast forward and slow backward:
+measured on a 2-core Xeon with AMX (torch 2.13, SmolLM2's 9 heads of 64 and 3 key/value heads, 8 rows), its
+forward + backward took 10 / 18 / 20 / 36 ms per layer at 96 / 160 / 256 / 384 tokens in bf16, and 4 / 9 / 18
+/ 39 ms in fp32 (docs/design.md, "Activation memory"). While gradients are being recorded, the attention of a
+switched model keeps transformers' SDPA forward (bitwise: it calls it) and, for at most
+``LEAN_ATTENTION_MAX_TOKENS`` keys, takes its gradient from the same kernel run again in fp32 on fp32 copies of
+the saved query, keys and values: the same mathematics, rounded less than the bf16 backward. Longer sequences
+and fp32 passes keep the kernel's own backward. It is switched as an attention implementation of its own
+(``lean_sdpa``, registered with transformers, with SDPA's masks): without gradients it *is* SDPA, so sampling
+and scoring are untouched.
+
 Only module classes whose forward is known to be exactly the one above are switched (``NORMS``,
-``MLPS``); any other architecture trains as transformers builds it.
+``MLPS``, ``ATTENTIONS`` under SDPA); any other architecture trains as transformers builds it.
 """
 
 from __future__ import annotations
@@ -39,7 +50,12 @@ import torch.utils.checkpoint
 # transformers classes whose forward is the Llama one (fp32 RMSNorm scaled by its weight; a SwiGLU MLP)
 NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"})
 MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP"})
+ATTENTIONS = frozenset({"LlamaAttention", "MistralAttention", "Qwen2Attention"})
 _MARK = "_lean_original_forward"
+LEAN_ATTENTION = "lean_sdpa"
+# the longest key sequence whose attention gradient comes from the fp32 kernel: measured above, the bf16
+# kernel's own backward is as fast from ~256 tokens on and faster from ~384 (then fp32 costs more)
+LEAN_ATTENTION_MAX_TOKENS = 256
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -97,10 +113,93 @@ def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(_SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
 
 
-def lean_activations(model: torch.nn.Module) -> int:
-    """Switch ``model``'s Llama-family norms and MLPs to the lean training forward (idempotent); returns how
-    many modules use it. A module of another class is left as it is."""
+class _Attention(torch.autograd.Function):
+    """transformers' SDPA attention (``sdpa``) forward as it is; the gradient from the same function on fp32
+    copies of ``query``, ``key`` and ``value``, recomputed in backward. Keeps the three (half-precision)
+    inputs, as the kernel's own backward does (which keeps its output and log-sum-exp too)."""
+
+    @staticmethod
+    def forward(ctx, module, query, key, value, attention_mask, scaling, is_causal):
+        ctx.module, ctx.scaling, ctx.is_causal = module, scaling, is_causal
+        ctx.save_for_backward(query, key, value, attention_mask)
+        return _sdpa(module, query, key, value, attention_mask, scaling, is_causal)
+
+    @staticmethod
+    def backward(ctx, grad):
+        query, key, value, attention_mask = ctx.saved_tensors
+        inputs = [t.detach().float().requires_grad_(t.requires_grad) for t in (query, key, value)]
+        with torch.enable_grad(), torch.autocast(query.device.type, enabled=False):
+            out = _sdpa(ctx.module, *inputs, attention_mask, ctx.scaling, ctx.is_causal)
+            wanted = [t for t in inputs if t.requires_grad]
+            found = iter(torch.autograd.grad(out, wanted, grad.float()))
+        grads = [next(found).to(t.dtype) if t.requires_grad else None for t in (query, key, value)]
+        return None, *grads, None, None, None
+
+
+def _sdpa(module, query, key, value, attention_mask, scaling, is_causal):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    kwargs = {} if is_causal is None else {"is_causal": is_causal}
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling,
+                                  **kwargs)[0]
+
+
+def lean_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                           scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """The ``lean_sdpa`` attention implementation: transformers' ``sdpa`` unless gradients are being recorded
+    through a half-precision attention of at most ``LEAN_ATTENTION_MAX_TOKENS`` keys (then :class:`_Attention`)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    device = query.device.type  # under autocast the kernel runs in its dtype, whatever the rotary output's
+    kernel_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    lean = (torch.is_grad_enabled() and dropout == 0.0 and kernel_dtype in (torch.bfloat16, torch.float16)
+            and key.shape[2] <= LEAN_ATTENTION_MAX_TOKENS
+            and any(t.requires_grad for t in (query, key, value))
+            and all(kwargs.get(k) is None for k in ("position_bias", "cache", "softcap", "output_attentions"))
+            and (attention_mask is None or attention_mask.dtype == torch.bool))
+    if not lean:
+        if is_causal is not None:
+            kwargs["is_causal"] = is_causal
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    # the kernel's inputs in its dtype, cast here rather than by autocast inside it (the same cast, so the same
+    # values): these half-precision copies are what backward keeps, not the fp32 rotary outputs
+    query, key, value = (t.to(kernel_dtype) for t in (query, key, value))
+    return _Attention.apply(module, query, key, value, attention_mask, scaling, is_causal), None
+
+
+def _register_lean_attention() -> None:
+    """Make ``lean_sdpa`` an attention implementation transformers knows, with SDPA's masks (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(LEAN_ATTENTION, lean_attention_forward)
+    AttentionMaskInterface.register(LEAN_ATTENTION, sdpa_mask)
+
+
+def _switch_attention(model: torch.nn.Module) -> int:
+    """Give every transformers model inside ``model`` whose attention layers are all Llama-family SDPA the
+    ``lean_sdpa`` implementation; returns how many attention layers it covers."""
     switched = 0
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if not (hasattr(module, "set_attn_implementation") and config is not None
+                and getattr(config, "_attn_implementation", None) in ("sdpa", LEAN_ATTENTION)):
+            continue
+        layers = [m for m in module.modules() if type(m).__name__.endswith("Attention")]
+        if not layers or any(type(m).__name__ not in ATTENTIONS for m in layers):
+            continue
+        if config._attn_implementation == "sdpa":
+            _register_lean_attention()
+            config._attn_implementation = LEAN_ATTENTION
+        switched = max(switched, len(layers))  # a causal LM and its inner model share one config
+    return switched
+
+
+def lean_activations(model: torch.nn.Module) -> int:
+    """Switch ``model``'s Llama-family norms, MLPs and SDPA attention layers to the lean training forward
+    (idempotent); returns how many modules use it. A module of another class is left as it is."""
+    switched = _switch_attention(model)
     for module in model.modules():
         name = type(module).__name__
         if name in MLPS and getattr(getattr(module, "config", None), "hidden_act", "silu") != "silu":

@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from rlhf.core.lean_layers import lean_activations
+from rlhf.core import lean_layers
+from rlhf.core.lean_layers import LEAN_ATTENTION, lean_activations
 from rlhf.core.models import autocast, build_tiny_model
 
 IDS = torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -16,9 +17,10 @@ IDS = torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(0))
 def models():
     model, _ = build_tiny_model(seed=3)
     lean = copy.deepcopy(model)
-    # per decoder layer an input norm, a post-attention norm and an MLP, and the final norm
-    assert lean_activations(lean) == 3 * model.config.num_hidden_layers + 1
-    assert lean_activations(lean) == 3 * model.config.num_hidden_layers + 1  # idempotent
+    # per decoder layer an attention, an input norm, a post-attention norm and an MLP, and the final norm
+    assert lean_activations(lean) == 4 * model.config.num_hidden_layers + 1
+    assert lean_activations(lean) == 4 * model.config.num_hidden_layers + 1  # idempotent
+    assert (lean.config._attn_implementation, model.config._attn_implementation) == (LEAN_ATTENTION, "sdpa")
     return model, lean
 
 
@@ -49,8 +51,10 @@ def test_forward_is_bitwise_the_same_and_drops_the_counted_activations(models, p
         per_layer = 2 * 4 * h + 4 * i
     else:
         # two norms' fp32 products (4h each); five bf16 casts of the norms' outputs (one per projection
-        # reading them, 2h each) become two; silu(gate) in bf16 (2i)
-        per_layer = 2 * 4 * h + 3 * 2 * h + 2 * i
+        # reading them, 2h each) become two; silu(gate) in bf16 (2i); the attention kernel's fp32 log-sum-exp
+        # per head (4 x heads), which the fp32 recomputation does not need (its output is the o_proj's input,
+        # kept either way)
+        per_layer = 2 * 4 * h + 3 * 2 * h + 2 * i + 4 * model.config.num_attention_heads
     final_norm = 4 * h  # its product; its bf16 cast for the head is kept either way
     assert eager - mine == tokens * (layers * per_layer + final_norm)
 
@@ -88,6 +92,42 @@ def test_without_gradients_the_modules_run_transformers_forward(models):
     with torch.no_grad():  # the switched forward leaves the module's own dtype handling alone
         x = torch.randn(2, 3, model.config.hidden_size)
         assert norm(x).dtype == torch.float32
+
+
+def attention_grads(model, precision: str, ids: torch.Tensor, attention: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradients of the attention projections for a left-padded batch (as PPO lays its rollouts out)."""
+    model.zero_grad()
+    with autocast(precision):
+        logits = model(input_ids=ids, attention_mask=attention).logits
+    weights = torch.linspace(-1, 1, logits.shape[-1])
+    ((logits.float().log_softmax(-1) * weights).sum(-1) * attention).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if "self_attn" in n}
+
+
+def test_attention_gradient_comes_from_fp32_and_is_more_accurate_than_the_bf16_kernels(models, monkeypatch):
+    model, lean = models
+    ids = torch.randint(5, 200, (3, 40), generator=torch.Generator().manual_seed(1))
+    attention = torch.ones_like(ids)
+    attention[0, :7] = attention[1, :19] = 0  # left padding: masked keys, and query rows that see nothing
+    calls = []
+    original = lean_layers._Attention.apply
+    monkeypatch.setattr(lean_layers._Attention, "apply", lambda *a: calls.append(a[1].dtype) or original(*a))
+    reference = attention_grads(model, "fp32", ids, attention)
+    assert relative_error(attention_grads(lean, "fp32", ids, attention), reference) < 1e-5
+    assert calls == []  # fp32: the kernel's own backward is already fp32
+    with torch.no_grad(), autocast("bf16"):  # the forward is transformers' own, padding and all
+        assert torch.equal(model(input_ids=ids, attention_mask=attention).logits,
+                           lean(input_ids=ids, attention_mask=attention).logits)
+    kernel = relative_error(attention_grads(model, "bf16", ids, attention), reference)
+    mine = relative_error(attention_grads(lean, "bf16", ids, attention), reference)
+    assert calls == [torch.bfloat16] * model.config.num_hidden_layers  # the kernel read bf16 copies
+    assert all(torch.isfinite(g).all() for g in attention_grads(lean, "bf16", ids, attention).values())
+    # the projections' own matmuls still run in bf16, so the gain is the attention's share of the error
+    assert 0 < mine < kernel, (mine, kernel)
+    calls.clear()
+    monkeypatch.setattr(lean_layers, "LEAN_ATTENTION_MAX_TOKENS", ids.shape[1] - 1)  # longer: the kernel's backward
+    attention_grads(lean, "bf16", ids, attention)
+    assert calls == []
 
 
 def test_other_architectures_are_left_alone():

@@ -209,7 +209,7 @@ def test_gradient_checkpointing_keeps_less_and_updates_bitwise_the_same(tiny_bat
     """``ppo.gradient_checkpointing`` (decoder layers recomputed in backward, in eval mode too): the policy's
     gradient pass keeps a fraction of the bytes for backward, and two update passes leave bitwise the same
     weights as without it, under bf16 autocast as in fp32."""
-    from rlhf.core.lean_layers import checkpoint_layers
+    from rlhf.core.lean_layers import checkpoint_layers, lean_activations
     from rlhf.core.training import adamw
 
     policy, _, _, _, batch = tiny_batch
@@ -233,6 +233,8 @@ def test_gradient_checkpointing_keeps_less_and_updates_bitwise_the_same(tiny_bat
             pol = copy.deepcopy(policy).eval()
             value = ValueModel.from_policy(policy).eval()
             torch.nn.init.normal_(value.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
+            lean_activations(pol)  # as PPORun does: lean norms, MLPs and attention, recomputed in backward too
+            lean_activations(value)
             if checkpointed:
                 n_layers = policy.config.num_hidden_layers
                 assert checkpoint_layers(pol) == n_layers and checkpoint_layers(value) == n_layers
