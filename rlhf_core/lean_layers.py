@@ -24,19 +24,19 @@ bf16 (autograd accumulates in a tensor's own dtype) instead of fp32, and measure
 the error is the same as transformers' own bf16 pass (``tests/unit/test_lean_layers.py``). Without
 gradients (sampling, scoring, evaluation) the modules run transformers' own forward, untouched.
 
-**Attention.** Under bf16 autocast the CPU's fused attention kernel is fast forward and slow backward:
-measured on a 2-core Xeon with AMX (torch 2.13, SmolLM2's 9 heads of 64 and 3 key/value heads, 8 rows), its
-forward + backward took 10 / 18 / 20 / 36 ms per layer at 96 / 160 / 256 / 384 tokens in bf16, and 4 / 9 / 18
-/ 39 ms in fp32 (docs/design.md, "Activation memory"). While gradients are being recorded, the attention of a
-switched model keeps transformers' SDPA forward (bitwise: it calls it) and, for at most
-``LEAN_ATTENTION_MAX_TOKENS`` keys, takes its gradient from the same kernel run again in fp32 on fp32 copies of
-the saved query, keys and values: the same mathematics, rounded less than the bf16 backward. Longer sequences
-and fp32 passes keep the kernel's own backward. It is switched as an attention implementation of its own
-(``lean_sdpa``, registered with transformers, with SDPA's masks): without gradients it *is* SDPA, so sampling
-and scoring are untouched.
+**Attention (opt-in: :func:`lean_attention`, ``<section>.lean_attention``).** Under bf16 autocast the CPU's
+fused attention kernel is fast forward and slow backward: measured on a 2-core Xeon with AMX (torch 2.13,
+SmolLM2's 9 heads of 64 and 3 key/value heads, 8 rows), its forward + backward took 10 / 18 / 20 / 36 ms per layer
+at 96 / 160 / 256 / 384 tokens in bf16, and 4 / 9 / 18 / 39 ms in fp32 (docs/design.md, "Activation memory").
+While gradients are being recorded, the attention of a switched model keeps transformers' SDPA forward
+(bitwise: it calls it) and, for at most ``LEAN_ATTENTION_MAX_TOKENS`` keys, takes its gradient from the same
+kernel run again in fp32 on fp32 copies of the saved query, keys and values: the same mathematics, rounded less
+than the bf16 backward. Longer sequences and fp32 passes keep the kernel's own backward. It is switched as an
+attention implementation of its own (``lean_sdpa``, registered with transformers, with SDPA's masks): without
+gradients it *is* SDPA, so sampling and scoring are untouched.
 
 Only module classes whose forward is known to be exactly the one above are switched (``NORMS``,
-``MLPS``, ``ATTENTIONS`` under SDPA); any other architecture trains as transformers builds it.
+``MLPS``; ``ATTENTIONS`` under SDPA); any other architecture trains as transformers builds it.
 """
 
 from __future__ import annotations
@@ -197,9 +197,9 @@ def _switch_attention(model: torch.nn.Module) -> int:
 
 
 def lean_activations(model: torch.nn.Module) -> int:
-    """Switch ``model``'s Llama-family norms, MLPs and SDPA attention layers to the lean training forward
-    (idempotent); returns how many modules use it. A module of another class is left as it is."""
-    switched = _switch_attention(model)
+    """Switch ``model``'s Llama-family norms and MLPs to the lean training forward (idempotent); returns how
+    many modules use it. A module of another class is left as it is."""
+    switched = 0
     for module in model.modules():
         name = type(module).__name__
         if name in MLPS and getattr(getattr(module, "config", None), "hidden_act", "silu") != "silu":
@@ -210,6 +210,13 @@ def lean_activations(model: torch.nn.Module) -> int:
         _replace_forward(module, _MARK, forward)
         switched += 1
     return switched
+
+
+def lean_attention(model: torch.nn.Module) -> int:
+    """Give the Llama-family SDPA models inside ``model`` the ``lean_sdpa`` attention (idempotent); returns how
+    many attention layers use it. Off by default in every training section (``lean_attention``): see the
+    module docstring for what it changes and docs/design.md ("Activation memory") for why it is opt-in."""
+    return _switch_attention(model)
 
 
 def _replace_forward(module: torch.nn.Module, mark: str, forward) -> None:

@@ -72,6 +72,7 @@ class PPOConfig:
     # with them switched off (no copy), a value model of its own (value_init reward | policy) gets adapters too
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     lean_activations: bool = True  # trained models: Llama norms and MLPs keep fewer activations (lean_layers.py)
+    lean_attention: bool = False  # trained models: the attention's gradient from the fp32 kernel (training.TrainConfig)
     # trained models: each decoder layer keeps only its input and recomputes its forward in backward (one more
     # forward pass of the layers per update pass; the same gradients; lean_layers.checkpoint_layers)
     gradient_checkpointing: bool = False

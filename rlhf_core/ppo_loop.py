@@ -50,7 +50,7 @@ from safetensors.torch import load_file, save_file
 from .artifacts import atomic_file
 from .chat import Message, render_prompt
 from .launch import gather_objects, is_main_process, rank, wait_for_everyone, world_size
-from .lean_layers import checkpoint_layers, lean_activations
+from .lean_layers import checkpoint_layers, lean_activations, lean_attention
 from .models import resolve_precision
 from .ppo import PPOConfig, ValueModel, make_batch, make_experience, update
 from .progress import progress, quiet
@@ -117,6 +117,9 @@ class PPORun:
         if cfg.lean_activations:  # the gradient passes keep fewer activations; every forward is unchanged
             lean_activations(policy)
             lean_activations(value_model)
+        if cfg.lean_attention:  # bf16 gradient passes: the attention's gradient from the fp32 kernel; same forward
+            lean_attention(policy)
+            lean_attention(value_model)
         if cfg.gradient_checkpointing:  # the gradient passes keep each layer's input only; the same gradients
             checkpoint_layers(policy)
             checkpoint_layers(value_model)

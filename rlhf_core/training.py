@@ -40,7 +40,7 @@ from torch import nn
 from .digests import check_files, file_records
 from .errors import ConfigError, RLHFError
 from .launch import is_main_process
-from .lean_layers import checkpoint_layers, lean_activations
+from .lean_layers import checkpoint_layers, lean_activations, lean_attention
 from .lora import LoRAConfig
 from .models import resolve_precision
 from .progress import progress
@@ -70,6 +70,9 @@ class TrainConfig:
     # kept instead of its activations, one more forward pass of the layers
     gradient_checkpointing: bool = False
     lean_activations: bool = True  # Llama-family norms and MLPs keep fewer activations (lean_layers.py); same forward
+    # bf16 passes of up to 256 tokens take the attention's gradient from the fp32 kernel (lean_layers.py): faster,
+    # rounded less, the same forward; off by default (docs/design.md#activation-memory: it moved the demo's outcome)
+    lean_attention: bool = False
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0 = never)
     keep_checkpoints: int = 2  # recent checkpoints kept on disk: a damaged latest one falls back to the one before
     seed: int = 0
@@ -330,6 +333,8 @@ def train(objective: nn.Module, examples: Sequence, collate: Callable[[list], di
         checkpoint_layers(objective)
     if cfg.lean_activations:
         lean_activations(objective)
+    if cfg.lean_attention:
+        lean_attention(objective)
     optimizer = adamw(objective, cfg.lr, cfg, sharded=sharded)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))

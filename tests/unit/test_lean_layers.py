@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhf.core import lean_layers
-from rlhf.core.lean_layers import LEAN_ATTENTION, lean_activations
+from rlhf.core.lean_layers import LEAN_ATTENTION, lean_activations, lean_attention
 from rlhf.core.models import autocast, build_tiny_model
 
 IDS = torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -17,9 +17,11 @@ IDS = torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(0))
 def models():
     model, _ = build_tiny_model(seed=3)
     lean = copy.deepcopy(model)
-    # per decoder layer an attention, an input norm, a post-attention norm and an MLP, and the final norm
-    assert lean_activations(lean) == 4 * model.config.num_hidden_layers + 1
-    assert lean_activations(lean) == 4 * model.config.num_hidden_layers + 1  # idempotent
+    # per decoder layer an input norm, a post-attention norm and an MLP, and the final norm
+    assert lean_activations(lean) == 3 * model.config.num_hidden_layers + 1
+    assert lean_activations(lean) == 3 * model.config.num_hidden_layers + 1  # idempotent
+    assert lean.config._attn_implementation == "sdpa"  # the attention is a switch of its own
+    assert lean_attention(lean) == lean_attention(lean) == model.config.num_hidden_layers
     assert (lean.config._attn_implementation, model.config._attn_implementation) == (LEAN_ATTENTION, "sdpa")
     return model, lean
 

@@ -209,7 +209,7 @@ def test_gradient_checkpointing_keeps_less_and_updates_bitwise_the_same(tiny_bat
     """``ppo.gradient_checkpointing`` (decoder layers recomputed in backward, in eval mode too): the policy's
     gradient pass keeps a fraction of the bytes for backward, and two update passes leave bitwise the same
     weights as without it, under bf16 autocast as in fp32."""
-    from rlhf.core.lean_layers import checkpoint_layers, lean_activations
+    from rlhf.core.lean_layers import checkpoint_layers, lean_activations, lean_attention
     from rlhf.core.training import adamw
 
     policy, _, _, _, batch = tiny_batch
@@ -233,8 +233,9 @@ def test_gradient_checkpointing_keeps_less_and_updates_bitwise_the_same(tiny_bat
             pol = copy.deepcopy(policy).eval()
             value = ValueModel.from_policy(policy).eval()
             torch.nn.init.normal_(value.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
-            lean_activations(pol)  # as PPORun does: lean norms, MLPs and attention, recomputed in backward too
-            lean_activations(value)
+            for model in (pol, value):  # as PPORun can: lean norms, MLPs and attention, recomputed in backward too
+                lean_activations(model)
+                lean_attention(model)
             if checkpointed:
                 n_layers = policy.config.num_hidden_layers
                 assert checkpoint_layers(pol) == n_layers and checkpoint_layers(value) == n_layers
@@ -249,3 +250,22 @@ def test_gradient_checkpointing_keeps_less_and_updates_bitwise_the_same(tiny_bat
         assert all(torch.equal(val_a[k], val_b[k]) for k in val_a), precision
         assert not torch.equal(pol_a["model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
         assert kept[1] < 0.6 * kept[0], (precision, kept)
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_lean_attention_is_a_switch_of_its_own(switch):
+    """``ppo.lean_attention`` (off by default) gives the trained models, and only them, the ``lean_sdpa``
+    attention; ``lean_activations`` alone leaves the attention as transformers built it."""
+    from rlhf.core.lean_layers import LEAN_ATTENTION
+    from rlhf.core.ppo_loop import PPORun
+    from rlhf.core.sampling import SamplingConfig
+
+    policy, tok = build_tiny_model(seed=0)
+    reference, _ = build_tiny_model(seed=0)
+    value = ValueModel.from_policy(policy)
+    assert PPOConfig().lean_attention is False
+    PPORun(policy, tok, reference, value, lambda *a: torch.zeros(len(a[1])), PPOConfig(lean_attention=switch),
+           SamplingConfig(), "fp32")
+    want = LEAN_ATTENTION if switch else "sdpa"
+    assert (policy.config._attn_implementation, value.backbone.config._attn_implementation) == (want, want)
+    assert reference.config._attn_implementation == "sdpa"
