@@ -177,9 +177,11 @@ def _register_lean_attention() -> None:
     AttentionMaskInterface.register(LEAN_ATTENTION, sdpa_mask)
 
 
-def _switch_attention(model: torch.nn.Module) -> int:
+def lean_attention(model: torch.nn.Module) -> int:
     """Give every transformers model inside ``model`` whose attention layers are all Llama-family SDPA the
-    ``lean_sdpa`` implementation; returns how many attention layers it covers."""
+    ``lean_sdpa`` implementation (idempotent); returns how many attention layers use it. Off by default in every
+    training section (``lean_attention``): see the module docstring for what it changes and docs/design.md
+    ("Activation memory") for why it is opt-in."""
     switched = 0
     for module in model.modules():
         config = getattr(module, "config", None)
@@ -210,13 +212,6 @@ def lean_activations(model: torch.nn.Module) -> int:
         _replace_forward(module, _MARK, forward)
         switched += 1
     return switched
-
-
-def lean_attention(model: torch.nn.Module) -> int:
-    """Give the Llama-family SDPA models inside ``model`` the ``lean_sdpa`` attention (idempotent); returns how
-    many attention layers use it. Off by default in every training section (``lean_attention``): see the
-    module docstring for what it changes and docs/design.md ("Activation memory") for why it is opt-in."""
-    return _switch_attention(model)
 
 
 def _replace_forward(module: torch.nn.Module, mark: str, forward) -> None:
