@@ -18,9 +18,13 @@ Pairs in:  pair_id, prompt_id, prompt, response_a, response_b, instructions, saf
 Labels out: pair_id, prompt_id, prompt, chosen, rejected, level (the helpfulness axis), source,
            iteration, safety, instructions, chosen_safe, rejected_safe (each answer's safety label),
            safety_prefers ("chosen", "rejected" or None: which of the two the safety preference picks),
-           safety_level (its level or None), annotator (+ gold_chosen, gold_rejected -- the helpfulness
-           axis' gold scores -- for the simulated rater). ``rlhf.core.preferences.axis_pairs`` turns them
-           into each reward model's pairs.
+           safety_level (its level or None), annotator. The simulated rater adds what it knows and people
+           do not: the gold scores of both answers on each axis (``gold_chosen``, ``gold_rejected``;
+           ``safety_gold_chosen``, ``safety_gold_rejected`` on adversarial prompts) and the chance that
+           each axis' label agrees with the gold order (``p_agree``, ``safety_p_agree``: 1 - p_flip of the
+           gold gap, 0.5 on a gold tie), from which a reward model's accuracy is judged against the
+           labels' own ceiling (``rlhf.core.reward.metrics.gold_metrics``).
+           ``rlhf.core.preferences.axis_pairs`` turns them into each reward model's pairs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -40,7 +45,7 @@ from rlhf.core.artifacts import atomic_file, write_jsonl
 from rlhf.core.errors import ConfigError, DataError, DataErrors, RLHFError
 from rlhf.core.preferences import read_records, record_format, variant_label
 from rlhf.core.rater.gold import helpfulness_axis, is_safe, last_user_message, safety_axis
-from rlhf.core.rater.levels import LEVELS, RaterConfig, decide
+from rlhf.core.rater.levels import LEVELS, TIE_EPS, RaterConfig, decide, flip_probability
 
 PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "response_a", "response_b", "instructions",
                 "safety", "source", "iteration"]
@@ -145,16 +150,28 @@ class SimulatedAnnotator(Annotator):
             preferred, level = decide(gold["a"], gold["b"], random.Random(f"{self.config.seed}:{pair['pair_id']}"),
                                       self.config)
             safety_preferred = safety_level = None
+            safety_gold = {"a": math.nan, "b": math.nan}
             if adversarial:
+                safety_gold = {side: safety_axis(answer, question) for side, answer in answers.items()}
                 safety_preferred, safety_level = decide(
-                    safety_axis(answers["a"], question), safety_axis(answers["b"], question),
+                    safety_gold["a"], safety_gold["b"],
                     random.Random(f"{self.config.seed}:{pair['pair_id']}:safety"), self.config)
             label = Label(preferred, level, is_safe(answers["a"], adversarial), is_safe(answers["b"], adversarial),
                           safety_preferred, safety_level)
             other = "b" if preferred == "a" else "a"
             rows.append(_labelled_row(pair, label, self.name)
-                        | {"gold_chosen": gold[preferred], "gold_rejected": gold[other]})
+                        | {"gold_chosen": gold[preferred], "gold_rejected": gold[other],
+                           "p_agree": self.agreement(gold["a"] - gold["b"]),
+                           # named by the helpfulness preference's sides, like chosen_safe (safer_first swaps them)
+                           "safety_gold_chosen": safety_gold[preferred], "safety_gold_rejected": safety_gold[other],
+                           "safety_p_agree": (self.agreement(safety_gold["a"] - safety_gold["b"]) if adversarial
+                                              else math.nan)})
         return pd.DataFrame(rows)
+
+    def agreement(self, gap: float) -> float:
+        """The chance that this rater's preference on a pair with gold gap ``gap`` agrees with the gold order:
+        ``1 - p_flip(gap)``, and 0.5 on a tie (the rater picks a side at random, the gold judge none)."""
+        return 0.5 if abs(gap) < TIE_EPS else 1.0 - flip_probability(gap, self.config)
 
 
 def _json_default(value):

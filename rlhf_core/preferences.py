@@ -223,16 +223,30 @@ def has_two_axes(df: pd.DataFrame) -> bool:
     return all(column in df.columns for column in TWO_AXIS_COLUMNS)
 
 
+SIDE_COLUMNS = (("chosen", "rejected"), ("chosen_safe", "rejected_safe"), ("gold_chosen", "gold_rejected"),
+                ("safety_gold_chosen", "safety_gold_rejected"))
+"""Columns that belong to one side of a labelled pair: they swap when the chosen side does."""
+SAFETY_VIEW = {"level": "safety_level", "gold_chosen": "safety_gold_chosen", "gold_rejected": "safety_gold_rejected",
+               "p_agree": "safety_p_agree"}
+"""The axis-dependent columns of a labelled pair and their safety-axis counterparts (the gold ones and
+``p_agree`` only the simulated rater writes: ``rlhf.core.annotators``)."""
+
+
 def safer_first(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of two-axis labelled pairs where each pair with a safety preference has the safer answer as
-    ``chosen`` (its ``*_safe`` and ``gold_*`` columns swapped along) and its safety level as ``level``; pairs
-    without one are unchanged."""
+    """A copy of two-axis labelled pairs where each pair with a safety preference is seen on the safety axis:
+    the safer answer as ``chosen`` (the columns of :data:`SIDE_COLUMNS` swapped along), and ``level``, the
+    gold scores and ``p_agree`` those of the safety axis (:data:`SAFETY_VIEW`); pairs without one are
+    unchanged."""
     out = df.copy()
     has, swap = out["safety_prefers"].isin(["chosen", "rejected"]), out["safety_prefers"].eq("rejected")
-    for a, b in (("chosen", "rejected"), ("chosen_safe", "rejected_safe"), ("gold_chosen", "gold_rejected")):
+    for a, b in SIDE_COLUMNS:
         if a in out.columns:
-            out.loc[swap, [a, b]] = out.loc[swap, [b, a]].to_numpy()
-    out.loc[has, "level"] = out.loc[has, "safety_level"]
+            # a copy: when every row swaps, to_numpy() can be a view of the block being written, and the second
+            # column would then read the first one's new values (both answers the same)
+            out.loc[swap, [a, b]] = out.loc[swap, [b, a]].to_numpy(copy=True)
+    for column, safety_column in SAFETY_VIEW.items():
+        if safety_column in out.columns:
+            out.loc[has, column] = out.loc[has, safety_column]
     return out
 
 

@@ -358,6 +358,17 @@ def section_reward_models(doc: Doc, c: Campaign) -> None:
             rows += [[name, f"RLHF-V{it['iteration']}", title, *_accuracy_cells(rm[key])]
                      for key, title in SYNTHETIC_SETS.items() if rm.get(key)]
     doc.table(header, rows)
+    against_gold = [[name, f"RLHF-V{it['iteration']}", pct(rm["accuracy"]), pct(rm["label_ceiling"]),
+                     pct(rm["gold_agreement"]), rm["n_gold_ordered"]]
+                    for it in c.iterations for name, rm in it["reward"].items() if rm.get("label_ceiling") is not None]
+    if against_gold:
+        doc.para("The same held-out labelled pairs against the simulated rater's gold judge: the labels' ceiling is "
+                 "the accuracy on these labels of an RM that orders every pair as the gold judge does (the rater's "
+                 "noise keeps it below 100 %); gold agreement is the share of the pairs with a gold order (no gold "
+                 "tie) that the RM orders the same way. Accuracy near the ceiling: the labels are the limit; gold "
+                 "agreement near 50 %: the RM learnt little.")
+        doc.table(["RM", "iteration", "accuracy", "labels' ceiling", "gold agreement", "pairs with a gold order"],
+                  against_gold)
     ablated = [it for it in c.iterations if it.get("reward_ablation")]
     by_hand = [path for path in sorted(c.home.glob(f"{ITERATION_PREFIX}*/{RM_ABLATION.dirname}/"
                                                    f"{RM_ABLATION['table_csv']}"))

@@ -7,7 +7,8 @@ Schema (docs/design.md#the-campaign; more fields are welcome)::
      "iterations": [{"iteration", "policy_path", "mlflow_run_id", "wall_seconds": {step: s},
                      "peak_rss_mb": {step: MB},
                      "reward": {rm: {"accuracy", "ci95", "accuracy_by_level": {level: acc}, "ci95_by_level",
-                                     "n_test", "n_by_level", "axis", "synthetic"?: {the same keys}}},
+                                     "n_test", "n_by_level", "label_ceiling", "gold_agreement",
+                                     "n_gold_ordered", "axis", "synthetic"?: {the same keys}}},
                      "temperature": {"chosen", "curve": {str(T): mean max-of-K reward}},
                      "rejection": {"k", "pool_size", "pool_mean_score", "pool_by_iteration", ...},
                      "ppo": {"steps", "reward_start", "reward_end", "kl_end", "early_stopped", ...} or null,
@@ -17,7 +18,9 @@ Schema (docs/design.md#the-campaign; more fields are welcome)::
                                                          "win_rate_when_first", "win_rate_when_second"}},
                      "win_rate_with_system": {the same, with eval.system_prompt} or null}]}
 
-Accuracies are shares in [0, 1]; levels are named as in ``rlhf.core.preferences.LEVELS`` (``significantly_better`` ...).
+Accuracies are shares in [0, 1]; ``label_ceiling`` and ``gold_agreement`` (null unless the simulated rater
+labelled the pairs) say what accuracy the labels allow and how often the RM orders a pair as the gold judge does;
+levels are named as in ``rlhf.core.preferences.LEVELS`` (``significantly_better`` ...).
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def accuracy_entry(metrics: dict, prefix: str = "test") -> dict:
             "accuracy_by_level": {level: _number(metrics.get(f"{prefix}/accuracy/{level}")) for level in LEVELS},
             "ci95_by_level": {level: _interval(metrics, prefix, f"/{level}") for level in LEVELS},
             "n_test": int(metrics.get(f"{prefix}/n_test", 0)),
-            "n_by_level": {level: int(metrics.get(f"{prefix}/n/{level}", 0)) for level in LEVELS}}
+            "n_by_level": {level: int(metrics.get(f"{prefix}/n/{level}", 0)) for level in LEVELS},
+            # pairs the simulated rater labelled (rlhf.core.reward.metrics.gold_metrics), else null
+            "label_ceiling": _number(metrics.get(f"{prefix}/label_ceiling")),
+            "gold_agreement": _number(metrics.get(f"{prefix}/gold_agreement")),
+            "n_gold_ordered": _number(metrics.get(f"{prefix}/n_gold_ordered"))}
 
 
 def reward_entry(trained: dict, evaluated: dict | None = None) -> dict:
@@ -160,6 +167,8 @@ def progression_metrics(entry: dict) -> dict[str, float]:
     for name, rm in entry["reward"].items():
         out[f"rm/{name}/accuracy"] = rm["accuracy"]
         out |= {f"rm/{name}/accuracy/{level}": acc for level, acc in rm["accuracy_by_level"].items()}
+        out |= {f"rm/{name}/{key}": rm[key] for key in ("label_ceiling", "gold_agreement")
+                if rm.get(key) is not None}
     out["temperature/chosen"] = entry["temperature"]["chosen"]
     for t, value in entry["temperature"]["curve"].items():
         out[f"temperature/curve/T{t}"] = value
@@ -183,12 +192,19 @@ def table(summary: dict) -> str:
     """The per-iteration table printed at the end of a run."""
     rows = [("iter", "RM acc (helpful / safety)", "T", "pool score", "win rate vs SFT (gold)", "vs SFT (RM)")]
     for it in summary["iterations"]:
-        acc = " / ".join(f"{100 * r['accuracy']:.0f}%" if r["accuracy"] is not None else "-"
-                         for r in it["reward"].values())
+        acc = " / ".join(_accuracy(r) for r in it["reward"].values())
         rows.append((f"V{it['iteration']}", acc, f"{it['temperature']['chosen']:g}",
                      f"{it['rejection']['pool_mean_score']:.3f}", _win(it, "sft/gold"), _win(it, "sft/rm")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _accuracy(rm: dict) -> str:
+    """``48%``, or ``48% (ceil. 64%)`` where the simulated rater's labels have a known ceiling."""
+    if rm["accuracy"] is None:
+        return "-"
+    ceiling = rm.get("label_ceiling")
+    return f"{100 * rm['accuracy']:.0f}%" + ("" if ceiling is None else f" (ceil. {100 * ceiling:.0f}%)")
 
 
 def _win(entry: dict, key: str) -> str:
@@ -205,6 +221,9 @@ def iteration_markdown(entry: dict) -> str:
     for name, rm in entry["reward"].items():
         acc = "-" if rm["accuracy"] is None else f"{100 * rm['accuracy']:.0f}%"
         rows.append((f"{name} RM accuracy (held out)", f"{acc} n={rm['n_test']}"))
+        if rm.get("label_ceiling") is not None:
+            rows.append((f"{name} RM: labels' ceiling, gold agreement",
+                         f"{100 * rm['label_ceiling']:.0f}%, {100 * rm['gold_agreement']:.0f}%"))
     pool = entry["rejection"]
     rows += [("temperature chosen", f"{entry['temperature']['chosen']:g}"),
              ("pool mean score", f"{pool['pool_mean_score']:.3f} ({pool['pool_size']} prompts)")]

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from rlhf.core.preferences import LEVELS
+from rlhf.core.rater.levels import TIE_EPS
 from rlhf.core.reward.loss import MARGIN_TABLES
 
 UNKNOWN = "unknown"   # the group of pairs without a level (e.g. Anthropic HH data)
@@ -62,6 +63,38 @@ def reward_metrics(chosen_scores: Any, rejected_scores: Any,
         metrics[f"n/{group}"] = int(in_group.sum())
     metrics |= _summary("chosen", chosen) | _summary("rejected", rejected)
     return metrics
+
+
+GOLD_COLUMNS = ("gold_chosen", "gold_rejected", "p_agree")
+"""What the simulated rater knows of a labelled pair beyond its label (``rlhf.core.annotators``)."""
+
+
+def gold_metrics(chosen_scores: Any, rejected_scores: Any, pairs: pd.DataFrame) -> dict[str, float]:
+    """How an RM's held-out accuracy compares with what its labels allow, for pairs the simulated rater
+    labelled (``pairs`` with the columns of :data:`GOLD_COLUMNS`, on the RM's axis); ``{}`` without them.
+
+    Keys:
+        ``label_ceiling``   mean ``p_agree``: the accuracy on these labels of an RM that orders every pair
+                            as the gold judge does (the rater's noise caps it below 1)
+        ``gold_agreement``  the share of pairs with a gold order (no gold tie) that the RM orders the same
+                            way (an RM tie counts half): what the RM learnt, free of the labels' noise
+        ``n_gold``          pairs with gold scores; ``n_gold_ordered`` those without a gold tie
+
+    Pairs without gold scores (labelled by people, mixed in) are left out of these keys' counts.
+    """
+    if not all(column in pairs.columns for column in GOLD_COLUMNS):
+        return {}
+    chosen, rejected = _as_scores(chosen_scores, rejected_scores)
+    gold = pairs[list(GOLD_COLUMNS)].to_numpy(dtype=np.float64)
+    known = ~np.isnan(gold).any(axis=1)
+    if not known.any():
+        return {}
+    gold_gap = gold[known, 0] - gold[known, 1]
+    ordered = np.abs(gold_gap) >= TIE_EPS
+    rm_gap = (chosen - rejected)[known][ordered]
+    agrees = np.where(rm_gap == 0, 0.5, (np.sign(rm_gap) == np.sign(gold_gap[ordered])).astype(float))
+    return {"label_ceiling": _mean(gold[known, 2]), "gold_agreement": _mean(agrees),
+            "n_gold": int(known.sum()), "n_gold_ordered": int(ordered.sum())}
 
 
 def wilson_interval(credit: np.ndarray, z: float = 1.959964) -> tuple[float, float]:

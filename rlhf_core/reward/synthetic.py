@@ -24,7 +24,7 @@ import random
 import pandas as pd
 
 from ..annotators import SimulatedAnnotator
-from ..preferences import LEVELS, TWO_AXIS_COLUMNS, safer_first
+from ..preferences import LEVELS, SAFETY_VIEW, TWO_AXIS_COLUMNS, safer_first
 from ..rater.gold import gold_score, last_user_message
 from ..rater.instructions import check_instruction, parse_instructions
 from ..rater.levels import TIE_EPS, RaterConfig, level_for_gap
@@ -96,7 +96,8 @@ def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: f
     the other prompts: a Safety RM's seed data).
 
     Columns: prompt, chosen, rejected, level, source ("synthetic"), iteration (0), safety, plus
-    pair_id, prompt_id, category, instructions, gold_chosen, gold_rejected (the helpfulness axis' gold).
+    pair_id, prompt_id, category, instructions, gold_chosen, gold_rejected (the gold scores on the pairs'
+    axis) and p_agree (the chance their label agrees with the gold order: ``SimulatedAnnotator.agreement``).
     ``split`` picks the rater's train or held-out (eval) prompt phrasings; ``rater`` its level thresholds
     and noise.
     """
@@ -116,7 +117,8 @@ def make_demo_pairs(n: int, seed: int = 0, split: str = "train", unsafe_share: f
     if axis == "safety":
         labelled = safer_first(labelled)
     first = ["prompt", "chosen", "rejected", "level", "source", "iteration", "safety"]
-    dropped = {"annotator", *TWO_AXIS_COLUMNS}  # one axis: read as plain pairs, not as a campaign's labels
+    # one axis: read as plain pairs, not as a campaign's labels (gold_* and p_agree are the axis' own)
+    dropped = {"annotator", *TWO_AXIS_COLUMNS, *SAFETY_VIEW.values()}
     return labelled[first + [c for c in labelled.columns if c not in first and c not in dropped]]
 
 

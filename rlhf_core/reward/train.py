@@ -26,7 +26,7 @@ from ..lora import lora_training
 from ..preferences import AXES, LEVELS, check_n_test, check_on_bad_record
 from ..training import MetricsCallback, TrainConfig, TrainResult, train
 from .loss import margins_for, ranking_loss
-from .metrics import pair_credit, reward_metrics
+from .metrics import GOLD_COLUMNS, gold_metrics, pair_credit, reward_metrics
 from .model import EncodeReport, RewardModel, encode_answer, score_ids
 
 
@@ -197,9 +197,10 @@ def evaluate_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, batch
     """Test metrics and per-pair scores of ``rm`` on held-out ``pairs``.
 
     Returns ``(metrics, scores)``: ``metrics`` is :func:`reward_metrics` (accuracy overall and per
-    level, reward gap, score distribution); ``scores`` has one row per pair: its index in ``pairs``,
-    level, safety, the last user message, chosen and rejected text, their scores and the credit
-    (1 right, 0.5 tie, 0 wrong).
+    level, reward gap, score distribution) and, for pairs the simulated rater labelled, :func:`gold_metrics`
+    (the labels' ceiling and the RM's agreement with the gold order); ``scores`` has one row per pair: its
+    index in ``pairs``, level, safety, the last user message, chosen and rejected text, their scores and the
+    credit (1 right, 0.5 tie, 0 wrong), and the gold columns where the pairs have them.
     """
     report = EncodeReport()
     sequences = [encode_answer(tokenizer, p, answer, rm.max_length, report)
@@ -208,6 +209,7 @@ def evaluate_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, batch
     chosen_scores, rejected_scores = rewards[:len(pairs)], rewards[len(pairs):]
     levels = list(pairs["level"])
     metrics = reward_metrics(chosen_scores, rejected_scores, levels)
+    metrics |= gold_metrics(chosen_scores, rejected_scores, pairs)
     metrics.update(n_prompt_truncated=report.n_prompt_truncated, n_answer_truncated=report.n_answer_truncated)
     scores = pd.DataFrame({
         "pair": pairs.index, "level": levels,
@@ -216,5 +218,6 @@ def evaluate_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, batch
         "chosen": pairs["chosen"], "rejected": pairs["rejected"],
         "chosen_score": chosen_scores.numpy(), "rejected_score": rejected_scores.numpy(),
         "credit": pair_credit(chosen_scores, rejected_scores),
+        **{column: pairs[column] for column in GOLD_COLUMNS if column in pairs},
     })
     return metrics, scores.reset_index(drop=True)

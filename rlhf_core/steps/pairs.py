@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..annotators import AnnotatorConfig, make_annotator, read_pairs
 from ..errors import ConfigError
-from ..preferences import preference_by_variant
+from ..preferences import AXES, preference_by_variant
 from ..reward.train import RewardSection
 from ..shards import Shard
 from .common import file_input, run_step
@@ -69,12 +69,28 @@ def annotate_step(pairs_path: str | Path, annotator: AnnotatorConfig, out_dir: s
             raise ValueError(f"annotate: the shards labelled {len(labelled)} of {len(pairs)} pairs")
         labelled.to_parquet(tmp / ANNOTATE["pairs"])
         return {"n_pairs": len(pairs), "n_labelled": len(labelled), "annotator": annotator.name,
-                "levels": _counts(labelled.level), "by_variant": preference_by_variant(labelled)}
+                "levels": _counts(labelled.level), "by_variant": preference_by_variant(labelled),
+                **_label_ceilings(labelled)}
+
+    def summary(m: dict) -> str:
+        ceilings = ", ".join(f"{axis} {100 * m[f'label_ceiling/{axis}']:.1f} %" for axis in AXES
+                             if m.get(f"label_ceiling/{axis}") is not None)
+        return (f"{m['n_labelled']} labelled pairs, levels {m['levels']}"
+                + (f"; the labels' ceiling (the accuracy of the gold order on them): {ceilings}" if ceilings else ""))
 
     return run_step("annotate", out_dir, {"annotator": asdict(annotator)}, inputs, body,
                     f"{pairs_path} with the {annotator.name} annotator"
-                    + (f", merging {len(shards)} shards" if shards else ""),
-                    lambda m: f"{m['n_labelled']} labelled pairs, levels {m['levels']}")
+                    + (f", merging {len(shards)} shards" if shards else ""), summary)
+
+
+def _label_ceilings(labelled: pd.DataFrame) -> dict:
+    """``label_ceiling/<axis>``: the mean chance that the batch's labels of that axis agree with the gold order
+    (the simulated rater's ``p_agree``, ``safety_p_agree``); nothing for people's labels."""
+    out = {}
+    for axis, column in (("helpfulness", "p_agree"), ("safety", "safety_p_agree")):
+        if column in labelled.columns and labelled[column].notna().any():
+            out[f"label_ceiling/{axis}"] = float(labelled[column].mean())  # NaN (no safety preference) skipped
+    return out
 
 
 ROW = "pair_row"  # a shard's labelled rows keep their pairs' positions, so the merge restores the order

@@ -199,9 +199,22 @@ def markdown_table(table: pd.DataFrame, digits: int = 1) -> str:
 
 
 def _levels_line(metrics: dict, prefix: str = "") -> str:
-    """``SB 90.0 / B 70.0 / SlB 61.0 / NB 52.0 (avg 65.3)`` from :func:`reward_metrics` keys after ``prefix``."""
+    """``SB 90.0 / B 70.0 / SlB 61.0 / NB 52.0 (avg 65.3)`` from :func:`reward_metrics` keys after ``prefix``,
+    then the labels' ceiling and the gold agreement where the pairs have gold scores (:func:`gold_metrics`)."""
     parts = [f"{SHORT[level]} {_pct(metrics.get(f'{prefix}accuracy/{level}'))}" for level in LEVELS]
-    return " / ".join(parts) + f" (avg {_pct(metrics.get(f'{prefix}accuracy'))})"
+    line = " / ".join(parts) + f" (avg {_pct(metrics.get(f'{prefix}accuracy'))})"
+    if metrics.get(f"{prefix}label_ceiling") is not None:
+        line += (f", labels' ceiling {_pct(metrics[f'{prefix}label_ceiling'])}, "
+                 f"gold agreement {_pct(metrics.get(f'{prefix}gold_agreement'))}")
+    return line
+
+
+def _gold_sentence(metrics: dict) -> str:
+    """What :func:`gold_metrics` says, in words (for metrics that have its keys)."""
+    return (f"Against the simulated rater's gold judge: the labels' ceiling is {_pct(metrics['label_ceiling'])} % "
+            f"(the accuracy on these labels of an RM that orders every pair as the gold judge does, over "
+            f"{metrics['n_gold']} pairs), and this RM orders {_pct(metrics['gold_agreement'])} % of the "
+            f"{metrics['n_gold_ordered']} pairs with a gold order as the gold judge does.\n")
 
 
 def _pct(value) -> str:
@@ -229,6 +242,7 @@ def _write_eval(out: Path, name: str, results: dict[str, tuple[dict, pd.DataFram
         text += [f"## {HELD_OUT[prefix]}\n", markdown_table(accuracy_table({name: metrics})),
                  f"{metrics['n_test']} test pairs: {counts}, unknown level {metrics['n/unknown']}. 95 % intervals: "
                  f"avg [{_pct(metrics['ci95_lo'])}, {_pct(metrics['ci95_hi'])}], {intervals}.\n"]
+        text += [_gold_sentence(metrics)] if metrics.get("label_ceiling") is not None else []
         flat |= {f"{prefix}/{k}": v for k, v in _finite(metrics).items()}
     pd.concat(frames, ignore_index=True).to_csv(out / rm_eval_outputs(name)["eval"], index=False)
     (out / rm_eval_outputs(name)["accuracy"]).write_text("\n".join(text))

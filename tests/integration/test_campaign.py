@@ -118,6 +118,18 @@ def test_smoke_campaign_tracked_then_cached(smoke_run):
                                                     "negligibly_better"}
             assert rm["synthetic"]["n_test"] == 16  # eval_reward_models: reward.n_eval_synthetic, apart
             assert rm["synthetic_seed"]["n_test"] == 4  # the seed pairs' held-out share, apart
+            # the simulated rater's labels: their ceiling and the RM's agreement with the gold order
+            assert 0.5 <= rm["label_ceiling"] <= 1 and 0 <= rm["gold_agreement"] <= 1
+            assert rm["n_gold_ordered"] <= rm["n_test"]
+        # each RM's ceiling is the mean p_agree of its own axis over its held-out pairs (eval.csv), and the Safety
+        # RM's test pairs carry the safety axis' gold scores
+        for name, gold in (("helpful", ("gold_chosen", "gold_rejected")),
+                           ("safety", ("safety_gold_chosen", "safety_gold_rejected"))):
+            scored = pd.read_csv(tmp_path / "c" / f"iter-{it['iteration']}" / f"rm-{name}" / "eval.csv")
+            scored = scored[scored.test_set == "test"]
+            assert scored["p_agree"].mean() == pytest.approx(it["reward"][name]["label_ceiling"])
+            golds = {frozenset(p) for p in labelled[list(gold)].dropna().itertuples(index=False)}
+            assert {frozenset(p) for p in scored[["gold_chosen", "gold_rejected"]].itertuples(index=False)} <= golds
         assert it["reward_ablation"] is None  # reward.ablate is off
         assert it["temperature"]["chosen"] in (0.7, 1.0) and set(it["temperature"]["curve"]) == {"0.7", "1.0"}
         assert it["rejection"]["k"] == 2 and it["rejection"]["pool_size"] == 8

@@ -3,6 +3,7 @@ the human annotator's wait, and annotate_file end to end."""
 
 import csv
 import json
+import math
 import os
 import threading
 
@@ -72,7 +73,8 @@ def test_labelled_schema(pairs):
     assert list(out.columns) == ["pair_id", "prompt_id", "prompt", "chosen", "rejected", "level",
                                  "source", "iteration", "safety", "instructions", "chosen_safe",
                                  "rejected_safe", "safety_prefers", "safety_level", "annotator",
-                                 "chosen_variant", "rejected_variant", "gold_chosen", "gold_rejected"]
+                                 "chosen_variant", "rejected_variant", "gold_chosen", "gold_rejected", "p_agree",
+                                 "safety_gold_chosen", "safety_gold_rejected", "safety_p_agree"]
     assert out["chosen_variant"].isna().all()  # these pairs do not say where their answers came from
     assert list(out["pair_id"]) == ["p1", "p2", "p3"]
     assert set(out["annotator"]) == {"simulated"} and list(out["safety"]) == [False, True, False]
@@ -80,8 +82,8 @@ def test_labelled_schema(pairs):
 
 
 def _near_ties(n):
-    # lowercase holds on both; b stops mid-sentence after 5 finished words of 9:
-    # gold 1.0 vs 0.8 + 0.2 * (1 + 5/9 + 1) / 3, gap 0.8/27
+    # lowercase holds on both; b stops mid-sentence after 5 finished words of 9, and neither mentions the
+    # prompt's content word "question": gold 0.8 + 0.2 * 3/4 vs 0.8 + 0.2 * (1 + 5/9 + 1 + 0) / 4, gap 0.8/36
     return pd.DataFrame([_pair(f"t{i}", "the moon pulls the sea. it makes the tides.",
                                "the moon pulls the sea. it makes the tides", LOWER) for i in range(n)])
 
@@ -90,8 +92,35 @@ def test_noisy_annotator_flips_at_the_configured_rate():
     config = RaterConfig(noise=0.5, noise_scale=0.25, seed=7)
     out = SimulatedAnnotator(config).label(_near_ties(2000))
     flipped = (out["gold_chosen"] < out["gold_rejected"]).mean()
-    assert abs(flipped - flip_probability(0.8 / 27, config)) < 0.04  # expected ~0.44
+    assert abs(flipped - flip_probability(0.8 / 36, config)) < 0.04  # expected ~0.46
     assert set(out["level"]) == {"negligibly_better"}
+
+
+def test_each_axis_records_its_gold_scores_and_the_chance_its_label_is_right(pairs):
+    config = RaterConfig(noise=0.5, noise_scale=0.25)
+    out = SimulatedAnnotator(config).label(pairs).set_index("pair_id")
+    # p3, by hand (test_perfect_rater_labels_both_axes): gold 0.95 vs 0.55 -> p_flip 0.5 exp(-0.4 / 0.25)
+    assert out.loc["p3", "p_agree"] == pytest.approx(1 - 0.5 * math.exp(-1.6))
+    # p2 on the safety axis, named by the helpfulness preference's sides: chosen is the compliance, 0.2 * 0.75,
+    # rejected the refusal, 0.8 + 0.2 * 0.75 (quality 0.75: neither mentions the content word "question")
+    assert out.loc["p2", "chosen"].startswith("Insert")
+    assert out.loc["p2", "safety_gold_chosen"] == pytest.approx(0.15)
+    assert out.loc["p2", "safety_gold_rejected"] == pytest.approx(0.95)
+    assert out.loc["p2", "safety_p_agree"] == pytest.approx(1 - 0.5 * math.exp(-0.8 / 0.25))
+    assert out.loc[["p1", "p3"], ["safety_gold_chosen", "safety_gold_rejected", "safety_p_agree"]].isna().all(None)
+
+
+def test_p_agree_predicts_how_often_labels_follow_the_gold_order():
+    # 2000 near ties (gap 0.8/36) and 2000 pairs a whole instruction apart (gap 0.8)
+    config = RaterConfig(noise=0.5, noise_scale=0.25, seed=3)
+    near = SimulatedAnnotator(config).label(_near_ties(2000))
+    clear = SimulatedAnnotator(config).label(pd.DataFrame(
+        [_pair(f"c{i}", "the moon pulls the sea.", "The Moon pulls the sea.", LOWER) for i in range(2000)]))
+    for out in (near, clear):
+        follows = (out["gold_chosen"] > out["gold_rejected"]).mean()
+        assert abs(follows - out["p_agree"].mean()) < 0.035  # 3 standard errors at p ~0.56
+    assert near["p_agree"].mean() == pytest.approx(1 - flip_probability(0.8 / 36, config))
+    assert clear["p_agree"].mean() > 0.97
 
 
 def test_labels_are_seeded_and_independent_of_order():

@@ -11,7 +11,7 @@ import pytest
 from rlhf.core.errors import RLHFError
 from rlhf.record.document import Doc
 from rlhf.record.report import SECTIONS, copy_report, verdict, write_report
-from rlhf.record.summary import iteration_markdown, progression_metrics
+from rlhf.record.summary import iteration_markdown, progression_metrics, table
 
 
 def result(win_rate, lo, hi, n=40):
@@ -127,6 +127,22 @@ def test_reward_section_shows_synthetic_rows_apart_and_the_dag_ablation(tmp_path
     assert "Margin ablation (Table 28 layout), RLHF-V1" in md and "96 training pairs" in md
     assert "| none | 90.0% [25.0%, 95.0%] (n=5) |" in md and "| 61.0% [43.0%, 82.0%] (n=20) |" in md
     assert "No margin ablation" not in md
+
+
+def test_reward_models_are_set_against_the_labels_ceiling_where_the_rater_was_simulated(tmp_path):
+    first, people = entry(1), entry(2)
+    first["reward"]["helpful"] |= {"label_ceiling": 0.64, "gold_agreement": 0.66, "n_gold_ordered": 19}
+    summary = {"campaign": "hand", "code_version": "abc", "config": {}, "iterations": [first, people]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    md = write_report(tmp_path).read_text()
+    assert "| helpful | RLHF-V1 | 65.0% | 64.0% | 66.0% | 19 |" in md
+    assert "| helpful | RLHF-V2 |" not in md.split("labels' ceiling")[-1]  # labelled by people: no row
+    rows = table(summary).splitlines()
+    assert rows[1].startswith("V1    65% (ceil. 64%)  ") and rows[2].split()[:2] == ["V2", "65%"]
+    assert "| helpful RM: labels' ceiling, gold agreement | 64%, 66% |" in iteration_markdown(first)
+    assert "labels' ceiling" not in iteration_markdown(people)
+    assert progression_metrics(first)["2_rm/helpful/label_ceiling"] == 0.64
+    assert "2_rm/helpful/gold_agreement" not in progression_metrics(people)
 
 
 def test_pairs_section_shows_levels_and_preference_by_source_and_the_pool_schedule(tmp_path):

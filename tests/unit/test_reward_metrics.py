@@ -3,10 +3,11 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from rlhf.core.reward.metrics import accuracy_table, margin_ablation_table, pair_credit, reward_metrics
+from rlhf.core.reward.metrics import accuracy_table, gold_metrics, margin_ablation_table, pair_credit, reward_metrics
 
 LEVELS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
 
@@ -81,3 +82,17 @@ def test_margin_ablation_table_layout_table28():
     assert list(table.index) == ["none", "small", "large", "mine"] and table.index.name == "margin"
     assert list(table.columns) == [*LEVELS, "avg"]
     assert table.loc["small"].tolist() == pytest.approx([80.4, 67.3, 60.4, 55.0, 63.0])
+
+
+def test_gold_metrics_by_hand():
+    # gold gaps +0.3, -0.1 (the label went against the gold order), 0 (a gold tie), +0.5, and a pair labelled by
+    # a person (no gold); RM gaps +1, +1, -1, 0, +1
+    pairs = pd.DataFrame({"gold_chosen": [0.8, 0.4, 0.5, 0.9, float("nan")],
+                          "gold_rejected": [0.5, 0.5, 0.5, 0.4, float("nan")],
+                          "p_agree": [0.8, 0.6, 0.5, 0.9, float("nan")]})
+    metrics = gold_metrics([2.0, 1.0, 0.0, 3.0, 1.0], [1.0, 0.0, 1.0, 3.0, 0.0], pairs)
+    # ordered pairs 0, 1, 3: agrees, disagrees, an RM tie (half)
+    assert metrics == {"label_ceiling": pytest.approx((0.8 + 0.6 + 0.5 + 0.9) / 4),
+                       "gold_agreement": pytest.approx(1.5 / 3), "n_gold": 4, "n_gold_ordered": 3}
+    assert gold_metrics([1.0], [0.0], pd.DataFrame({"gold_chosen": [1.0]})) == {}  # not the simulated rater's
+    assert gold_metrics([1.0], [0.0], pairs.iloc[4:]) == {}  # no pair with gold scores

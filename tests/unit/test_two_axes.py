@@ -45,6 +45,30 @@ def test_the_safety_axis_takes_the_safer_answer_and_drops_contradictions():
         axis_pairs(frame, "honesty")
 
 
+def test_the_safety_axis_swaps_sides_when_every_pair_swaps():
+    # every row swapping once made pandas read the second column from the first one's new values
+    safety, dropped = axis_pairs(pd.DataFrame([labelled("p0", "comply", "refuse", "rejected", chosen_safe=False),
+                                               labelled("p1", "comply", "refuse", "rejected", chosen_safe=False)]),
+                                 "safety")
+    assert dropped == 0 and safety["chosen"].tolist() == ["refuse"] * 2
+    assert safety["rejected"].tolist() == ["comply"] * 2
+    assert safety["chosen_safe"].tolist() == [True, True] and safety["rejected_safe"].tolist() == [False, False]
+
+
+def test_the_safety_axis_carries_its_own_gold_scores_and_label_ceiling():
+    gold = {"gold_chosen": [0.9, 0.6], "gold_rejected": [0.1, 0.5], "p_agree": [0.95, 0.6],
+            "safety_gold_chosen": [0.2, np.nan], "safety_gold_rejected": [1.0, np.nan],
+            "safety_p_agree": [0.96, np.nan]}
+    frame = pd.DataFrame([labelled("p0", "comply", "refuse", "rejected", chosen_safe=False),
+                          labelled("p1", "a", "b")]).assign(**gold)
+    helpful, _ = axis_pairs(frame, "helpfulness")
+    assert helpful["gold_chosen"].tolist() == [0.9, 0.6] and helpful["p_agree"].tolist() == [0.95, 0.6]
+    safety, _ = axis_pairs(frame, "safety")  # the refusal becomes chosen, with its safety-axis gold
+    assert safety["chosen"].tolist() == ["refuse"]
+    assert (safety["gold_chosen"].tolist(), safety["gold_rejected"].tolist()) == ([1.0], [0.2])
+    assert safety["p_agree"].tolist() == [0.96]
+
+
 def test_wilson_interval_by_hand():
     # 7 of 10: p = 0.7, z = 1.96: (0.7 + 0.19208 -+ 1.96 * sqrt(0.021 + 0.0009604)) / 1.38415 = 0.3968 / 0.8922
     lo, hi = wilson_interval(np.array([1.0] * 7 + [0.0] * 3))
