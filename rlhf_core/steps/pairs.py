@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..annotators import AnnotatorConfig, make_annotator, read_pairs
 from ..errors import ConfigError
-from ..preferences import AXES, preference_by_variant
+from ..preferences import AXES, SAFETY_VIEW, preference_by_variant
 from ..reward.train import RewardSection
 from ..shards import Shard
 from .common import file_input, run_step
@@ -87,7 +87,7 @@ def _label_ceilings(labelled: pd.DataFrame) -> dict:
     """``label_ceiling/<axis>``: the mean chance that the batch's labels of that axis agree with the gold order
     (the simulated rater's ``p_agree``, ``safety_p_agree``); nothing for people's labels."""
     out = {}
-    for axis, column in (("helpfulness", "p_agree"), ("safety", "safety_p_agree")):
+    for axis, column in (("helpfulness", "p_agree"), ("safety", SAFETY_VIEW["p_agree"])):
         if column in labelled.columns and labelled[column].notna().any():
             out[f"label_ceiling/{axis}"] = float(labelled[column].mean())  # NaN (no safety preference) skipped
     return out
