@@ -7,7 +7,13 @@ import time
 
 from prefect.settings import get_current_settings, temporary_settings
 
-from rlhf.flows.environment import EPHEMERAL_RECORDER, ephemeral_server_settings, prefect_api
+from rlhf.flows.environment import (
+    EPHEMERAL_RECORDER,
+    STARTUP_TIMEOUT,
+    ephemeral_server_settings,
+    prefect_api,
+    startup_timeout,
+)
 
 
 def _recorder():
@@ -59,3 +65,14 @@ def test_the_temporary_server_idles_when_nothing_runs():
             time.sleep(5)
             assert _cpu_seconds(server) - before < 1.0  # spinning would be ~5 s
     assert not os.path.exists(f"/proc/{server}") or "State:\tZ" in open(f"/proc/{server}/status").read()
+
+
+def test_the_temporary_server_gets_two_minutes_to_start_unless_the_user_says(monkeypatch):
+    # Prefect's own default (20 s) is too short on 2 cores beside an MLflow server: CI failed on it.
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert get_current_settings().server.ephemeral.startup_timeout_seconds == 20
+    assert startup_timeout() == STARTUP_TIMEOUT == 120
+    with temporary_settings(updates={"server.ephemeral.startup_timeout_seconds": 300}):
+        assert startup_timeout() == 300
+    with temporary_settings(updates={"server.ephemeral.startup_timeout_seconds": 7}):  # shorter, if they say so
+        assert startup_timeout() == 7
