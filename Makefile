@@ -3,6 +3,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each module's tests in one of them (its module-scoped
+# servers start once); TEST_WORKERS=0 runs it in this process, as plain pytest does.
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: install demo replicate test test-slow test-processes test-stack lint bench ui stack stack-down clean
 
@@ -49,19 +53,19 @@ stack-down:
 # Dask; `rlhf run` killed and resumed; `rlhf serve`; a live `mlflow server`; a second machine's rerun) and the
 # team stack's (`make test-stack`). .ci/run runs all four: together they are the whole suite.
 test: install
-	$(PY) -m pytest -q -m "not slow and not processes and not stack" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not processes and not stack" $(PYTEST_ARGS)
 
 test-slow: install
-	$(PY) -m pytest -q -m "slow and not processes and not stack" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "slow and not processes and not stack" $(PYTEST_ARGS)
 
 test-processes: install
-	$(PY) -m pytest -q -m processes $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m processes $(PYTEST_ARGS)
 
 # The team stack started natively (docker/local-stack.sh: Postgres, S3, Prefect server and worker, MLflow server)
 # and a deployed campaign driven through it, worker kill included; needs PostgreSQL's server (apt-get install
 # postgresql).
 test-stack: install
-	$(PY) -m pytest -q -m stack $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m stack $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): unused and undefined names, likely bugs, import order, line length.
 lint: install
