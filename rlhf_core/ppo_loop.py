@@ -282,6 +282,9 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
         optimizer.state.clear()
     release_memory()
     policy.load_state_dict(load_file(work_dir / BEST_DIR / state["best_file"]), strict=False)
+    # Every rank has read the best weights before any goes on: the main one ends the step by removing the work
+    # dir, and a rank still reading (a busy machine) failed with FileNotFoundError.
+    wait_for_everyone()
     timings = pd.DataFrame(state["timings"]).mean().to_dict() if state["timings"] else {}
     return PPOResult(steps=step + 1 if cfg.steps > start else start, reward_start=state["history"][0]["reward"],
                      reward_end=state["best"]["reward"], best_step=state["best"]["step"], kl_end=state["kl_end"],
