@@ -40,6 +40,8 @@ def prepare(cfg) -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rlhf")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # rlhf lines outside a flow run
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a local server
+    # Prefect's own ephemeral server, where one starts (a worker, `prefect` commands), gets the same time as ours.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(int(STARTUP_TIMEOUT)))
     if os.environ.get("PREFECT_API_URL") == "":
         del os.environ["PREFECT_API_URL"]  # an empty URL is not "unset" to Prefect: it fails to connect
     name_finished_lines()

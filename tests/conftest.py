@@ -17,8 +17,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 if not os.environ.get("PREFECT_API_URL"):
     os.environ.pop("PREFECT_API_URL", None)
 # Under pytest-xdist (the Makefile's targets run one worker per core) each worker computes on one thread, and so
-# do the processes its tests start: two workers of two threads each on 2 cores made OpenMP's threads wait on
-# each other. Set before torch is imported, which reads it once.
+# do the processes its tests start: two workers of two threads each on 2 cores would oversubscribe them, OpenMP's
+# threads waiting on each other. Set before torch is imported, which reads it once.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
