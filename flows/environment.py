@@ -166,9 +166,9 @@ def _drain() -> None:
 
 
 # How long the temporary server may take to answer unless PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says
-# otherwise. Prefect's default, 20 s, is too short on a 2-core machine: importing Prefect's server and creating
-# its database took 25 s on an idle AVX2 EPYC, and more with an MLflow server and PostgreSQL beside it (CI
-# failed there on 20 s). Whoever starts the run -- the CLI or a script calling ``run_campaign`` -- gets this.
+# otherwise. Prefect's default, 20 s, is too short on a 2-core machine: on an idle AVX2 EPYC a test's set-up of an
+# S3 server and Prefect's test server took 25 s, and CI failed on 20 s with an MLflow server and PostgreSQL
+# beside the run. Whoever starts the run -- the CLI or a script calling ``run_campaign`` -- gets this.
 STARTUP_TIMEOUT = 120.0
 
 
