@@ -77,6 +77,7 @@ bench: install
 	$(PY) -m benchmarks.rm_throughput
 	$(PY) -m benchmarks.sampling_throughput
 	$(PY) -m benchmarks.ppo_step
+	$(PY) -m benchmarks.ppo_memory
 	$(PY) -m benchmarks.campaign_overhead
 	$(PY) -m benchmarks.launch_overhead
 

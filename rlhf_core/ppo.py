@@ -68,6 +68,10 @@ class PPOConfig:
     # the frozen models (reference policy, reward models) stored in: auto = bf16 where model.precision
     # resolves to bf16 (their matmuls run in bf16 under autocast anyway), else fp32 | bf16 | fp32
     frozen_precision: str = "auto"
+    # the frozen models wait in a file in the step's work dir between their passes (scoring, the experience
+    # pass) and are read back for each (rlhf_core/parking.py): the update, where memory peaks, holds only the
+    # trained models. The same results bit for bit; costs one read per model and pass
+    park_frozen: bool = True
     # LoRA adapters instead of every weight (r > 0): the policy trains adapters, the reference is the policy
     # with them switched off (no copy), a value model of its own (value_init reward | policy) gets adapters too
     lora: LoRAConfig = field(default_factory=LoRAConfig)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -52,6 +53,7 @@ from .chat import Message, render_prompt
 from .launch import gather_objects, is_main_process, rank, wait_for_everyone, world_size
 from .lean_layers import checkpoint_layers, lean_activations, lean_attention
 from .models import resolve_precision
+from .parking import Parking
 from .ppo import PPOConfig, ValueModel, make_batch, make_experience, update
 from .progress import progress, quiet
 from .reward.combine import whiten
@@ -107,7 +109,8 @@ class PPORun:
     """One PPO run's state: models, optimizers, engine, evaluation history."""
 
     def __init__(self, policy, tokenizer, reference, value_model: ValueModel, reward_fn: RewardFn,
-                 cfg: PPOConfig, sampling: SamplingConfig, precision: str):
+                 cfg: PPOConfig, sampling: SamplingConfig, precision: str, frozen: Sequence[torch.nn.Module] = (),
+                 park_dir: Path | None = None):
         self.policy, self.tokenizer, self.reference, self.value = policy, tokenizer, reference, value_model
         self.reward_fn, self.cfg, self.precision = reward_fn, cfg, resolve_precision(precision)
         self.reference.eval().requires_grad_(False)
@@ -129,6 +132,18 @@ class PPORun:
         new_tokens = cfg.max_new_tokens or sampling.max_new_tokens
         self.rollout_cfg = replace(sampling, temperature=cfg.temperature, top_p=1.0, max_new_tokens=new_tokens)
         self.eval_cfg = replace(self.rollout_cfg, temperature=cfg.eval_temperature, seed=cfg.seed + 1)
+        # The reference and the reward models (``frozen``) wait in files under ``park_dir`` between their passes
+        # (ppo.park_frozen): the update, where memory peaks, holds only the trained models.
+        parked = parkable(reference, frozen, trained=(policy, value_model)) \
+            if cfg.park_frozen and park_dir is not None else {}
+        self.parked_bytes = held_bytes(**parked)  # what they hold while resident (the run's `memory`)
+        self.parking = Parking(park_dir, parked) if parked else None
+
+    def frozen_resident(self, *names: str):
+        """A block in which the parked models ``names`` ("reference", "reward_models") are in memory."""
+        if self.parking is None:
+            return nullcontext()
+        return self.parking.resident(*[n for n in names if n in self.parking.names])
 
     def sample(self, messages: list, cfg: SamplingConfig) -> pd.DataFrame:
         """One answer per prompt, sorted by prompt. On several processes each decodes its share of the
@@ -146,9 +161,12 @@ class PPORun:
         scores are gathered."""
         world = world_size()
         if world == 1:
-            return self.reward_fn(messages, answers, tags).float().cpu()
+            with self.frozen_resident("reward_models"):
+                return self.reward_fn(messages, answers, tags).float().cpu()
         mine = list(range(rank(), len(answers), world))
-        scores = self.reward_fn([messages[i] for i in mine], [answers[i] for i in mine], [tags[i] for i in mine])
+        with self.frozen_resident("reward_models"):
+            scores = self.reward_fn([messages[i] for i in mine], [answers[i] for i in mine],
+                                    [tags[i] for i in mine])
         raw = torch.zeros(len(answers))
         for indices, values in gather_objects((mine, scores.float().cpu().tolist())):
             raw[indices] = torch.tensor(values)
@@ -171,7 +189,8 @@ class PPORun:
         batch = make_batch([render_prompt(self.tokenizer, m) for m in messages],
                            [torch.tensor(ids, dtype=torch.long) for ids in rollouts.token_ids],
                            self.tokenizer.pad_token_id)
-        exp = make_experience(self.policy, self.reference, self.value, batch, scores, cfg, self.precision)
+        with self.frozen_resident("reference"):
+            exp = make_experience(self.policy, self.reference, self.value, batch, scores, cfg, self.precision)
         engine_logp = torch.zeros_like(exp.logp)
         for i, lp in enumerate(rollouts.logprobs):
             engine_logp[i, :len(lp)] = torch.tensor(list(lp), dtype=torch.float)
@@ -228,59 +247,68 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
     """
     cfg.validate()
     work_dir = Path(work_dir)
-    run = PPORun(policy, tokenizer, reference, value_model, reward_fn, cfg, sampling, precision)
-    ckpt = latest_checkpoint(work_dir)
-    start = checkpoint_step(ckpt)
-    if ckpt is not None:
-        state = run.load(ckpt, work_dir)
-    else:
-        first = run.evaluate(eval_prompts)
-        state = {"history": [{"step": 0, "reward": first}], "best": {"step": 0, "reward": first},
-                 "best_file": keep_best(work_dir, 0, trained_parameters(policy)), "since_best": 0, "kl_end": 0.0,
-                 "timings": []}
-    early_stopped, step = False, start
-    # One bar for the run; the rollouts, scoring and evaluations of each step make none of their own (quiet).
-    main = is_main_process()
-    with progress(cfg.steps, "ppo", "step", initial=start, leave=True, disable=not main) as bar, quiet():
-        for step in range(start, cfg.steps):
-            release_memory()  # the last iteration's freed activations and experience go back to the OS
-            index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
-            metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
-            state["kl_end"] = metrics["kl/per_answer"]
-            state["timings"].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s")})
-            done = step + 1
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-                reward = run.evaluate(eval_prompts)
-                state["history"].append({"step": done, "reward": reward})
-                metrics["eval/reward"] = reward
-                if reward > state["best"]["reward"]:  # every process sees the same gathered reward
-                    state["best"], state["since_best"] = {"step": done, "reward": reward}, 0
-                    state["best_file"] = keep_best(work_dir, done, trained_parameters(policy))
-                    prune_best(work_dir, state["best_file"])
-                else:
-                    state["since_best"] += 1
-                early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
-            if on_metrics is not None and main:
-                on_metrics(metrics, done)
-            bar.set_postfix(reward=f"{metrics['reward/raw_mean']:.3f}", kl=f"{metrics['kl/per_answer']:.3f}",
-                            refresh=False)
-            bar.update(1)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and not early_stopped:
-                if main:  # every process holds the same weights: one writes them
-                    run.save(work_dir, done, state)
-                wait_for_everyone()
-            if fail_after_steps is not None and done == fail_after_steps:
-                raise InjectedFault(f"injected fault after PPO step {done} (fail_after_steps); rerun to resume")
-            if early_stopped:
-                break
+    run = PPORun(policy, tokenizer, reference, value_model, reward_fn, cfg, sampling, precision, frozen,
+                 park_dir=work_dir / f"parked-rank{rank()}")
+    try:
+        ckpt = latest_checkpoint(work_dir)
+        start = checkpoint_step(ckpt)
+        if ckpt is not None:
+            state = run.load(ckpt, work_dir)
+        else:
+            first = run.evaluate(eval_prompts)
+            state = {"history": [{"step": 0, "reward": first}], "best": {"step": 0, "reward": first},
+                     "best_file": keep_best(work_dir, 0, trained_parameters(policy)), "since_best": 0, "kl_end": 0.0,
+                     "timings": []}
+        early_stopped, step = False, start
+        # One bar for the run; the rollouts, scoring and evaluations of each step make none of their own (quiet).
+        main = is_main_process()
+        with progress(cfg.steps, "ppo", "step", initial=start, leave=True, disable=not main) as bar, quiet():
+            for step in range(start, cfg.steps):
+                release_memory()  # the last iteration's freed activations and experience go back to the OS
+                index = batch_prompts(len(train_prompts), cfg.batch_size, cfg.seed, step)
+                metrics = run.iteration(train_prompts.iloc[index].reset_index(drop=True), step)
+                state["kl_end"] = metrics["kl/per_answer"]
+                state["timings"].append({k: metrics[k] for k in ("time/rollout_s", "time/score_s", "time/update_s")})
+                done = step + 1
+                if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                    reward = run.evaluate(eval_prompts)
+                    state["history"].append({"step": done, "reward": reward})
+                    metrics["eval/reward"] = reward
+                    if reward > state["best"]["reward"]:  # every process sees the same gathered reward
+                        state["best"], state["since_best"] = {"step": done, "reward": reward}, 0
+                        state["best_file"] = keep_best(work_dir, done, trained_parameters(policy))
+                        prune_best(work_dir, state["best_file"])
+                    else:
+                        state["since_best"] += 1
+                    early_stopped = bool(cfg.patience) and state["since_best"] >= cfg.patience and done < cfg.steps
+                if on_metrics is not None and main:
+                    on_metrics(metrics, done)
+                bar.set_postfix(reward=f"{metrics['reward/raw_mean']:.3f}", kl=f"{metrics['kl/per_answer']:.3f}",
+                                refresh=False)
+                bar.update(1)
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps and not early_stopped:
+                    if main:  # every process holds the same weights: one writes them
+                        run.save(work_dir, done, state)
+                    wait_for_everyone()
+                if fail_after_steps is not None and done == fail_after_steps:
+                    raise InjectedFault(f"injected fault after PPO step {done} (fail_after_steps); rerun to resume")
+                if early_stopped:
+                    break
+    except BaseException:  # the caller's frozen models come back whatever happened
+        if run.parking is not None:
+            run.parking.restore()
+        raise
     memory = held_bytes(policy=policy, value=value_model, reference=reference, reward_models=list(frozen),
                         optimizers=[run.opt_policy, run.opt_value])
+    memory |= run.parked_bytes  # parked: what the reference and RMs hold during their passes
     # Training is over: the optimizer states and gradients go before the best-evaluated weights (or the
     # last ones) are read back in, or the read would come on top of them
     for optimizer in (run.opt_policy, run.opt_value):
         optimizer.zero_grad(set_to_none=True)
         optimizer.state.clear()
     release_memory()
+    if run.parking is not None:  # the frozen models back in memory, as the caller gave them
+        run.parking.restore()
     policy.load_state_dict(load_file(work_dir / BEST_DIR / state["best_file"]), strict=False)
     # Every rank has read the best weights before any goes on: the main one ends the step by removing the work
     # dir, and a rank still reading (a busy machine) failed with FileNotFoundError.
@@ -290,6 +318,20 @@ def run_ppo(policy, tokenizer, reference, value_model: ValueModel, reward_fn: Re
                      reward_end=state["best"]["reward"], best_step=state["best"]["step"], kl_end=state["kl_end"],
                      early_stopped=early_stopped, resumed_from_step=start, history=state["history"],
                      timings={k.split("/")[1]: v for k, v in timings.items()}, memory=memory)
+
+
+def parkable(reference, frozen: Sequence[torch.nn.Module], trained: Sequence[torch.nn.Module]
+             ) -> dict[str, list[torch.nn.Module]]:
+    """The frozen parts that can wait on disk: ``reference`` and the reward models ``frozen``, each if it
+    has parameters and shares none with a ``trained`` model (under LoRA the reference *is* the policy)."""
+    trained_ids = {id(p) for model in trained for p in model.parameters()}
+
+    def own(modules):
+        return [m for m in modules if any(True for _ in m.parameters())
+                and not any(id(p) in trained_ids for p in m.parameters())]
+
+    parts = {"reference": own([reference]), "reward_models": own(frozen)}
+    return {name: modules for name, modules in parts.items() if modules}
 
 
 def held_bytes(**parts) -> dict[str, int]:
