@@ -88,10 +88,9 @@ class Parking:
                 self._load(name)
                 loaded.append(name)
             yield
-        finally:
+        finally:  # the weights read back are a mapping of the file: dropping them unmaps it, no heap to trim
             for name in loaded:
                 self._drop(name)
-            release_memory()
 
     def restore(self) -> None:
         """Every parked model back in memory for good; the files go."""
