@@ -47,12 +47,16 @@ class Parking:
         self._parameters: dict[str, list[torch.nn.Parameter]] = {}
         self._modules = dict(models)
         self._guards: dict[str, list] = {}
-        for name, modules in models.items():
-            parameters = [p for module in modules for p in _unique_parameters(module)]
-            with atomic_file(self._path(name)) as tmp:  # a crash mid-write leaves no file a rerun could read
-                save_file({str(i): p.detach().contiguous() for i, p in enumerate(parameters)}, str(tmp))
-            self._parameters[name] = parameters
-            self._drop(name)
+        try:
+            for name, modules in models.items():
+                parameters = [p for module in modules for p in _unique_parameters(module)]
+                with atomic_file(self._path(name)) as tmp:  # a crash mid-write leaves no file a rerun could read
+                    save_file({str(i): p.detach().contiguous() for i, p in enumerate(parameters)}, str(tmp))
+                self._parameters[name] = parameters
+                self._drop(name)
+        except BaseException:  # e.g. a full disk: the models parked so far come back, whole
+            self.restore()
+            raise
         release_memory()
 
     def _path(self, name: str) -> Path:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+import rlhf.core.parking as parking_module
 import rlhf.core.ppo_loop as ppo_loop
 from rlhf.core.models import ModelConfig, build_tiny_model
 from rlhf.core.parking import Parking
@@ -51,6 +52,25 @@ def test_a_parked_model_holds_nothing_and_comes_back_with_the_same_bytes(tmp_pat
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert torch.equal(model(input_ids=ids).logits, logits)
     assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+
+
+def test_a_failed_write_gives_back_the_models_parked_before_it(tmp_path, monkeypatch):
+    first, _ = build_tiny_model(seed=0)
+    second, _ = build_tiny_model(seed=1)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    real_save = parking_module.save_file
+
+    def save_then_fail_on_the_second(tensors, path):  # the disk fills up while writing the second file
+        if "second" in str(path):
+            raise OSError(28, "No space left on device")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(parking_module, "save_file", save_then_fail_on_the_second)
+    with pytest.raises(OSError, match="No space left"):
+        Parking(tmp_path / "parked", {"first": [first], "second": [second]})
+    assert all(torch.equal(first.state_dict()[k], v) for k, v in before.items())
+    assert parameter_bytes(second) > 0 and not (tmp_path / "parked").exists()
+    first(input_ids=torch.tensor([[5, 6]]))  # no guard left behind
 
 
 def prompts(n: int, offset: int = 0) -> pd.DataFrame:
