@@ -28,6 +28,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -437,8 +439,34 @@ def release_memory() -> None:
     process that ran a training step keeps its freed optimizer states and activations resident, and every later
     step of the campaign process starts from that plateau (and each PPO iteration from the last one's). A no-op
     where there is no glibc."""
-    gc.collect()
+    collect_garbage()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def collect_garbage() -> None:
+    """``gc.collect()`` with Ctrl-C and SIGTERM held until it ends. A signal handler that raises while the
+    collection runs a finalizer (an object's ``__del__``, a weakref callback) raises inside it, and Python
+    prints that exception and drops it: the run the signal should stop went on (a step starts with a
+    collection, so a signal sent as a step started was lost on a busy machine). Recorded during the
+    collection, the signal's own handler runs after it, where its exception unwinds the run. Signals are
+    handled by the main thread only; from another thread this is a plain collection."""
+    if threading.current_thread() is not threading.main_thread():
+        gc.collect()
+        return
+    caught: list[tuple[int, object]] = []
+    held = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # a Python handler (Ctrl-C's default one included); SIG_DFL / SIG_IGN stay
+            held[signum] = handler
+            signal.signal(signum, lambda number, frame: caught.append((number, frame)))
+    try:
+        gc.collect()
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+    for signum, frame in caught:
+        held[signum](signum, frame)
