@@ -160,13 +160,11 @@ class PPORun:
         """The raw rewards ``(n,)``; on several processes each scores every ``world``-th answer and the
         scores are gathered."""
         world = world_size()
-        if world == 1:
-            with self.frozen_resident("reward_models"):
-                return self.reward_fn(messages, answers, tags).float().cpu()
         mine = list(range(rank(), len(answers), world))
         with self.frozen_resident("reward_models"):
-            scores = self.reward_fn([messages[i] for i in mine], [answers[i] for i in mine],
-                                    [tags[i] for i in mine])
+            if world == 1:
+                return self.reward_fn(messages, answers, tags).float().cpu()
+            scores = self.reward_fn([messages[i] for i in mine], [answers[i] for i in mine], [tags[i] for i in mine])
         raw = torch.zeros(len(answers))
         for indices, values in gather_objects((mine, scores.float().cpu().tolist())):
             raw[indices] = torch.tensor(values)
@@ -327,7 +325,7 @@ def parkable(reference, frozen: Sequence[torch.nn.Module], trained: Sequence[tor
     trained_ids = {id(p) for model in trained for p in model.parameters()}
 
     def own(modules):
-        return [m for m in modules if any(True for _ in m.parameters())
+        return [m for m in modules if next(m.parameters(), None) is not None
                 and not any(id(p) in trained_ids for p in m.parameters())]
 
     parts = {"reference": own([reference]), "reward_models": own(frozen)}
