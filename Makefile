@@ -24,9 +24,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The main job: the demo campaign (SFT + 2 RLHF iterations of the embedded SmolLM2) as Prefect flows,
-# tracked in MLflow; it ends with a per-iteration table. Rerunning it is a cache hit.
+# tracked in MLflow; it ends with a per-iteration table. Rerunning it is a cache hit. On a CPU without native
+# bf16 (fp32) it runs experiment=demo_fp32, the same campaign at about half the work; DEMO=demo forces the full one.
+DEMO ?=
 demo: install
-	$(VENV)/bin/rlhf run experiment=demo
+	@experiment="$(DEMO)"; \
+	if [ -z "$$experiment" ]; then \
+	  experiment=$$($(PY) -c 'from rlhf.flows.config import demo_experiment; print(demo_experiment())') || exit 1; \
+	fi; \
+	echo "$(VENV)/bin/rlhf run experiment=$$experiment"; \
+	$(VENV)/bin/rlhf run experiment=$$experiment
 
 # The paper's figures measured on the embedded model (conf/experiment/replicate.yaml: 4 RLHF iterations, about
 # 75 minutes on 2 cores with bf16): the campaign, then its report (Markdown + PNGs) copied to $(RESULTS) to commit.

@@ -348,6 +348,15 @@ def compose_config(overrides: list[str] | None = None):
     return cfg
 
 
+def demo_experiment() -> str:
+    """The preset ``make demo`` runs on this machine: ``demo`` where the CPU computes in bf16 natively
+    (AVX512-BF16 or AMX), ``demo_fp32`` -- the same campaign at about half the work -- where ``model.precision=auto``
+    falls back to fp32 (AVX2 only), whose matmul peak is several times lower (README, the demo paragraph)."""
+    from rlhf.core.models import resolve_precision
+
+    return "demo" if resolve_precision("auto", "cpu") == "bf16" else "demo_fp32"
+
+
 SEE_CFG = "`rlhf <command> --cfg` prints every key and its value"
 
 
