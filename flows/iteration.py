@@ -33,6 +33,7 @@ from prefect.utilities.annotations import quote
 from rlhf.core.annotators import AnnotatorConfig
 from rlhf.core.errors import ConfigError
 from rlhf.core.shards import Shard
+from rlhf.core.training import raise_if_interrupted
 from rlhf.record.layout import iteration_dir
 from rlhf.record.report import REPORT_DIR, plot_win_rates
 from rlhf.record.summary import iteration_entry, iteration_markdown, progression_metrics
@@ -100,6 +101,7 @@ def call(task, tracking: Tracking, retries: OrchestrationConfig, after: list[Fin
 
 
 def _call(task, tracking: Tracking, retries: OrchestrationConfig, after, **params) -> tuple[dict, State]:
+    raise_if_interrupted()  # a Ctrl-C or SIGTERM whose exception a finalizer dropped stops the run here
     options = {"retries": retries.io_retries, "retry_delay_seconds": retries.retry_delay_seconds}
     missing = [d for d in steps.output_dirs(task.name, params) if not finished(d)]
     # quoted: Prefect neither walks the inputs for edges (``after`` declares them) nor copies them

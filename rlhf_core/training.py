@@ -446,6 +446,30 @@ def release_memory() -> None:
         pass
 
 
+_SIGNALLED: list[int] = []  # the SIGINT/SIGTERM numbers :func:`on_interrupt` handled in this process
+
+
+def on_interrupt(signum: int, frame) -> None:
+    """The SIGINT/SIGTERM handler of a run (the CLI installs it): stop the run by raising KeyboardInterrupt,
+    and remember that it did. When the handler runs inside a finalizer (an object's ``__del__`` or a weakref
+    callback, during any garbage collection), Python prints that exception and drops it, and the run goes on;
+    :func:`raise_if_interrupted`, called where a step starts, raises it again there."""
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if :func:`on_interrupt` handled a signal in this process, even one whose
+    exception a finalizer dropped. A no-op otherwise."""
+    if _SIGNALLED:
+        raise KeyboardInterrupt(f"signal {_SIGNALLED[0]}")
+
+
+def forget_interrupts() -> None:
+    """Start a command with no signal on record (``main`` may run more than once in one process)."""
+    _SIGNALLED.clear()
+
+
 def collect_garbage() -> None:
     """``gc.collect()`` with Ctrl-C and SIGTERM held until it ends. A signal handler that raises while the
     collection runs a finalizer (an object's ``__del__``, a weakref callback) raises inside it, and Python

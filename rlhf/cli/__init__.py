@@ -17,6 +17,7 @@ import textwrap
 import threading
 
 from rlhf.core.errors import RLHFError
+from rlhf.core.training import forget_interrupts, on_interrupt, raise_if_interrupted
 
 from . import campaign, gatt, rm, steps
 from .common import compose
@@ -81,13 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     # SIGTERM (a scheduler, `kill`) stops a run the way Ctrl-C does: flow and MLflow runs are ended, the
-    # temporary Prefect server is stopped, the lock is released, nothing half-written is left in place.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # temporary Prefect server is stopped, the lock is released, nothing half-written is left in place. Both
+    # are remembered, so one whose exception a finalizer swallowed still stops the run at the next step
+    # (rlhf.core.training.on_interrupt), or, if none is left, still ends it with 130.
+    forget_interrupts()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_interrupt)
     try:
         overrides = _campaign_shorthand(args.overrides)
         if args.cfg:
             return _print_config(overrides)
-        return args.run(overrides)
+        status = args.run(overrides)
+        raise_if_interrupted()
+        return status
     except RLHFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -147,6 +154,3 @@ def _exit_now(status: int) -> None:
     sys.stderr.flush()
     os._exit(status)
 
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")

@@ -39,6 +39,36 @@ def test_experiments_pick_their_model():
     assert llama2.ppo.lora.r == 16 and llama2.ppo.value_init == "shared" and llama2.gatt.train.lora.r == 16
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    return {k: v for key, value in tree.items()
+            for k, v in (_leaves(value, f"{prefix}{key}.").items() if isinstance(value, dict)
+                         else [(f"{prefix}{key}", value)])}
+
+
+def test_demo_fp32_is_the_demo_at_half_the_work():
+    """Same model, DAG and hyper-parameters; only sizes change, each to half (the CPU-bound part of the work),
+    and the campaign has a name of its own so the two never share outputs."""
+    demo, fp32 = (_leaves(to_dict(compose_config([f"experiment={name}"]))) for name in ("demo", "demo_fp32"))
+    changed = {key for key in demo if demo[key] != fp32[key]}
+    assert fp32["campaign.name"] == "demo-fp32"
+    halved = changed - {"campaign.name"}
+    assert halved == {"sft.max_steps", "collect.n_prompts", "reward.helpful.n_synthetic", "reward.safety.n_synthetic",
+                      "rejection.probe_prompts", "rejection.n_prompts", "eval.n_prompts", "ppo.steps",
+                      "ppo.n_prompts", "ppo.eval_prompts", "gatt.n_dialogues", "gatt.eval_dialogues",
+                      "gatt.eval_zero_shot"}
+    assert all(fp32[key] == demo[key] // 2 for key in halved - {"sft.max_steps", "eval.n_prompts"})
+    assert (fp32["sft.max_steps"], fp32["eval.n_prompts"]) == (6, 64)  # of 10 and 160
+
+
+@pytest.mark.parametrize("fast_bf16, preset", [(True, "demo"), (False, "demo_fp32")])
+def test_make_demo_picks_the_preset_by_the_cpus_bf16(monkeypatch, fast_bf16, preset):
+    import rlhf.core.models
+    from rlhf.flows.config import demo_experiment
+
+    monkeypatch.setattr(rlhf.core.models, "cpu_has_fast_bf16", lambda: fast_bf16)  # the CPU's flags, as read
+    assert demo_experiment() == preset
+
+
 def test_overrides_win_over_the_experiment():
     cfg = compose_config(["experiment=smoke", "campaign.iterations=3", "rejection.k=5"])
     assert cfg.campaign.iterations == 3 and cfg.rejection.k == 5 and cfg.model.name_or_path == "tiny"
@@ -51,7 +81,7 @@ def test_overrides_win_over_the_experiment():
     ("experimnt=smoke", "experimnt", "did you mean experiment=smoke?"),
     ("sampling.temp=0.9", "sampling.temp", "did you mean sampling.temperature?"),
     ("campain.name=x", "campain.name", "did you mean campaign.name?"),
-    ("experiment=nope", "experiment", "Available options in 'experiment': demo, llama2, replicate, smoke"),
+    ("experiment=nope", "experiment", "Available options in 'experiment': demo, demo_fp32, llama2,"),
     ("experiment=smok", "experiment", "did you mean experiment=smoke?"),
     ("eval.references.x=y", "eval.references.x", "+eval.references.x=y"),
 ])

@@ -4,7 +4,9 @@ Python runs a signal's handler in whatever code the main thread is in; inside a 
 weakref callback) the handler's exception is printed and dropped. Every step starts with a collection
 (``release_memory``), so on a busy machine a signal sent as a step started was swallowed and the run went on
 to the end (`test_kill_and_resume.py::test_sigterm_or_ctrl_c_stops_the_run_cleanly` failed that way under
-load). ``collect_garbage`` holds the signals until the collection ends."""
+load). ``collect_garbage`` holds the signals until the collection ends. A collection the platform does not
+start (Python's automatic one, anywhere) can still drop the handler's exception: the run's handler
+(``on_interrupt``) remembers the signal, and the next step raises it again (``raise_if_interrupted``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 
 import pytest
 
-from rlhf.core.training import collect_garbage
+from rlhf.core.training import collect_garbage, forget_interrupts, on_interrupt, raise_if_interrupted
 
 
 class Stop(Exception):
@@ -64,3 +66,48 @@ def test_a_plain_collection_drops_the_same_signal(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert dropped == [Stop]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_dropped_in_any_collection_stops_the_next_step(monkeypatch, signum):
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
+    previous = signal.signal(signum, on_interrupt)
+    forget_interrupts()
+    try:
+        raise_if_interrupted()  # nothing on record: a no-op
+        gc.collect()
+        SignalsItselfWhenFinalized(signum)
+        gc.collect()  # as an automatic collection would: the KeyboardInterrupt is dropped, the caller goes on
+        assert dropped == [KeyboardInterrupt]
+        with pytest.raises(KeyboardInterrupt, match=f"signal {int(signum)}"):
+            raise_if_interrupted()  # where the next step starts (flows/iteration.py) and as the command ends
+    finally:
+        signal.signal(signum, previous)
+        forget_interrupts()
+    raise_if_interrupted()
+
+
+def test_a_command_that_went_on_after_a_dropped_signal_still_ends_with_130(monkeypatch, capsys):
+    """The last step finished although a SIGTERM came during it: `rlhf` exits 130 (interrupted), not 0."""
+    import rlhf.cli
+    from rlhf.cli.common import Command
+
+    def finishes_despite_the_signal(overrides: list[str]) -> int:
+        if overrides == ["signal=yes"]:
+            gc.collect()
+            SignalsItselfWhenFinalized(signal.SIGTERM)
+            gc.collect()  # the handler's KeyboardInterrupt is dropped here
+        return 0
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    monkeypatch.setitem(rlhf.cli.COMMANDS, "ui", Command("ui", "a command", "rlhf ui", finishes_despite_the_signal))
+    try:
+        assert rlhf.cli.main(["ui", "signal=yes"]) == 130
+        assert "interrupted" in capsys.readouterr().err
+        assert rlhf.cli.main(["ui"]) == 0  # the next command in the same process starts with no signal on record
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        forget_interrupts()
