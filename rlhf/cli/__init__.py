@@ -84,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler, `kill`) stops a run the way Ctrl-C does: flow and MLflow runs are ended, the
     # temporary Prefect server is stopped, the lock is released, nothing half-written is left in place. Both
     # are remembered, so one whose exception a finalizer swallowed still stops the run at the next step
-    # (rlhf.core.training.on_interrupt), or, if none is left, still ends it with 130.
+    # (rlhf.core.training.on_interrupt), or, if none is left, still ends it with 130. A SIGINT ignored from the
+    # start (a background job of a non-interactive shell, nohup) stays ignored, as Python leaves it.
     forget_interrupts()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_interrupt)
     try:
         overrides = _campaign_shorthand(args.overrides)
         if args.cfg:

@@ -111,3 +111,24 @@ def test_a_command_that_went_on_after_a_dropped_signal_still_ends_with_130(monke
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         forget_interrupts()
+
+
+def test_a_sigint_ignored_from_the_start_stays_ignored(monkeypatch):
+    """A background job of a non-interactive shell starts with SIGINT ignored; `rlhf` leaves it so."""
+    import rlhf.cli
+    from rlhf.cli.common import Command
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    seen = {}
+    monkeypatch.setitem(rlhf.cli.COMMANDS, "ui", Command("ui", "a command", "rlhf ui", lambda overrides: seen.update(
+        {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}) or 0))
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        assert rlhf.cli.main(["ui"]) == 0
+        assert seen == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: on_interrupt}
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert rlhf.cli.main(["ui"]) == 0
+        assert seen == {signal.SIGINT: on_interrupt, signal.SIGTERM: on_interrupt}
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
