@@ -53,16 +53,16 @@ def test_an_unknown_key_gets_the_nearest_keys(tmp_path, capsys, args, key, sugge
 
 def test_a_missing_group_option_lists_the_groups_options(tmp_path, capsys):
     err = _fails(capsys, tmp_path, "run", "experiment=nosuch")
-    assert "no option 'nosuch'" in err and "Available options in 'experiment': demo, llama2, replicate, smoke" in err
+    assert "no option 'nosuch'" in err and "Available options in 'experiment': demo, demo_fp32, llama2, replicate, smoke" in err
     assert "did you mean experiment=smoke?" in _fails(capsys, tmp_path, "run", "experiment=smok")
     assert "smollm2, tiny" in _fails(capsys, tmp_path, "sft", "model=nosuch")
 
 
 @pytest.mark.parametrize("args, group, options", [
-    (["run", "experiment"], "experiment", "demo, llama2, replicate, smoke"),
+    (["run", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),
     (["resume", "model"], "model", "smollm2, tiny"),
-    (["run", "--cfg", "experiment"], "experiment", "demo, llama2, replicate, smoke"),
-    (["run", "campaign.name=x", "experiment"], "experiment", "demo, llama2, replicate, smoke"),  # not the 1st word
+    (["run", "--cfg", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),
+    (["run", "campaign.name=x", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),  # not the 1st word
 ])
 def test_a_bare_group_name_is_not_a_campaign_name(tmp_path, capsys, args, group, options):
     err = _fails(capsys, tmp_path, *args)
