@@ -53,7 +53,8 @@ def test_an_unknown_key_gets_the_nearest_keys(tmp_path, capsys, args, key, sugge
 
 def test_a_missing_group_option_lists_the_groups_options(tmp_path, capsys):
     err = _fails(capsys, tmp_path, "run", "experiment=nosuch")
-    assert "no option 'nosuch'" in err and "Available options in 'experiment': demo, demo_fp32, llama2, replicate, smoke" in err
+    assert "no option 'nosuch'" in err
+    assert "Available options in 'experiment': demo, demo_fp32, llama2, replicate, smoke" in err
     assert "did you mean experiment=smoke?" in _fails(capsys, tmp_path, "run", "experiment=smok")
     assert "smollm2, tiny" in _fails(capsys, tmp_path, "sft", "model=nosuch")
 
@@ -62,7 +63,8 @@ def test_a_missing_group_option_lists_the_groups_options(tmp_path, capsys):
     (["run", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),
     (["resume", "model"], "model", "smollm2, tiny"),
     (["run", "--cfg", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),
-    (["run", "campaign.name=x", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),  # not the 1st word
+    # not the first word
+    (["run", "campaign.name=x", "experiment"], "experiment", "demo, demo_fp32, llama2, replicate, smoke"),
 ])
 def test_a_bare_group_name_is_not_a_campaign_name(tmp_path, capsys, args, group, options):
     err = _fails(capsys, tmp_path, *args)
