@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The main job: the demo campaign (SFT + 2 RLHF iterations of the embedded SmolLM2) as Prefect flows,
 # tracked in MLflow; it ends with a per-iteration table. Rerunning it is a cache hit. On a CPU without native
-# bf16 (fp32) it runs experiment=demo_fp32, the same campaign at about half the work; DEMO=demo forces the full one.
+# bf16 (fp32) it runs experiment=demo_fp32, the same campaign at about a third of the work; DEMO=demo forces the full one.
 DEMO ?=
 demo: install
 	@experiment="$(DEMO)"; \

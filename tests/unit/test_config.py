@@ -45,19 +45,18 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
                          else [(f"{prefix}{key}", value)])}
 
 
-def test_demo_fp32_is_the_demo_at_half_the_work():
-    """Same model, DAG and hyper-parameters; only sizes change, each to half (the CPU-bound part of the work),
-    and the campaign has a name of its own so the two never share outputs."""
+def test_demo_fp32_is_the_demo_at_a_third_of_the_work():
+    """Same model, DAG, evaluation and hyper-parameters; only the sizes below change, each to a half or less (the
+    CPU-bound part of the work), and the campaign has a name of its own so the two never share outputs."""
     demo, fp32 = (_leaves(to_dict(compose_config([f"experiment={name}"]))) for name in ("demo", "demo_fp32"))
     changed = {key for key in demo if demo[key] != fp32[key]}
     assert fp32["campaign.name"] == "demo-fp32"
-    halved = changed - {"campaign.name"}
-    assert halved == {"sft.max_steps", "collect.n_prompts", "reward.helpful.n_synthetic", "reward.safety.n_synthetic",
-                      "rejection.probe_prompts", "rejection.n_prompts", "eval.n_prompts", "ppo.steps",
-                      "ppo.n_prompts", "ppo.eval_prompts", "gatt.n_dialogues", "gatt.eval_dialogues",
-                      "gatt.eval_zero_shot"}
-    assert all(fp32[key] == demo[key] // 2 for key in halved - {"sft.max_steps", "eval.n_prompts"})
-    assert (fp32["sft.max_steps"], fp32["eval.n_prompts"]) == (6, 64)  # of 10 and 160
+    sizes = {"sft.max_steps": (10, 4), "collect.n_prompts": (128, 48), "reward.helpful.n_synthetic": (64, 16),
+             "reward.safety.n_synthetic": (48, 12), "rejection.probe_prompts": (8, 3), "rejection.n_prompts": (48, 16),
+             "eval.n_prompts": (160, 64), "ppo.steps": (4, 2), "ppo.n_prompts": (64, 32), "ppo.eval_prompts": (16, 4),
+             "gatt.n_dialogues": (32, 8), "gatt.eval_dialogues": (16, 8), "gatt.eval_zero_shot": (8, 4)}
+    assert changed - {"campaign.name"} == set(sizes)
+    assert {key: (demo[key], fp32[key]) for key in sizes} == sizes
 
 
 @pytest.mark.parametrize("fast_bf16, preset", [(True, "demo"), (False, "demo_fp32")])
