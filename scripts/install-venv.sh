@@ -2,8 +2,8 @@
 # Sets up the project's venv: what `make install` runs (scripts/install-venv.sh VENV, from anywhere).
 #
 # uv installs the pinned packages (constraints.txt) and byte-compiles them on every core; pip installs
-# only uv itself. On a 2-core AVX2 EPYC (2026-12-02) the whole came to about a minute where pip took
-# ~2 min 20 s to install and compileall another ~70 s to byte-compile (benchmarks/README.md, "The install").
+# only uv itself. On a 2-core AVX2 EPYC (2026-12-02, fresh venvs, cold caches) the whole took 86-109 s against
+# 228 s with pip installing and compileall byte-compiling (benchmarks/README.md, "The install: uv against pip").
 # Byte-compiling is not optional here: where PYTHONDONTWRITEBYTECODE is set (it is on the project's
 # machines) nothing is ever compiled on import, and importing the CLI's modules from source took ~22 s
 # against ~8 s compiled.
