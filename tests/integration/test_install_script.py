@@ -29,16 +29,14 @@ def test_install_script_builds_a_working_venv_and_leaves_the_temp_dir_clean(tmp_
     assert "installing with pip instead" not in done.stderr, done.stderr[-3000:]  # uv's path, not the fallback
 
     # The embedded model is found as the project finds it (its package is never imported: --no-deps).
-    probe = ("import torch, rlhf.cli; from rlhf.core.models import embedded_gguf_path; "
-             "assert embedded_gguf_path().stat().st_size > 50e6; print(torch.__version__)")
+    probe = ("import sysconfig, torch, rlhf.cli; from rlhf.core.models import embedded_gguf_path; "
+             "assert embedded_gguf_path().stat().st_size > 50e6; "
+             "print(torch.__version__); print(sysconfig.get_paths()['purelib'])")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    version = out.stdout.strip()
+    version, site = out.stdout.splitlines()
     # The same torch as the suite's own venv: pip's find-links reached uv (without them: PyPI's build).
     assert version == torch.__version__
-    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", purelib],
-                          capture_output=True, text=True, check=True).stdout.strip()
     assert list(Path(site, "torch", "__pycache__").glob("__init__.cpython-*.pyc")), "site-packages not byte-compiled"
     assert not list(tmp.iterdir()), f"left in the temp dir: {sorted(p.name for p in tmp.iterdir())}"
