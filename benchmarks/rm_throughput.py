@@ -7,7 +7,10 @@ all alike), at the precision a campaign uses on this machine (``auto``: bf16 aut
 fast bf16) and in fp32:
 
 - **ours**: :func:`rlhf.core.reward.train.train_reward_model` on the shared ``train()`` loop (backbone
-  without the LM head + scalar head, chosen and rejected in one forward pass, length-grouped batches);
+  without the LM head + scalar head, length-grouped batches, each pair packed into one row: the prompt once,
+  both answers attending to it, ``reward.train.pack_pairs``, the default);
+- **ours_unpacked**: the same with ``pack_pairs=False`` (chosen and rejected as two rows, each with the
+  prompt, in one forward pass): what packing alone gains, a labelled extra row rather than a peer;
 - **trl**: ``trl.RewardTrainer`` on ``AutoModelForSequenceClassification`` (num_labels=1), whose collator
   also stacks chosen and rejected into one forward pass; random batches (its default);
 - **trl_grouped**: the same with ``train_sampling_strategy="group_by_length"`` (its length grouping,
@@ -39,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,40 +86,42 @@ def rm_config(bench: BenchConfig) -> rm_train.RewardConfig:
         margin=bench.margin, seed=bench.seed)
 
 
-def _batch_stats(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+def _batch_stats(input_ids: torch.Tensor, attention_mask: torch.Tensor, pairs: int) -> dict:
     rows, width = input_ids.shape
-    return {"pairs": rows // 2, "rows": rows, "width": width, "real_tokens": int(attention_mask.sum()),
+    return {"pairs": pairs, "rows": rows, "width": width, "real_tokens": int(attention_mask.sum()),
             "padded_tokens": rows * width}
 
 
-def run_ours(turns: Turns, pairs, bench: BenchConfig) -> dict:
-    """``train_reward_model`` as the platform calls it; its batches are observed through ``collate_pairs``."""
+def run_ours(turns: Turns, pairs, bench: BenchConfig, packed: bool = True) -> dict:
+    """``train_reward_model`` as the platform calls it; its batches are observed through its collate function."""
     rm, tokenizer = reward_model_from_policy(ModelConfig(), name="bench", seed=bench.seed,
                                              max_length=bench.max_length)
-    cfg = rm_config(bench)
+    cfg = replace(rm_config(bench), pack_pairs=packed)
     batches, losses = [], []
-    original = rm_train.collate_pairs
+    name = "collate_packed_pairs" if packed else "collate_pairs"
+    original = getattr(rm_train, name)
 
     def recording_collate(examples, pad_id):
         batch = original(examples, pad_id)
-        batches.append(_batch_stats(batch["input_ids"], batch["attention_mask"]))
+        batches.append(_batch_stats(batch["input_ids"], batch["attention_mask"], len(examples)))
         return batch
 
     def on_metrics(metrics: dict, step: int) -> None:
         losses.append(metrics["loss"])
         turns.step_end("ours")
 
-    rm_train.collate_pairs = recording_collate  # only train_reward_model's collate calls it in this process
+    setattr(rm_train, name, recording_collate)  # only train_reward_model calls it in this process
     try:
         with tempfile.TemporaryDirectory(prefix="bench-rm-ours-") as work:
             result, _ = rm_train.train_reward_model(rm, tokenizer, pairs, cfg, work, on_metrics, desc="ours",
                                                     precision=bench.precision)
     finally:
-        rm_train.collate_pairs = original
+        setattr(rm_train, name, original)
     if not (len(batches) == len(losses) == result.steps == bench.total_steps):
         raise RuntimeError(f"ours: expected {bench.total_steps} steps of one batch, got {len(batches)} batches")
     return {
-        "label": "ours: rlhf.core.reward.train.train_reward_model (shared train() loop)",
+        "label": "ours: rlhf.core.reward.train.train_reward_model (shared train() loop)"
+                 + (", one packed row per pair" if packed else ", pack_pairs=False: chosen and rejected rows"),
         "model": "backbone (model.base_model, no LM head) + nn.Linear(hidden, 1), reward at the last non-pad token",
         "batching": "length-grouped (sorted within chunks of 16 batches, batches shuffled)",
         "optimizer": {"lr": cfg.lr, "betas": [cfg.adam_beta1, cfg.adam_beta2], "eps": cfg.adam_eps,
@@ -156,7 +161,7 @@ def run_trl(turns: Turns, examples: list, bench: BenchConfig, grouped: bool = Fa
         def training_step(self, model, inputs, num_items_in_batch=None):
             if "margin" not in inputs:
                 raise RuntimeError("TRL's batch has no margin column: it would train without the margin")
-            batches.append(_batch_stats(inputs["input_ids"], inputs["attention_mask"]))
+            batches.append(_batch_stats(inputs["input_ids"], inputs["attention_mask"], len(inputs["margin"])))
             return super().training_step(model, inputs, num_items_in_batch)
 
     with tempfile.TemporaryDirectory(prefix="bench-rm-trl-") as out_dir:
@@ -235,7 +240,7 @@ def summarise(run: dict, wall: list[float], cpu: list[float], bench: BenchConfig
     }
 
 
-CONTENDERS = ("ours", "trl", "trl_grouped")
+CONTENDERS = ("ours", "trl", "trl_grouped", "ours_unpacked")  # the ratios: ours over each of the others
 
 
 def one_run(contender: str, bench: BenchConfig) -> dict:
@@ -245,7 +250,8 @@ def one_run(contender: str, bench: BenchConfig) -> dict:
     examples, report = rm_train.encode_pairs(tokenizer, pairs, bench.max_length, bench.margin)
     jobs = {"ours": lambda turns: run_ours(turns, pairs, bench),
             "trl": lambda turns: run_trl(turns, examples, bench),
-            "trl_grouped": lambda turns: run_trl(turns, examples, bench, grouped=True)}
+            "trl_grouped": lambda turns: run_trl(turns, examples, bench, grouped=True),
+            "ours_unpacked": lambda turns: run_ours(turns, pairs, bench, packed=False)}
     turns = Turns([contender])
     run = run_in_turns({contender: jobs[contender]}, turns)[contender]
     summary = summarise(run, turns.wall[contender], turns.cpu[contender], bench)

@@ -55,7 +55,7 @@ def ablate_margins(model_cfg: ModelConfig, train_pairs: pd.DataFrame, test_pairs
         train_reward_model(rm, tokenizer, train_pairs, replace(cfg, margin=variant), variant_dir, forward,
                            desc=f"rm margin={variant}", precision=model_cfg.precision)
         results[variant], _ = evaluate_reward_model(rm, tokenizer, test_pairs, cfg.eval_batch_size,
-                                                    model_cfg.precision)
+                                                    model_cfg.precision, cfg.pack_pairs)
         write_json(done, results[variant])
         shutil.rmtree(variant_dir / "checkpoints", ignore_errors=True)
     return margin_ablation_table(results), results

@@ -83,6 +83,40 @@ class RewardModel(nn.Module):
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (b, h)
         return self.head(picked).squeeze(-1).float()
 
+    def forward_packed(self, input_ids: torch.Tensor, segments: torch.Tensor,
+                       position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(chosen rewards (b,), rejected rewards (b,))`` of packed pair rows (:func:`packed_attention_mask`).
+
+        Each row holds a pair as ``[shared prefix, chosen suffix, rejected suffix]`` (``segments`` 1, 2, 3; 0 is
+        padding), the rejected suffix at the positions it has in its own sequence. Each answer's tokens see the
+        prefix and their own suffix only, so each reward is the one :meth:`forward` gives the whole sequence --
+        the prompt's tokens just go through the layers once instead of twice.
+        """
+        hidden = self.backbone(input_ids=input_ids, attention_mask=packed_attention_mask(segments),
+                               position_ids=position_ids, use_cache=False).last_hidden_state  # (b, t, h)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        picked = torch.cat([hidden[rows, last_token_index(segments == CHOSEN)],
+                            hidden[rows, last_token_index(segments == REJECTED)]])  # (2b, h)
+        return self.head(picked).squeeze(-1).float().chunk(2)
+
+
+PREFIX, CHOSEN, REJECTED = 1, 2, 3  # segment ids of a packed pair row; 0 is padding
+
+
+def packed_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """``(b, 1, t, t)`` boolean mask (True: attend) of packed pair rows with ``segments (b, t)``.
+
+    Causal, and a token sees the keys of the shared prefix and of its own segment: the rejected answer does
+    not see the chosen one packed before it. A padding position sees only itself (a query row with no key
+    would make the attention NaN, and NaN times a zero weight is NaN again in the rows that do count).
+    """
+    t = segments.shape[1]
+    index = torch.arange(t, device=segments.device)
+    query, key = segments[:, :, None], segments[:, None, :]
+    seen = ((query != 0) & (key != 0) & ((key == PREFIX) | (key == query))
+            & (index[None, :, None] >= index[None, None, :]))
+    return (seen | torch.eye(t, dtype=torch.bool, device=segments.device))[:, None]
+
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """``(b,)`` position of each row's last attended token in a ``(b, t)`` mask (either padding side)."""

@@ -252,7 +252,7 @@ def _write_eval(out: Path, name: str, results: dict[str, tuple[dict, pd.DataFram
 def _evaluate_sets(rm, tokenizer, sets: dict[str, pd.DataFrame], cfg: RewardConfig,
                    precision: str) -> dict[str, tuple[dict, pd.DataFrame]]:
     """:func:`evaluate_reward_model` on each non-empty set of ``{prefix: pairs}``."""
-    return {prefix: evaluate_reward_model(rm, tokenizer, pairs, cfg.eval_batch_size, precision)
+    return {prefix: evaluate_reward_model(rm, tokenizer, pairs, cfg.eval_batch_size, precision, cfg.pack_pairs)
             for prefix, pairs in sets.items() if len(pairs)}
 
 
