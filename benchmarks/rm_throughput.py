@@ -92,14 +92,14 @@ def _batch_stats(input_ids: torch.Tensor, attention_mask: torch.Tensor, pairs: i
             "padded_tokens": rows * width}
 
 
-def run_ours(turns: Turns, pairs, bench: BenchConfig, packed: bool = True) -> dict:
+def run_ours(turns: Turns, pairs, bench: BenchConfig, packed: bool = True, name: str = "ours") -> dict:
     """``train_reward_model`` as the platform calls it; its batches are observed through its collate function."""
     rm, tokenizer = reward_model_from_policy(ModelConfig(), name="bench", seed=bench.seed,
                                              max_length=bench.max_length)
     cfg = replace(rm_config(bench), pack_pairs=packed)
     batches, losses = [], []
-    name = "collate_packed_pairs" if packed else "collate_pairs"
-    original = getattr(rm_train, name)
+    collate = "collate_packed_pairs" if packed else "collate_pairs"
+    original = getattr(rm_train, collate)
 
     def recording_collate(examples, pad_id):
         batch = original(examples, pad_id)
@@ -108,15 +108,15 @@ def run_ours(turns: Turns, pairs, bench: BenchConfig, packed: bool = True) -> di
 
     def on_metrics(metrics: dict, step: int) -> None:
         losses.append(metrics["loss"])
-        turns.step_end("ours")
+        turns.step_end(name)
 
-    setattr(rm_train, name, recording_collate)  # only train_reward_model calls it in this process
+    setattr(rm_train, collate, recording_collate)  # only train_reward_model calls it in this process
     try:
         with tempfile.TemporaryDirectory(prefix="bench-rm-ours-") as work:
             result, _ = rm_train.train_reward_model(rm, tokenizer, pairs, cfg, work, on_metrics, desc="ours",
                                                     precision=bench.precision)
     finally:
-        setattr(rm_train, name, original)
+        setattr(rm_train, collate, original)
     if not (len(batches) == len(losses) == result.steps == bench.total_steps):
         raise RuntimeError(f"ours: expected {bench.total_steps} steps of one batch, got {len(batches)} batches")
     return {
@@ -251,7 +251,7 @@ def one_run(contender: str, bench: BenchConfig) -> dict:
     jobs = {"ours": lambda turns: run_ours(turns, pairs, bench),
             "trl": lambda turns: run_trl(turns, examples, bench),
             "trl_grouped": lambda turns: run_trl(turns, examples, bench, grouped=True),
-            "ours_unpacked": lambda turns: run_ours(turns, pairs, bench, packed=False)}
+            "ours_unpacked": lambda turns: run_ours(turns, pairs, bench, packed=False, name="ours_unpacked")}
     turns = Turns([contender])
     run = run_in_turns({contender: jobs[contender]}, turns)[contender]
     summary = summarise(run, turns.wall[contender], turns.cpu[contender], bench)
