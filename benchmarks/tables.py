@@ -48,14 +48,20 @@ def sampling(result: dict) -> str:
 
 
 def rm(result: dict) -> str:
+    config = next(iter(result["precisions"].values()))["config"]
+    reps = config.get("reps", 2)
+    median = f"of {reps}" + (", the faster of the middle two" if reps > 2 and reps % 2 == 0
+                              else ", the faster" if reps == 2 else "")
     rows = [f"Measured {result['created'][:10]} on {_machine(result)}; {result['data']}, batch "
-            f"{next(iter(result['precisions'].values()))['config']['batch_size']} pairs, each run in its own process, "
-            "interleaved; the median run (of 2, the faster), for every contender alike.", "",
+            f"{config['batch_size']} pairs, each run in its own process, "
+            f"interleaved; the median run ({median}), for every contender alike.", "",
             "| precision | contender | pairs/s (runs) | MFU | padded | peak RSS |", "|---|---|---|---|---|---|"]
+    labels = {"ours_unpacked": "ours_unpacked (extra row: packing off, not a peer)"}
     for precision, raced in result["precisions"].items():
         for name, c in raced["contenders"].items():
             runs = ", ".join(f"{x:.2f}" for x in c["pairs_per_s_runs"])
-            rows.append(f"| {precision} (peak {raced['peak_gflops']['square']:.0f} GFLOP/s) | {name} | "
+            rows.append(f"| {precision} (peak {raced['peak_gflops']['square']:.0f} GFLOP/s) | "
+                        f"{labels.get(name, name)} | "
                         f"**{c['pairs_per_s']:.2f}** ({runs}) | {100 * c['mfu']:.0f} % | "
                         f"{100 * c['padded_share']:.0f} % | {c['peak_rss_mb'] / 1024:.1f} GB |")
     for precision, raced in result["precisions"].items():
