@@ -50,8 +50,7 @@ def sampling(result: dict) -> str:
 def rm(result: dict) -> str:
     config = next(iter(result["precisions"].values()))["config"]
     reps = config.get("reps", 2)
-    median = f"of {reps}" + (", the faster of the middle two" if reps > 2 and reps % 2 == 0
-                              else ", the faster" if reps == 2 else "")
+    median = f"of {reps}" + (", the faster of the middle two" if reps % 2 == 0 else "")  # race(): upper median
     rows = [f"Measured {result['created'][:10]} on {_machine(result)}; {result['data']}, batch "
             f"{config['batch_size']} pairs, each run in its own process, "
             f"interleaved; the median run ({median}), for every contender alike.", "",
