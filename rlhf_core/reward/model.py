@@ -35,7 +35,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -212,32 +212,41 @@ def encode_answer(tokenizer, prompt: Sequence[Message], answer: str, max_length:
 
 
 @torch.no_grad()
-def score_ids(rm: RewardModel, sequences: Sequence[torch.Tensor], pad_id: int, batch_size: int = 16,
-              precision: str = "auto") -> torch.Tensor:
-    """``(n,)`` fp32 rewards of tokenised sequences, in their order.
-
-    Batches are cut from the sequences sorted by length, so each holds similar lengths and little
-    padding; the rewards are put back in the input order.
-    """
+def score_in_length_order(rm: RewardModel, sizes: Sequence[int], batch_size: int, rows: int, unit: str,
+                          score_batch: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+    """``(rows, n)`` fp32 rewards of ``n`` items, in their order: ``score_batch(indices)`` returns the
+    ``(rows, len(indices))`` rewards of a batch of ``batch_size`` items cut from the items sorted by ``sizes``,
+    longest first (similar lengths, little padding). ``rm`` runs in eval mode; its mode is restored."""
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
-    device = next(rm.parameters()).device
-    precision = resolve_precision(precision, device)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
-    rewards = torch.empty(len(sequences), dtype=torch.float32)
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i], reverse=True)
+    rewards = torch.empty(rows, len(sizes), dtype=torch.float32)
     was_training = rm.training
     rm.eval()
     try:
-        with progress(len(order), f"score {rm.info['name']}", "answer") as bar:
+        with progress(len(order), f"score {rm.info['name']}", unit) as bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
-                input_ids, attention_mask = pad_batch([sequences[i] for i in chunk], pad_id)
-                with autocast(precision, device):
-                    rewards[chunk] = rm(input_ids.to(device), attention_mask.to(device)).cpu()
+                rewards[:, chunk] = score_batch(chunk).float().cpu().reshape(rows, len(chunk))
                 bar.update(len(chunk))
     finally:
         rm.train(was_training)
     return rewards
+
+
+def score_ids(rm: RewardModel, sequences: Sequence[torch.Tensor], pad_id: int, batch_size: int = 16,
+              precision: str = "auto") -> torch.Tensor:
+    """``(n,)`` fp32 rewards of tokenised sequences, in their order, scored in batches of similar lengths
+    (:func:`score_in_length_order`)."""
+    device = next(rm.parameters()).device
+    precision = resolve_precision(precision, device)
+
+    def score_batch(chunk: list[int]) -> torch.Tensor:
+        input_ids, attention_mask = pad_batch([sequences[i] for i in chunk], pad_id)
+        with autocast(precision, device):
+            return rm(input_ids.to(device), attention_mask.to(device))
+
+    return score_in_length_order(rm, [len(s) for s in sequences], batch_size, 1, "answer", score_batch)[0]
 
 
 def score(rm: RewardModel, tokenizer, prompts: Sequence[Sequence[Message]], answers: Sequence[str],

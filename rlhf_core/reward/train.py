@@ -26,11 +26,10 @@ from ..errors import ConfigError
 from ..lora import lora_training
 from ..models import autocast, resolve_precision
 from ..preferences import AXES, LEVELS, check_n_test, check_on_bad_record
-from ..progress import progress
 from ..training import MetricsCallback, TrainConfig, TrainResult, train
 from .loss import margins_for, ranking_loss
 from .metrics import GOLD_COLUMNS, gold_metrics, pair_credit, reward_metrics
-from .model import CHOSEN, PREFIX, REJECTED, EncodeReport, RewardModel, encode_answer, score_ids
+from .model import CHOSEN, PREFIX, REJECTED, EncodeReport, RewardModel, encode_answer, score_ids, score_in_length_order
 
 
 @dataclass
@@ -184,6 +183,12 @@ def shared_prefix_length(chosen: torch.Tensor, rejected: torch.Tensor) -> int:
     return min(int(differ[0]) if len(differ) else n, n - 1)
 
 
+def packed_length(example: PairExample) -> int:
+    """Tokens of the pair's packed row (:func:`collate_packed_pairs`): the shared prefix once, both suffixes."""
+    chosen, rejected, _ = example
+    return len(chosen) + len(rejected) - shared_prefix_length(chosen, rejected)
+
+
 def collate_packed_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
     """One right-padded row per pair: ``[shared prefix, chosen suffix, rejected suffix]``, the batch of
     :class:`RankingObjective`'s packed form. ``segments`` marks the parts (``model.PREFIX``, ``CHOSEN``,
@@ -231,6 +236,7 @@ def train_reward_model(rm: RewardModel, tokenizer, pairs: pd.DataFrame, cfg: Rew
     with lora_training(rm.backbone, cfg.lora, "reward.train", cfg.seed, desc, trained=rm):
         collate = collate_packed_pairs if cfg.pack_pairs else collate_pairs
         # grouped by the longer sequence of each pair either way: packing changes the rows, not the batches
+        # (grouping packed rows by their own width made batches less random: docs/design.md#reward-model-pairs-packed)
         result = train(RankingObjective(rm), examples, lambda rows: collate(rows, pad_id), lambda _: 1,
                        [max(len(e[0]), len(e[1])) for e in examples], cfg, work_dir, on_metrics, desc, precision)
     return result, report
@@ -244,24 +250,15 @@ def score_pairs(rm: RewardModel, examples: Sequence[PairExample], pad_id: int, b
     length; the rewards come back in the input order."""
     device = next(rm.parameters()).device
     precision = resolve_precision(precision, device)
-    sizes = [len(c) + len(r) - shared_prefix_length(c, r) for c, r, _ in examples]
-    order = sorted(range(len(examples)), key=lambda i: sizes[i], reverse=True)
-    rewards = torch.empty(2, len(examples), dtype=torch.float32)
-    step = max(1, batch_size // 2)
-    was_training = rm.training
-    rm.eval()
-    try:
-        with progress(len(order), f"score {rm.info['name']}", "pair") as bar:
-            for start in range(0, len(order), step):
-                chunk = order[start:start + step]
-                batch = collate_packed_pairs([examples[i] for i in chunk], pad_id)
-                with autocast(precision, device):
-                    chosen, rejected = rm.forward_packed(*(batch[k].to(device)
-                                                           for k in ("input_ids", "segments", "position_ids")))
-                rewards[:, chunk] = torch.stack([chosen, rejected]).cpu()
-                bar.update(len(chunk))
-    finally:
-        rm.train(was_training)
+
+    def score_batch(chunk: list[int]) -> torch.Tensor:
+        batch = collate_packed_pairs([examples[i] for i in chunk], pad_id)
+        with autocast(precision, device):
+            return torch.stack(rm.forward_packed(*(batch[k].to(device)
+                                                   for k in ("input_ids", "segments", "position_ids"))))
+
+    rewards = score_in_length_order(rm, [packed_length(e) for e in examples], max(1, batch_size // 2), 2, "pair",
+                                    score_batch)
     return rewards[0], rewards[1]
 
 
