@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from rlhf.core.annotators import SimulatedAnnotator
 from rlhf.core.models import ModelConfig, describe_machine
 from rlhf.core.preferences import split_pairs
-from rlhf.core.rater.levels import TIE_EPS, RaterConfig, decide, flip_probability
+from rlhf.core.rater.levels import RaterConfig, decide
 from rlhf.core.reward.model import reward_model_from_policy
 from rlhf.core.reward.train import RewardConfig, evaluate_reward_model, train_reward_model
 
@@ -39,13 +40,12 @@ RESULTS = Path(__file__).parent / "results"
 def relabel(pairs: pd.DataFrame, rater: RaterConfig, seed: int) -> pd.DataFrame:
     """The pairs labelled again from their gold scores by a rater with ``rater``'s noise: chosen is the
     rater's pick, ``level`` its level, ``p_agree`` the chance it picks the gold winner."""
-    rows = []
+    rows, annotator = [], SimulatedAnnotator(rater)
     for i, row in enumerate(pairs.itertuples(index=False)):
         a, b = row.chosen, row.rejected
         gold_a, gold_b = float(row.gold_chosen), float(row.gold_rejected)
         preferred, level = decide(gold_a, gold_b, random.Random(seed * 1_000_003 + i), rater)
-        gap = abs(gold_a - gold_b)
-        p_agree = 0.5 if gap < TIE_EPS else 1 - flip_probability(gap, rater)
+        p_agree = annotator.agreement(gold_a - gold_b)
         chosen, rejected, gold_c, gold_r = (a, b, gold_a, gold_b) if preferred == "a" else (b, a, gold_b, gold_a)
         rows.append({"prompt": row.prompt, "chosen": chosen, "rejected": rejected, "level": level,
                      "iteration": row.iteration, "gold_chosen": gold_c, "gold_rejected": gold_r, "p_agree": p_agree})
@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> dict:
                    "n_by_level": {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("n/")}}
             runs.append(run)
             print(json.dumps(run), flush=True)
-            del rm
     result = {"benchmark": "rm_label_noise", "campaign": str(args.campaign), "files": [str(f) for f in files],
               "machine": describe_machine(), "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
